@@ -1,0 +1,5 @@
+import sys
+
+from drivegpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Lightning Trainer and logger construction shared by every training stage.
+
+One config group (``trainer``) decides CPU/GPU/DDP/FSDP/SLURM; stages never build a
+Trainer by hand. Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` always kept), and
+``trainer.ckpt_path=last`` resumes from there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def resolve_precision(cfg_trainer: DictConfig) -> str:
+    """``precision: null`` means bf16-mixed on a GPU and 32-true on CPU."""
+    if cfg_trainer.get("precision"):
+        return str(cfg_trainer.precision)
+    import torch
+
+    wants_gpu = cfg_trainer.accelerator in ("gpu", "cuda") or (
+        cfg_trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+    return "bf16-mixed" if wants_gpu else "32-true"
+
+
+def wandb_mode(cfg_logger: DictConfig) -> str:
+    """$WANDB_MODE wins; else online when logged in (API key or netrc), else offline."""
+    if cfg_logger.get("mode"):
+        return str(cfg_logger.mode)
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
+    """Lightning loggers for a stage: always a CSV copy in run_dir, plus wandb unless disabled."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    run_dir = Path(run_dir)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    mode = wandb_mode(cfg.logger) if cfg.logger.kind == "wandb" else "disabled"
+    if mode != "disabled":
+        loggers.append(
+            WandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.get("entity"),
+                name=f"{name}-{run_dir.name}",
+                save_dir=str(run_dir),
+                mode=mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
+    """Build the Trainer for a stage from ``cfg.trainer`` (+ keyword overrides for tests)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    t = cfg.trainer
+    run_dir = Path(run_dir)
+    ckpt = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        save_last=True,
+        save_top_k=0 if not t.get("checkpoint_every_n_steps") else 1,
+        every_n_train_steps=t.get("checkpoint_every_n_steps") or None,
+    )
+    kwargs = dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolve_precision(t),
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval,
+        limit_val_batches=t.limit_val_batches,
+        enable_progress_bar=t.enable_progress_bar,
+        default_root_dir=str(run_dir),
+        logger=make_logger(cfg, run_dir, name),
+        callbacks=[ckpt, *callbacks],
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:
+    """``trainer.ckpt_path``: null -> None, 'last' -> run_dir/checkpoints/last.ckpt if present."""
+    p = cfg.trainer.get("ckpt_path")
+    if not p:
+        return None
+    if p == "last":
+        last = Path(run_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(p).exists():
+        raise FileNotFoundError(f"trainer.ckpt_path={p}: no such checkpoint")
+    return str(p)
