@@ -58,7 +58,7 @@ def test_drive_segment_is_deterministic_per_seed(seg):
 
 
 def test_poor_autopilot_disengages_and_human_reengages():
-    s = drive_segment(3, 30.0, None, 16, 32, quality=0.0)
+    s = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
     events = np.flatnonzero(s.disengage)
     assert len(events) >= 1
     assert set(s.disengage[events].tolist()) <= {int(c) for c in Cause if c}
@@ -112,3 +112,11 @@ def test_env_is_deterministic_under_reset_seed():
 
     a, b, c = rollout(5), rollout(5), rollout(6)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_composed_hydra_config_builds_the_world_config():
+    from drivegpt.config import compose
+
+    cfg = compose("fleet_generate", ["experiment=tiny", "sim.safety.min_ttc=1.5"])
+    rw = RoadWorldConfig.from_dict(cfg.sim)
+    assert (rw.height, rw.width, rw.seconds, rw.safety.min_ttc) == (32, 64, 10.0, 1.5)
