@@ -1,5 +1,6 @@
 """Road world: config, determinism, env API, fleet segments, counterfactual replay."""
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -70,7 +71,8 @@ def test_poor_autopilot_disengages_and_human_reengages():
 
 def test_replay_of_logged_poses_reproduces_logged_frames(seg):
     k, n = 10, 40
-    frames = replay(seg.meta, seg.world_pose[k], seg.rel_pose[k:k + n], k, seg.extras["traffic"])
+    meta = json.loads(json.dumps(seg.meta))  # as read back from a shard's meta.json
+    frames = replay(meta, seg.world_pose[k], seg.rel_pose[k:k + n], k, seg.extras["traffic"])
     ref = seg.frames[k + 1:k + 1 + n]
     assert frames.shape == ref.shape and frames.dtype == np.uint8
     diff = np.abs(frames.astype(int) - ref.astype(int))
