@@ -97,7 +97,7 @@ class Renderer:
         H, W = camera.height, camera.width
         c = camera.cfg
         # cross-section sample distances (m ahead of the camera): dense near, sparse far
-        d, ds = [-4.0], []
+        d = [-4.0]
         while d[-1] < c.far:
             d.append(d[-1] + max(1.0, 0.07 * abs(d[-1])))
         self.ahead = np.array(d)
