@@ -122,3 +122,14 @@ def test_composed_hydra_config_builds_the_world_config():
     cfg = compose("fleet_generate", ["experiment=tiny", "sim.safety.min_ttc=1.5"])
     rw = RoadWorldConfig.from_dict(cfg.sim)
     assert (rw.height, rw.width, rw.seconds, rw.safety.min_ttc) == (32, 64, 10.0, 1.5)
+
+
+def test_fleet_stats_counts_causes_per_100km(seg):
+    from sim.roadworld import fleet_stats
+
+    poor = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
+    st = fleet_stats([seg, poor])
+    km = (seg.speed.sum() + poor.speed.sum()) / 20 / 1000
+    assert abs(st["km"] - km) < 1e-3 and abs(st["hours"] - 24.0 / 3600) < 1e-9
+    assert st["disengagements_total"] == int((seg.disengage != 0).sum() + (poor.disengage != 0).sum()) > 0
+    assert abs(st["per_100km_total"] - 100 * st["disengagements_total"] / st["km"]) < 1e-6
