@@ -58,8 +58,13 @@ def test_drive_segment_is_deterministic_per_seed(seg):
     assert not np.array_equal(other.frames[:20], seg.frames[:20])
 
 
-def test_poor_autopilot_disengages_and_human_reengages():
-    s = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
+@pytest.fixture(scope="module")
+def poor():
+    return drive_segment(3, 20.0, None, 16, 32, quality=0.0)
+
+
+def test_poor_autopilot_disengages_and_human_reengages(poor):
+    s = poor
     events = np.flatnonzero(s.disengage)
     assert len(events) >= 1
     assert set(s.disengage[events].tolist()) <= {int(c) for c in Cause if c}
@@ -124,10 +129,9 @@ def test_composed_hydra_config_builds_the_world_config():
     assert (rw.height, rw.width, rw.seconds, rw.safety.min_ttc) == (32, 64, 10.0, 1.5)
 
 
-def test_fleet_stats_counts_causes_per_100km(seg):
+def test_fleet_stats_counts_causes_per_100km(seg, poor):
     from sim.roadworld import fleet_stats
 
-    poor = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
     st = fleet_stats([seg, poor])
     km = (seg.speed.sum() + poor.speed.sum()) / 20 / 1000
     assert abs(st["km"] - km) < 1e-3 and abs(st["hours"] - 24.0 / 3600) < 1e-9
