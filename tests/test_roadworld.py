@@ -137,3 +137,21 @@ def test_fleet_stats_counts_causes_per_100km(seg, poor):
     assert abs(st["km"] - km) < 1e-3 and abs(st["hours"] - 24.0 / 3600) < 1e-9
     assert st["disengagements_total"] == int((seg.disengage != 0).sum() + (poor.disengage != 0).sum()) > 0
     assert abs(st["per_100km_total"] - 100 * st["disengagements_total"] / st["km"]) < 1e-6
+
+
+def test_preview_writes_sheet_video_and_gif(seg, tmp_path):
+    import cv2
+
+    from sim.roadworld.preview import write_preview
+
+    paths = write_preview(seg, tmp_path)
+    sheet = cv2.imread(paths["png"])
+    n_tiles = len(set(np.linspace(0, len(seg) - 1, 12).round().astype(int)) | set(np.flatnonzero(seg.disengage)))
+    rows = -(-n_tiles // 3)
+    assert sheet.shape == (rows * (14 + 128), 3 * 256, 3)  # 32x64 frames upscaled x4 + HUD bar
+    cap = cv2.VideoCapture(paths["webm"])
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == len(seg)
+    assert Path(paths["gif"]).stat().st_size > 0 and not list(tmp_path.glob(".*tmp*"))
