@@ -261,7 +261,8 @@ def expand_urls(spec: str | os.PathLike | Iterable) -> list[str]:
         urls += matches
     missing = [u for u in urls if not os.path.isfile(u)]
     if not urls or missing:
-        raise FileNotFoundError(f"{spec}: no such shard file(s): {', '.join(missing[:3]) or spec}")
+        raise FileNotFoundError(f"{spec}: no such shard file(s): {', '.join(missing[:3]) or spec}"
+                                f" ({len(missing)} missing)")
     return urls
 
 
