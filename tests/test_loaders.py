@@ -52,6 +52,9 @@ def test_two_ranks_two_workers_see_every_sample_once(six_shards, monkeypatch):
     expected = {(make_item(i).segment_id, j) for i in range(6) for j in range(len(make_item(i)))}
     assert set(seen) == expected and set(seen.values()) == {1}
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    with pytest.raises(ValueError, match="6 shard.*8 ranks"):
+        frame_dataset(six_shards, split="all")
 
 
 def test_resampled_epoch_length_and_split_filter(six_shards):
