@@ -60,6 +60,43 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
     return loggers
 
 
+class DataAuditCallback:
+    """Per-rank audit of a distributed run: which samples each rank trained on, and a hash of
+    its final weights, written to ``run_dir/audit/rank<r>.json``. Enabled by
+    ``trainer.audit=true``; used to check that ranks read disjoint data and end identical."""
+
+    def __new__(cls, run_dir):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Audit(Callback):
+            def __init__(self, run_dir):
+                self.run_dir = Path(run_dir)
+                self.seen: list[str] = []
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                ids = batch.get("segment_id") if isinstance(batch, dict) else None
+                starts = batch.get("start") if isinstance(batch, dict) else None
+                if ids is None:
+                    return
+                starts = starts.tolist() if hasattr(starts, "tolist") else (starts or [None] * len(ids))
+                self.seen += [f"{i}@{s}" for i, s in zip(ids, starts)]
+
+            def on_train_end(self, trainer, pl_module):
+                import hashlib
+
+                from drivegpt.runs import atomic_write_json
+
+                h = hashlib.sha256()
+                for name, p in sorted(pl_module.state_dict().items()):
+                    h.update(name.encode())
+                    h.update(p.detach().cpu().contiguous().numpy().tobytes())
+                atomic_write_json(self.run_dir / "audit" / f"rank{trainer.global_rank}.json",
+                                  {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                                   "seen": self.seen, "weights_sha256": h.hexdigest()})
+
+        return _Audit(run_dir)
+
+
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
     """Build the Trainer for a stage from ``cfg.trainer`` (+ keyword overrides for tests)."""
     import lightning as L
@@ -89,7 +126,7 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir),
         logger=make_logger(cfg, run_dir, name),
-        callbacks=[ckpt, *callbacks],
+        callbacks=[ckpt, *callbacks] + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
