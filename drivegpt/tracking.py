@@ -1,17 +1,30 @@
 """wandb logging for stages that run no Lightning Trainer (fleet, evals, RL, export).
 
-Mode as for the Trainer's WandbLogger (drivegpt.training.wandb_mode): offline by default,
+One mode rule (wandb_mode) for these and the Trainer's WandbLogger: offline by default,
 online when logged in or WANDB_MODE says so, disabled in tests. metrics.json in the run
 directory stays the local copy of everything logged here.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from drivegpt.training import wandb_mode
+
+def wandb_mode(cfg_logger: DictConfig) -> str:
+    """$WANDB_MODE wins; else online when logged in (API key or netrc), else offline."""
+    if cfg_logger.get("mode"):
+        return str(cfg_logger.mode)
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
 
 
 def start(cfg: DictConfig, run_dir: str | Path, name: str):

@@ -2,8 +2,7 @@ import cv2
 import numpy as np
 
 from drivegpt.config import compose
-from drivegpt.tracking import log_stage, start
-from drivegpt.training import wandb_mode
+from drivegpt.tracking import log_stage, start, wandb_mode
 
 
 def test_wandb_mode_resolution(monkeypatch, tmp_path):
