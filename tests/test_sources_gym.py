@@ -55,3 +55,15 @@ def test_bad_plugin_paths_are_named():
         import_path("nope.module:f")
     with pytest.raises(SourceError, match=r"has no attribute 'missing'"):
         GymSource(**{**EXAMPLE, "pose": "data.sources.gym_recorder:missing"})
+
+
+def test_ingest_config_block_builds_the_car_racing_example(tmp_path):
+    from data.ingest import make_source
+    from drivegpt.config import compose
+
+    cfg = compose("data_ingest", ["experiment=tiny", "source=gym", "segments=3", "seconds=0.3",
+                                  "first_seed=7", f"run_dir={tmp_path}"])
+    src = make_source(cfg)
+    assert src.n_items == 3
+    seg = src.make_item(2)
+    assert seg.meta["seed"] == 9 and len(seg) == 15 and seg.frames.shape[1:] == (32, 64, 3)
