@@ -80,7 +80,8 @@ def run(cfg) -> dict:
     try:  # frames already in finished shards (a resumed run skips them)
         from data.shards import read_manifest
 
-        before = sum(e["frames"] for e in read_manifest(out).get("shards", []))
+        before = sum(e["frames"] for e in read_manifest(out).get("shards", [])
+                     if (out / e["name"]).exists() and (out / e["name"]).stat().st_size == e["bytes"])
     except FileNotFoundError:
         before = 0
     t0 = time.perf_counter()
