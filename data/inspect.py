@@ -111,9 +111,9 @@ CAUSE_COLOR = (220, 40, 40)
 
 
 def pick_frames(seg: Segment, per_segment: int) -> list[int]:
-    """Every disengagement frame (up to ``per_segment``) then evenly spaced frames."""
+    """Disengagement frames (up to half of ``per_segment``, at least one), then evenly spaced ones."""
     T = len(seg)
-    picks = [int(i) for i in np.flatnonzero(seg.disengage)][:per_segment]
+    picks = [int(i) for i in np.flatnonzero(seg.disengage)][:max(1, per_segment // 2)][:per_segment]
     for i in np.linspace(0, T - 1, per_segment).round().astype(int):
         if len(picks) >= per_segment:
             break
@@ -174,9 +174,20 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
     handler = BadInput(skip_bad)
     urls = expand_urls(shards)
     tiles: list[np.ndarray] = []
-    for sample in raw_samples(urls, handler):
+    # spread the sheet over the fleet when its size is known from a manifest
+    every = 1
+    try:
+        from data.shards import read_manifest
+
+        parents = {str(Path(u).parent) for u in urls}
+        if len(parents) == 1:
+            n_total = int(read_manifest(parents.pop()).get("samples", 0))
+            every = max(1, n_total // max(1, math.ceil(n_frames / max(1, per_segment))))
+    except (FileNotFoundError, ValueError, OSError):
+        pass
+    for j, sample in enumerate(raw_samples(urls, handler)):
         try:
-            want = len(tiles) < n_frames and sheet_path is not None
+            want = len(tiles) < n_frames and sheet_path is not None and j % every == 0
             seg = decode_sample(sample, frames=want)
         except ShardError as e:
             handler(e)  # raises unless skip_bad (then counted)
