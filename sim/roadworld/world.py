@@ -27,7 +27,7 @@ class World:
         self.params = V.VehicleParams()
         g_road, g_scen, g_look, g_traf, g_ego = (np.random.default_rng(s) for s in
                                                   np.random.SeedSequence(self.seed).spawn(5))
-        length = cfg.seconds * 42.0 + 400.0
+        length = min(cfg.seconds, 1800.0) * 42.0 + 400.0  # longer episodes end with the road
         self.road = Road(g_road, cfg.road, length)
         self.scenery = Scenery(g_scen, cfg.scenery, self.road)
         self.look = Look(g_look, cfg.scenery)
