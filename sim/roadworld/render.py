@@ -224,7 +224,7 @@ class Renderer:
 
     def _boxes(self, img, m, pose, s0, vehicles):
         cam, sc = self.cam, self.scenery
-        i0, i1 = np.searchsorted(sc.s, [s0 - 30.0, s0 + cam.cfg.scenery_far])
+        i0, i1 = np.searchsorted(sc.s, [s0 - 13.0, s0 + cam.cfg.scenery_far])  # buildings: half-length <= 12 m
         corners = [sc.corners[i0:i1]]
         rgb = [self.scen_rgb[i0:i1]]
         kind = [np.zeros(i1 - i0, np.int8)]
