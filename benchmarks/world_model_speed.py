@@ -17,7 +17,7 @@ import time
 import torch
 
 from drivegpt.world_model import WorldModel, WorldModelConfig
-from drivegpt.world_model.sampling import generate_frame, generate_frame_full
+from drivegpt.world_model.sampling import generate_frame
 
 SIZES = {  # (n_layer, n_head, n_embd, grid, vocab)
     "tiny": (2, 2, 32, (4, 8), 64),
