@@ -163,6 +163,9 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
         metrics.update(counterfactual_and_following(cfg, model, tokenizer, run_dir))
     else:
         log.warning("eval world_model: no tokenizer path; skipping counterfactual fidelity and pose-following")
+    for alias, key in (("auroc_2s", "disengage_auroc_2s"), ("counterfactual_psnr_gain_1s", "psnr_gain_1s")):
+        if key in metrics:  # the pipeline summary's headline names
+            metrics[alias] = metrics[key]
     metrics.update(params=model.num_params(), eval_seconds=time.time() - t0, checkpoint=str(cfg.checkpoint))
     write_metrics(run_dir, metrics)
     mark_done(run_dir, {"metrics": "metrics.json"})
