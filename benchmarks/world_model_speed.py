@@ -25,7 +25,7 @@ from drivegpt.world_model.sampling import generate_frame  # noqa: E402
 
 SIZES = {  # (n_layer, n_head, n_embd, grid, vocab)
     "tiny": (2, 2, 32, (4, 8), 64),
-    "demo": (3, 4, 128, (8, 16), 256),  # configs/experiment/demo.yaml (64x128 frames, 8x16 tokens)
+    "demo": (2, 4, 128, (8, 16), 256),  # configs/experiment/demo.yaml (64x128 frames, 8x16 tokens)
     "base": (8, 8, 512, (8, 16), 1024),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
