@@ -146,6 +146,7 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     cfg = cfg.copy()
     with open_dict(cfg):  # windows of the model's length, labels at the model's horizons
         cfg.data.context_frames = model.cfg.max_frames
+        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate
         cfg.data.horizons = list(model.cfg.horizons)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
     metrics, dis = token_metrics(model, dm.dataloader("val", shuffle=False, resampled=False), int(cfg.eval.max_batches))

@@ -287,6 +287,6 @@ class WorldModel(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (6N + attention, PaLM appendix B)."""
-        n = sum(p.numel() for p in self.blocks.parameters())
+        n = sum(p.numel() for p in self.blocks.parameters()) + self.lm_head.weight.numel()
         t = seq_len or self.cfg.block_size
         return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * t
