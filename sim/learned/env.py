@@ -25,6 +25,8 @@ from sim.learned.contexts import ContextPool, pool_from_shards
 from sim.learned.core import SimCore
 from sim.learned.models import Models, VehicleModel, check_compatible, load_models
 
+MAX_SPEED = 100.0  # m/s, observation bound (the logged speed is clamped to [0, MAX_SPEED])
+
 
 def make_core(num_envs: int, config: LearnedSimConfig | dict | None = None, *,
               models: Models | None = None, contexts: ContextPool | None = None,
@@ -46,7 +48,7 @@ def make_core(num_envs: int, config: LearnedSimConfig | dict | None = None, *,
 
 
 def observation_space(core: SimCore) -> spaces.Dict:
-    speed = spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    speed = spaces.Box(0.0, MAX_SPEED, (1,), np.float32)
     if core.cfg.observation == "tokens":
         return spaces.Dict({"tokens": spaces.Box(0, core.models.vocab_size - 1, (core.h, core.w), np.int64),
                             "speed": speed})
@@ -56,7 +58,7 @@ def observation_space(core: SimCore) -> spaces.Dict:
 
 def batch_obs(core: SimCore, tokens: torch.Tensor, speed: torch.Tensor) -> dict[str, torch.Tensor]:
     """Observation tensors on the device: {"image" [b,H,W,3] | "tokens" [b,h,w], "speed" [b,1]}."""
-    speed = speed.to(torch.float32)[:, None]
+    speed = speed.to(torch.float32).clamp(0.0, MAX_SPEED)[:, None]
     if core.cfg.observation == "tokens":
         return {"tokens": tokens, "speed": speed}
     return {"image": core.decode(tokens), "speed": speed}
