@@ -48,6 +48,8 @@ class LearnedSimConfig:
     lat_accel_scale: float = 3.0           # m/s^2
     jerk_scale: float = 5.0                # m/s^3
     uncertainty_weight: float = 0.0
+    entropy: bool = True                   # token entropy per step (one extra teacher-forced pass
+                                           # when sampling.step does not return it)
     # --- termination on the disengagement head ---
     termination: str = "sample"            # sample (IRIS-style Bernoulli) | threshold | never
     threshold: float = 0.5                 # per-step event probability for termination=threshold

@@ -67,8 +67,13 @@ class SimCore:
         self.weights = torch.tensor(hw, device=dev)[:, None] * torch.tensor(cfg.cause_weights, device=dev)[None, :]
         self.h0 = min(models.horizons)
         self.i0 = models.horizons.index(self.h0)
+        if models.fps is not None and abs(models.fps * cfg.dt - 1.0) > 1e-6:
+            raise ModelMismatchError(
+                f"learned_sim.stride/fps: a step of {cfg.dt:g} s ({cfg.stride} frames at {cfg.fps:g} Hz) "
+                f"but the world model {models.source} reads frames at {models.fps:g} Hz")
         self.has_entropy = models.step_supports("return_entropy")
-        if cfg.uncertainty_weight > 0 and not (self.has_entropy or models.ensemble):
+        self.tf_entropy = cfg.entropy and not self.has_entropy and models.can_teacher_force
+        if cfg.uncertainty_weight > 0 and not (self.has_entropy or self.tf_entropy or models.ensemble):
             raise ValueError("learned_sim.uncertainty_weight > 0 needs an uncertainty signal: a "
                              "sampling.step with return_entropy or learned_sim.ensemble checkpoints")
         self.dr_keys = sorted(cfg.domain_randomization)
@@ -167,7 +172,10 @@ class SimCore:
                                                           self.speed, return_entropy=True, **kw)
             else:
                 nxt, probs = self.models.step_fn(self.models.world_model, self.tokens, rel, self.speed, **kw)
-                entropy = torch.full((self.b,), float("nan"), device=dev)
+                if self.tf_entropy:
+                    entropy = self.models.entropy(self.tokens, rel, self.speed, nxt)
+                else:
+                    entropy = torch.full((self.b,), float("nan"), device=dev)
             info: dict[str, torch.Tensor] = {}
             if self.models.ensemble:
                 gkw = dict(kw, temperature=0.0)
@@ -196,7 +204,7 @@ class SimCore:
         jerk = (accel - prev_accel) / dt
         hazard = (probs * self.weights).sum((1, 2))
         comfort = (lat / cfg.lat_accel_scale) ** 2 + (jerk / cfg.jerk_scale) ** 2
-        if self.has_entropy:
+        if self.has_entropy or self.tf_entropy:
             unc = entropy.to(dev, torch.float32)
         elif self.models.ensemble:
             unc = info["token_disagreement"]

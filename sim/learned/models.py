@@ -30,21 +30,49 @@ class Models:
     ensemble: list[Any] = field(default_factory=list)
     source: str = "<objects>"  # where they came from, for messages
 
+    def _attr(self, name: str, model=None):
+        m = self.world_model if model is None else model
+        return getattr(m, name) if hasattr(m, name) else getattr(m.cfg, name)
+
     @property
     def vocab_size(self) -> int:
-        return int(self.world_model.vocab_size)
+        return int(self._attr("vocab_size"))
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(int(g) for g in self.world_model.grid)
+        return tuple(int(g) for g in self._attr("grid"))
 
     @property
     def context_frames(self) -> int:
-        return int(self.world_model.context_frames)
+        return int(self._attr("context_frames"))
 
     @property
     def horizons(self) -> list[float]:
-        return [float(h) for h in self.world_model.horizons]
+        return [float(h) for h in self._attr("horizons")]
+
+    @property
+    def fps(self) -> float | None:
+        """Frame rate the world model reads (None if it does not say)."""
+        try:
+            return float(self._attr("fps"))
+        except AttributeError:
+            return None
+
+    @property
+    def can_teacher_force(self) -> bool:
+        return isinstance(self.world_model, torch.nn.Module) and hasattr(self.world_model, "embed_sequence")
+
+    @torch.no_grad()
+    def entropy(self, tokens, rel_pose, speed, new) -> torch.Tensor:
+        """Mean per-token entropy (nats) of the model's distributions over the new frame's tokens,
+        teacher-forced on the tokens it produced: tokens [b,K,h,w], rel_pose [b,K,6] (last = the
+        commanded move), speed [b,K], new [b,h,w] -> [b]. One parallel forward of K+1 frames."""
+        toks = torch.cat([tokens, new[:, None]], 1)
+        rel = torch.cat([rel_pose, torch.zeros_like(rel_pose[:, :1])], 1)
+        spd = torch.cat([speed, speed[:, -1:]], 1)
+        logits = self.world_model(toks, rel, spd)["logits"][:, -1].float()  # [b, n, V]
+        logp = logits.log_softmax(-1)
+        return -(logp.exp() * logp).sum(-1).mean(-1)
 
     def step_supports(self, name: str) -> bool:
         try:
@@ -57,7 +85,7 @@ def _existing(path: str | None, key: str) -> Path:
     if path is None or str(path) in ("", "???", "None"):
         raise ValueError(f"learned_sim.{key}: no world-model checkpoint given (pass {key}=PATH)")
     p = Path(str(path)).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"learned_sim.{key}: checkpoint {str(p)!r} does not exist")
     return p
 
@@ -75,7 +103,7 @@ def check_compatible(models: Models) -> Models:
             f"{src}: tokenizer token grid {tok_grid} != world-model grid {models.grid}")
     for i, m in enumerate(models.ensemble):
         for attr in ("vocab_size", "grid", "context_frames", "horizons"):
-            a, b = getattr(m, attr), getattr(wm, attr)
+            a, b = models._attr(attr, m), models._attr(attr)
             if (tuple(a) if isinstance(a, (list, tuple)) else a) != (tuple(b) if isinstance(b, (list, tuple)) else b):
                 raise ModelMismatchError(f"{src}: ensemble member {i} has {attr}={a!r}, the main "
                                          f"world model {attr}={b!r}")
@@ -93,14 +121,15 @@ def load_models(cfg: LearnedSimConfig) -> Models:
     tok_path = cfg.tokenizer or getattr(wm, "tokenizer_path", None)
     if tok_path is None:
         raise ValueError(f"{ckpt}: the checkpoint records no tokenizer path; set learned_sim.tokenizer")
-    if not Path(str(tok_path)).is_file():
+    tp = Path(str(tok_path)).expanduser()
+    if not tp.exists() and not tp.is_absolute() and (ckpt.parent / tp).exists():
+        tp = ckpt.parent / tp  # recorded relative to the run; try beside the checkpoint
+    if not tp.exists():
         raise FileNotFoundError(f"{ckpt}: tokenizer {str(tok_path)!r} (recorded in the checkpoint or "
                                 f"learned_sim.tokenizer) does not exist")
     from drivegpt.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(str(tok_path))
-    if isinstance(tok, torch.nn.Module):
-        tok = tok.to(device).eval()
+    tok = load_tokenizer(str(tp), map_location=device)
     ensemble = [load_world_model(str(_existing(p, f"ensemble[{i}]"))).to(device).eval()
                 for i, p in enumerate(cfg.ensemble)]
     return check_compatible(Models(wm, tok, step_fn, ensemble, source=str(ckpt)))

@@ -136,3 +136,28 @@ def fake_setup(context_frames=3, stride=2, future=0, seed=0, **kw):
 
 __all__ = ["ContextPool", "FakeTokenizer", "FakeWorldModel", "fake_samples", "fake_setup",
            "fake_step", "fake_vehicle_module"]
+
+
+def tiny_checkpoints(out_dir, vocab_size=16, frame_size=(32, 64), downsample=16, context_frames=3,
+                     fps=10.0, seed=0):
+    """Write an untrained tiny real tokenizer + world model (the world model records the
+    tokenizer path) -> (world-model checkpoint path, tokenizer path). Sizes of experiment=tiny."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from drivegpt.tokenizer import Tokenizer, save_tokenizer
+    from drivegpt.world_model import WorldModel, WorldModelConfig, save_world_model
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tcfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "tokenizer" / "default.yaml")
+    tcfg.frame_height, tcfg.frame_width = frame_size
+    tcfg.update(dict(downsample=downsample, channels=8, channel_mult=[1, 1], res_blocks=1, embed_dim=8,
+                     codebook_size=vocab_size))
+    tok = Tokenizer(OmegaConf.to_container(tcfg, resolve=True)).eval()
+    tok_path = save_tokenizer(tok, out / "tokenizer.pt")
+    wcfg = WorldModelConfig(vocab_size=vocab_size, grid=tok.grid, max_frames=context_frames + 1,
+                            n_layer=1, n_head=2, n_embd=32, horizons=(0.5, 1.0, 2.0), fps=fps)
+    wm = WorldModel(wcfg, tokenizer_path=str(tok_path)).eval()
+    return save_world_model(wm, out / "world_model.pt"), tok_path

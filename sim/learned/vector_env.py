@@ -92,17 +92,14 @@ class WorldModelVectorEnv(VectorEnv):
         reward, term, trunc = r.reward, r.terminated, r.truncated
         info = dict(r.info)
         if self.cfg.autoreset_mode == "next_step":
-            obs = batch_obs(core, r.tokens, r.speed)
             if bool(resetting.any()):
-                core.reset(resetting, None)
-                tokens, speed = core.current()
-                fresh = batch_obs(core, tokens, speed)
-                obs = {k: torch.where(resetting.view(-1, *[1] * (v.ndim - 1)), fresh[k], v)
-                       for k, v in obs.items()}
+                core.reset(resetting, None)  # the newest frame of the others is r.tokens
                 zero = torch.zeros_like(reward)
                 reward = torch.where(resetting, zero, reward)
                 term, trunc = term & ~resetting, trunc & ~resetting
                 info["context_index"] = core.ctx_index.clone()
+            info["autoreset"] = resetting.clone()  # their other info entries are of the discarded step
+            obs = batch_obs(core, *core.current())  # one batched decode
             self._autoreset = term | trunc
         else:  # same_step
             obs = batch_obs(core, r.tokens, r.speed)
