@@ -89,7 +89,16 @@ class SimCore:
         self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
         self.ctx_index = torch.zeros(b, dtype=torch.int64, device=dev)
         self.dr_u = torch.full((b, max(len(self.dr_keys), 1)), 0.5, device=dev)
-        self.params = self.vehicle.params(None, {})
+        self.params, self.gain = self.vehicle.params(None, {})
+        if self.dr_keys:  # fail now, not mid-episode, if the vehicle model can't take per-env values
+            try:
+                p, g = self.vehicle.params(torch.rand(b, len(self.dr_keys), device=dev), cfg.domain_randomization)
+                self.vehicle.step(self.veh, torch.zeros(b, 2, device=dev), 1.0 / cfg.fps, p, g)
+            except ValueError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-raised naming the setting
+                raise ValueError(f"learned_sim.domain_randomization {self.dr_keys}: sim.vehicle.step "
+                                 f"does not accept per-env tensors for these fields ({e})") from None
 
     # ------------------------------------------------------------------ reset
     def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
@@ -124,7 +133,7 @@ class SimCore:
             u = torch.stack([uniform(self.seed, self.episode, 100 + j)
                              for j in range(len(self.dr_keys))], -1)
             self.dr_u = torch.where(mask[:, None], u, self.dr_u)
-            self.params = self.vehicle.params(self.dr_u, self.cfg.domain_randomization)
+            self.params, self.gain = self.vehicle.params(self.dr_u, self.cfg.domain_randomization)
 
     # ------------------------------------------------------------------ step
     def check_action(self, action) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +157,7 @@ class SimCore:
         move = None
         veh = self.veh
         for _ in range(sub):  # vehicle model at the log rate, composed over the stride
-            veh, rel = self.vehicle.step(veh, a, 1.0 / self.cfg.fps, self.params)
+            veh, rel = self.vehicle.step(veh, a, 1.0 / self.cfg.fps, self.params, self.gain)
             move = rel if move is None else compose(move, rel)
         prev = self.veh
         self.veh = veh.to(torch.float32)
