@@ -94,11 +94,9 @@ class SimCore:
             try:
                 p, g = self.vehicle.params(torch.rand(b, len(self.dr_keys), device=dev), cfg.domain_randomization)
                 self.vehicle.step(self.veh, torch.zeros(b, 2, device=dev), 1.0 / cfg.fps, p, g)
-            except ValueError:
-                raise
             except Exception as e:  # noqa: BLE001 - re-raised naming the setting
                 raise ValueError(f"learned_sim.domain_randomization {self.dr_keys}: sim.vehicle.step "
-                                 f"does not accept per-env tensors for these fields ({e})") from None
+                                 f"cannot randomize these fields per env ({e})") from None
 
     # ------------------------------------------------------------------ reset
     def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
