@@ -80,7 +80,12 @@ def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
         rel[:-1, 5] = rng.normal(0, 0.002, T - 1)
         out.append(dict(tokens=rng.integers(0, vocab_size, (T, *grid)).astype(np.int16),
                         rel_pose=rel, speed=speed, engaged=np.ones(T, bool),
-                        disengage=np.zeros(T, np.int8), meta={"segment_id": f"seg{i:04d}"}))
+                        disengage=np.zeros(T, np.int8), times=np.arange(T) / 20.0,
+                        world_pose=np.zeros((T, 6), np.float32),
+                        meta={"segment_id": f"seg{i:04d}", "source": "fake", "fps": 20.0,
+                              "camera": {"fx": 32.0, "fy": 32.0, "cx": 32.0, "cy": 16.0,
+                                         "width": 64, "height": 32},
+                              "vehicle": {}, "tokens": {"vocab_size": vocab_size, "grid": list(grid)}}))
     return out
 
 
