@@ -99,9 +99,11 @@ class SimCore:
                                  f"cannot randomize these fields per env ({e})") from None
 
     # ------------------------------------------------------------------ reset
-    def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
+    def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
+              indices: torch.Tensor | None = None) -> None:
         """Reset the envs in ``mask`` [b] bool (all if None). ``seeds`` [b] int64 restarts their
-        random streams; without seeds they move on to their next episode."""
+        random streams; without seeds they move on to their next episode. ``indices`` [b]: start
+        from these pool contexts instead of seeded draws (offline rollouts)."""
         dev, K = self.device, self.K
         mask = torch.ones(self.b, dtype=torch.bool, device=dev) if mask is None else mask.to(dev)
         if seeds is not None:
@@ -113,6 +115,8 @@ class SimCore:
             self.episode = torch.where(mask, self.episode + 1, self.episode)
         n = len(self.pool)
         idx = (uniform(self.seed, self.episode, 0) * n).long().clamp_max(n - 1)
+        if indices is not None:
+            idx = torch.as_tensor(indices, dtype=torch.int64, device=dev)
         self.ctx_index = torch.where(mask, idx, self.ctx_index)
         m4 = mask[:, None, None, None]
         self.tokens = torch.where(m4, self.pool.tokens[idx, :K], self.tokens)
