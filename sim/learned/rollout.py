@@ -117,7 +117,7 @@ def rollout_batch(core: SimCore, pool: ContextPool, idx: torch.Tensor, steps: in
         probs.append(r.info["disengage_probs"]), event.append(r.info["event_probs"])
         ent.append(r.info["uncertainty"]), dist.append(r.info["distance"])
         if progress is not None:
-            progress.update(1)
+            progress.update(len(idx))
     real_tok = pool.tokens[idx, K - 1:K + steps]  # [b, T+1, h, w]
     real = core.decode(real_tok.flatten(0, 1)).reshape(len(idx), steps + 1, *first.shape[1:])
     out = dict(dreamed=torch.stack(dreamed, 1), real=real, probs=torch.stack(probs, 1),
