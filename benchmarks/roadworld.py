@@ -1,7 +1,7 @@
 """Road-world rendering speed: frames/s per core at 128x256 and 32x64 (target >= 1000 at
 128x256), with and without the lane-marking mask, plus the full env step and a fleet segment.
 
-    python benchmarks/roadworld.py [--frames 1000] [--segment-seconds 60]
+    python benchmarks/roadworld.py [--frames 1000] [--segment-seconds 60] [--fleet-segments 24]
 
 Prints ONE JSON line. "per core" = frames / CPU seconds of this (single-threaded) process,
 so it is not inflated by other load on the machine; wall-clock figures are reported too.
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.roadworld import HumanDriver, RoadWorldConfig, RoadWorldEnv, World, drive_segment  # noqa: E402
+from sim.roadworld import (HumanDriver, RoadWorldConfig, RoadWorldEnv, World,  # noqa: E402
+                          drive_segment, fleet_stats)
 
 TARGET_FPS = 1000.0
 
@@ -56,6 +57,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--segment-seconds", type=float, default=60.0)
+    ap.add_argument("--fleet-segments", type=int, default=0,
+                    help="also drive this many default segments (seeds 0..N-1, 64x128) and report "
+                         "autopilot disengagements per 100 km by cause")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     out = {"benchmark": "roadworld", "target_fps": TARGET_FPS}
@@ -77,6 +81,12 @@ def main(argv=None):
     out["drive_segment_cpu_seconds"] = round(time.process_time() - c0, 2)
     out["drive_segment_wall_seconds"] = round(time.perf_counter() - w0, 2)
     out["drive_segment_frames"] = len(seg)
+    if args.fleet_segments:
+        stats = fleet_stats(drive_segment(i, args.segment_seconds, None, 64, 128)
+                            for i in range(args.fleet_segments))
+        out["fleet"] = {k: (round(v, 3) if isinstance(v, float) else
+                            {c: round(x, 1) for c, x in v.items()} if isinstance(v, dict) else v)
+                        for k, v in stats.items()}
     out["load_average_1min"] = round(os.getloadavg()[0], 2)
     out["cpu_count"] = os.cpu_count()
     print(json.dumps(out))

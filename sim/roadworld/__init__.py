@@ -5,13 +5,14 @@ Public surface:
 - ``drive_segment(seed, seconds, cfg_sim, height, width) -> data.schema.Segment``
 - ``replay(meta, world_pose0, rel_poses, start_index, traffic=None) -> frames``
 - controllers ``Autopilot``, ``HumanDriver`` (``act(env) -> normalized action``)
+- ``fleet_stats(segments)``; ``python -m sim.roadworld.preview`` (contact sheet, WebM, GIF)
 - building blocks: ``World`` (one drive), ``Camera``/``Renderer``, ``SafetyDriver``
 """
 
 from .config import RoadWorldConfig
 from .controllers import Autopilot, HumanDriver
 from .env import RoadWorldEnv
-from .fleet import TRAFFIC_COLUMNS, drive_segment, make_config, segment_id
+from .fleet import TRAFFIC_COLUMNS, drive_segment, fleet_stats, make_config, segment_id
 from .render import Camera, Renderer
 from .replay import replay, world_from_meta
 from .safety import SafetyDriver
@@ -19,4 +20,4 @@ from .world import World
 
 __all__ = ["RoadWorldEnv", "RoadWorldConfig", "drive_segment", "replay", "world_from_meta",
            "Autopilot", "HumanDriver", "World", "Camera", "Renderer", "SafetyDriver",
-           "TRAFFIC_COLUMNS", "make_config", "segment_id"]
+           "TRAFFIC_COLUMNS", "make_config", "segment_id", "fleet_stats"]

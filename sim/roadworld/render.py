@@ -97,7 +97,7 @@ class Renderer:
         H, W = camera.height, camera.width
         c = camera.cfg
         # cross-section sample distances (m ahead of the camera): dense near, sparse far
-        d, ds = [-4.0], []
+        d = [1.5]  # the bottom image row sees the ground ~3.5 m ahead; clipping covers yawed views
         while d[-1] < c.far:
             d.append(d[-1] + max(1.0, 0.07 * abs(d[-1])))
         self.ahead = np.array(d)
@@ -121,7 +121,7 @@ class Renderer:
         cols = np.arange(W + 1, dtype=np.float64)
         self.col_az = np.arctan((camera.cx - cols) / camera.fx)  # left-positive azimuth
         # hill silhouette row per azimuth (0.25 deg grid), polygon closed below the horizon
-        self.hill_v = (camera.cy - camera.fy * np.tan(look.hill_elev - camera.pitch)) * ONE
+        self.hill_v = (camera.cy - camera.fy * np.tan(look.hill_elev + camera.pitch)) * ONE
         self.hill_pts = np.zeros((W + 3, 2), np.int32)
         self.hill_pts[:-2, 0] = cols * ONE
         self.hill_pts[-2:] = [[W * ONE, int((camera.horizon_v + 1) * ONE)], [0, int((camera.horizon_v + 1) * ONE)]]
@@ -178,14 +178,15 @@ class Renderer:
             fix = behind[:-1] & ~behind[1:]
             for arr in (xr, yd, zc):
                 arr[:-1][fix] += t[fix] * (arr[1:][fix] - arr[:-1][fix])
-            behind = zc < near - 1e-6
-            # keep the rows after the last one with a point still behind the plane
-            rows = np.flatnonzero(behind.any(1))
-            if len(rows):
-                first = rows[-1] + 1
-                if len(s) - first < 2:
-                    return
-                xr, yd, zc = xr[first:], yd[first:], zc[first:]
+            # keep the first run of cross-sections entirely in front of the plane
+            good = ~(zc < near - 1e-6).any(1)
+            if not good.any():
+                return
+            i0 = int(np.argmax(good))
+            i1 = i0 + (int(np.argmin(good[i0:])) if not good[i0:].all() else len(good) - i0)
+            if i1 - i0 < 2:
+                return
+            xr, yd, zc = xr[i0:i1], yd[i0:i1], zc[i0:i1]
         P = _fixed(*cam.pixels(xr, yd, zc))  # [n_s, n_lat, 2]
         # each band is one polygon: up one lateral line, back down the other
         band = lambda ja, jb: np.concatenate([P[:, ja], P[::-1, jb]])  # noqa: E731
@@ -205,7 +206,7 @@ class Renderer:
 
     def _dashes(self, pose, s0):
         cam = self.cam
-        lo, hi = max(s0 - 2.0, 0.0), min(s0 + cam.cfg.far * 0.75, self.road.length - self.dash - 1)
+        lo, hi = max(s0 + 0.6, 0.0), min(s0 + cam.cfg.far * 0.75, self.road.length - self.dash - 1)
         k = np.arange(math.ceil((lo - self.dash) / self.period), math.floor(hi / self.period) + 1)
         if len(k) == 0:
             return None
