@@ -1,0 +1,114 @@
+"""Start states: real logged context windows from the held-out split of token shards.
+
+A window keeps K frames of a segment at ``stride`` (plus ``future`` more for rollouts, so the
+logged continuation can be shown and replayed). ``rel_pose[k]`` is the SE(3) composition of the
+``stride`` per-frame poses from kept frame k to k+1, ``speed[k]`` the speed at kept frame k
+(``data.loaders.segment_windows`` composes them, as for the world model's training windows).
+Only segments with ``data.loaders.split_of(segment_id, val_fraction) == "val"`` are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ContextPool:
+    tokens: torch.Tensor    # int64 [n, K+F, h, w]
+    rel_pose: torch.Tensor  # float32 [n, K+F, 6]
+    speed: torch.Tensor     # float32 [n, K+F]
+    segment_ids: list[str]
+    starts: list[int]
+    context_frames: int     # K (the rest is the logged future)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def future_frames(self) -> int:
+        return int(self.tokens.shape[1]) - self.context_frames
+
+    def to(self, device) -> "ContextPool":
+        return ContextPool(self.tokens.to(device), self.rel_pose.to(device), self.speed.to(device),
+                           self.segment_ids, self.starts, self.context_frames)
+
+
+def _get(sample: Any, key: str):
+    if isinstance(sample, dict):
+        return sample[key]
+    return getattr(sample, key)
+
+
+def _segment_id(sample: Any) -> str:
+    meta = _get(sample, "meta")
+    return str(meta["segment_id"])
+
+
+def windows_of(sample: Any, K: int, stride: int, future: int = 0, max_windows: int | None = None):
+    """Window dicts of one token sample (``data.loaders.segment_windows``: composed strided poses),
+    starting every K kept frames, kept only where the car is engaged over the K context frames."""
+    from data.loaders import segment_windows, window_starts
+
+    n_keep = K + future
+    t = len(np.asarray(_get(sample, "times")))
+    starts = window_starts(t, n_keep, stride, step=K * stride)
+    count = 0
+    for w in segment_windows(sample, n_keep, stride, key="tokens", starts=starts):
+        if not w["engaged"][:K].all():
+            continue
+        yield dict(tokens=torch.as_tensor(w["tokens"], dtype=torch.int64),
+                   rel_pose=torch.as_tensor(w["rel_pose"], dtype=torch.float32),
+                   speed=torch.as_tensor(w["speed"], dtype=torch.float32),
+                   segment_id=w["segment_id"], start=w["start"])
+        count += 1
+        if max_windows is not None and count >= max_windows:
+            return
+
+
+def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Callable[[str], str],
+                      future: int = 0, max_contexts: int = 256, per_segment: int = 4,
+                      grid: tuple[int, int] | None = None, vocab_size: int | None = None,
+                      where: str = "<samples>") -> ContextPool:
+    """Collect held-out windows (``split_fn(segment_id) == "val"``) into a ContextPool."""
+    wins = []
+    for sample in samples:
+        sid = _segment_id(sample)
+        if split_fn(sid) != "val":
+            continue
+        toks = np.asarray(_get(sample, "tokens"))
+        if grid is not None and tuple(toks.shape[1:]) != tuple(grid):
+            raise ValueError(f"{where}: segment {sid!r}, field 'tokens': grid {tuple(toks.shape[1:])} "
+                             f"!= the world model's {tuple(grid)} (shards from another tokenizer?)")
+        if vocab_size is not None and toks.size and int(toks.max()) >= vocab_size:
+            raise ValueError(f"{where}: segment {sid!r}, field 'tokens': code {int(toks.max())} "
+                             f">= the world model's vocab_size {vocab_size}")
+        wins.extend(windows_of(sample, K, stride, future, per_segment))
+        if len(wins) >= max_contexts:
+            wins = wins[:max_contexts]
+            break
+    if not wins:
+        raise ValueError(f"{where}: no held-out (val) context window of {K}+{future} frames at stride "
+                         f"{stride}; need segments in the val split that are long enough")
+    return ContextPool(
+        tokens=torch.stack([w["tokens"] for w in wins]),
+        rel_pose=torch.stack([w["rel_pose"] for w in wins]),
+        speed=torch.stack([w["speed"] for w in wins]),
+        segment_ids=[w["segment_id"] for w in wins], starts=[w["start"] for w in wins],
+        context_frames=K)
+
+
+def pool_from_shards(spec: str, K: int, stride: int, val_fraction: float, future: int = 0,
+                     max_contexts: int = 256, grid=None, vocab_size=None) -> ContextPool:
+    """Held-out start contexts from token shards (``data.shards`` / ``data.loaders``)."""
+    from data.loaders import split_of
+    from data.shards import expand_urls, iter_samples
+
+    urls = expand_urls(spec)
+    return pool_from_samples(iter_samples(urls), K, stride,
+                             lambda sid: split_of(sid, val_fraction), future=future,
+                             max_contexts=max_contexts, grid=grid, vocab_size=vocab_size,
+                             where=f"data.shards={spec}")
