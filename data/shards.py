@@ -262,7 +262,8 @@ def write_shards(out_dir: str | os.PathLike, n_items: int, make_item: Callable[[
 
 # ----------------------------------------------------------------------------- reading
 def expand_urls(spec: str | os.PathLike | Iterable) -> list[str]:
-    """Shard URLs from a file, a directory (its *.tar, sorted), a brace pattern
+    """Shard URLs from a file, a directory (every *.tar below it, sorted; per-rank
+    sub-directories of token shards included), a brace pattern
     (``shard-{000000..000009}.tar``), a glob, a ``pipe:`` command, or a list of those."""
     from braceexpand import braceexpand
 
@@ -274,7 +275,9 @@ def expand_urls(spec: str | os.PathLike | Iterable) -> list[str]:
     if spec.startswith("pipe:") or "://" in spec:
         return list(braceexpand(spec))
     if os.path.isdir(spec):
-        urls = sorted(str(p) for p in Path(spec).glob("*.tar") if not p.name.startswith("."))
+        root = Path(spec)
+        urls = sorted(str(p) for p in root.rglob("*.tar")
+                      if not any(part.startswith(".") for part in p.relative_to(root).parts))
         if not urls:
             raise FileNotFoundError(f"{spec}: directory holds no .tar shards")
         return urls

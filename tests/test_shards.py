@@ -225,3 +225,15 @@ def test_large_arrays_are_compressed_and_bit_exact(tmp_path):
     (got,) = list(iter_samples(tmp_path))
     for k in ("lane_mask", "depth"):
         assert got.extras[k].dtype == seg.extras[k].dtype and np.array_equal(got.extras[k], seg.extras[k])
+
+
+def test_directory_spec_finds_shards_in_rank_subdirectories(tmp_path):
+    from data.shards import expand_urls
+
+    for rel in ("rank0/shard-000000.tar", "rank1/shard-000000.tar", "top.tar", ".tmp/partial.tar",
+                "rank0/.shard-000001.tar.tmp.tar"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    got = [str(__import__("pathlib").Path(u).relative_to(tmp_path)) for u in expand_urls(tmp_path)]
+    assert got == ["rank0/shard-000000.tar", "rank1/shard-000000.tar", "top.tar"]
