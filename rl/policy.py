@@ -3,7 +3,8 @@
 Architecture (per call, ``b`` batch, ``K`` context frames, ``H x W`` pixels):
 
     frames uint8 [b K H W 3] --/255, centre--> shared conv trunk per frame (stride-2 convs)
-      -> per-frame feature [b K c] -> concat over K -> MLP -> z [b d] in (-1, 1) (tanh)
+      -> average pool to a small grid (keeps where the lanes are) -> linear -> feature [b K c]
+      -> concat over K -> MLP -> z [b d] in (-1, 1) (tanh)
       -> information bottleneck: z + N(0, noise_std^2)   (training; the mean z at eval/export)
       -> concat speed/speed_scale -> actor MLP -> mean [b 2] (tanh, in [-1, 1])
                                   -> critic MLP -> value [b]
@@ -49,7 +50,8 @@ class PolicyConfig:
     frame_height: int = 128
     frame_width: int = 256
     channels: tuple[int, ...] = (16, 32, 64, 64)   # conv trunk, each a stride-2 3x3 conv (first 5x5)
-    frame_features: int = 64         # per-frame feature after the trunk's global pooling
+    pool_grid: tuple[int, int] = (4, 8)  # trunk output average-pooled to this grid (keeps where things are)
+    frame_features: int = 64         # per-frame feature (linear map of the pooled grid)
     bottleneck_dim: int = 128        # d: size of the noisy feature vector
     noise_std: float = 0.1           # bottleneck noise std (on tanh features in (-1, 1))
     hidden: int = 128                # actor/critic MLP width
@@ -65,13 +67,15 @@ class PolicyConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"PolicyConfig: unknown keys {sorted(unknown)}")
-        if "channels" in d:
-            d["channels"] = tuple(int(c) for c in d["channels"])
+        for key in ("channels", "pool_grid"):
+            if key in d:
+                d[key] = tuple(int(c) for c in d[key])
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["pool_grid"] = list(self.pool_grid)
         return d
 
     @property
@@ -86,7 +90,8 @@ def _trunk(cfg: PolicyConfig) -> nn.Sequential:
         k = 5 if i == 0 else 3
         layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.GELU()]
         c_in = c
-    layers += [nn.Conv2d(c_in, cfg.frame_features, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    gh, gw = cfg.pool_grid
+    layers += [nn.AdaptiveAvgPool2d((gh, gw)), nn.Flatten(), nn.Linear(c_in * gh * gw, cfg.frame_features), nn.GELU()]
     return nn.Sequential(*layers)
 
 
