@@ -1,0 +1,265 @@
+"""The convolutional VQ autoencoder (VQ-GAN / commaVQ family) and its checkpoint format.
+
+    tok = Tokenizer(cfg)                    # cfg: the ``tokenizer`` config group
+    tokens = tok.encode(frames)             # uint8 [b, h, w, 3] -> int64 [b, h', w']
+    frames = tok.decode(tokens)             # int64 [b, h', w'] -> uint8 [b, h, w, 3]
+    feats = tok.embed(tokens)               # -> float [b, h', w', d]
+    tok = load_tokenizer("run/tokenizer.pt")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from drivegpt.tokenizer.quantizers import build_quantizer
+
+CHECKPOINT_KIND = "drivegpt-tokenizer"
+# Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
+SHAPE_KEYS = ("frame_height", "frame_width", "downsample", "quantizer", "codebook_size", "embed_dim",
+              "channels", "channel_mult", "res_blocks")
+
+
+class TokenizerInputError(ValueError):
+    """Frames or tokens of the wrong shape/dtype, or a checkpoint that does not match."""
+
+
+def _groups(ch: int) -> int:
+    for g in (32, 16, 8, 4, 2):
+        if ch % g == 0 and ch // g >= 2:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(_groups(cin), cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+            nn.GroupNorm(_groups(cout), cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.block(x)
+
+
+def level_channels(cfg) -> list[int]:
+    """Channels at each resolution level 0..n_down (level i has stride 2**i)."""
+    n_down = int(round(math.log2(int(cfg.downsample))))
+    if 2 ** n_down != int(cfg.downsample) or n_down < 1:
+        raise ValueError(f"tokenizer.downsample={cfg.downsample}: must be a power of two >= 2")
+    mult = list(cfg.channel_mult)
+    return [int(cfg.channels) * int(mult[min(i, len(mult) - 1)]) for i in range(n_down + 1)]
+
+
+class Encoder(nn.Module):
+    """float [b, 3, h, w] in [-1, 1] -> float [b, embed_dim, h/f, w/f]."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        chs = level_channels(cfg)
+        layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
+        for i in range(len(chs) - 1):
+            layers += [ResBlock(chs[i], chs[i]) for _ in range(int(cfg.res_blocks))]
+            layers.append(nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1))  # downsample
+        layers += [ResBlock(chs[-1], chs[-1]) for _ in range(int(cfg.res_blocks))]
+        layers += [nn.GroupNorm(_groups(chs[-1]), chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], int(cfg.embed_dim), 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """float [b, embed_dim, h/f, w/f] -> float [b, 3, h, w] (unbounded; ~[-1, 1])."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        chs = level_channels(cfg)[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(int(cfg.embed_dim), chs[0], 3, padding=1)]
+        layers += [ResBlock(chs[0], chs[0]) for _ in range(int(cfg.res_blocks))]
+        for i in range(len(chs) - 1):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1)]
+            layers += [ResBlock(chs[i + 1], chs[i + 1]) for _ in range(int(cfg.res_blocks))]
+        layers += [nn.GroupNorm(_groups(chs[-1]), chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [b, h, w, 3] -> float32 [b, 3, h, w] in [-1, 1]."""
+    return rearrange(frames, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [b, 3, h, w] in [-1, 1] -> uint8 [b, h, w, 3]."""
+    x = x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return rearrange(x, "b c h w -> b h w c")
+
+
+class Tokenizer(nn.Module):
+    """VQ autoencoder: encoder -> quantizer (EMA-VQ or FSQ) -> decoder."""
+
+    def __init__(self, cfg: Mapping[str, Any] | DictConfig):
+        super().__init__()
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        self.cfg = cfg
+        h, w, f = int(cfg.frame_height), int(cfg.frame_width), int(cfg.downsample)
+        if h % f or w % f:
+            raise ValueError(f"tokenizer: frame size {h}x{w} is not divisible by downsample={f}")
+        self.frame_size = (h, w)
+        self.grid = (h // f, w // f)
+        self.encoder = Encoder(cfg)
+        self.quantizer = build_quantizer(cfg, int(cfg.embed_dim))
+        self.decoder = Decoder(cfg)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.quantizer.vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- validation ---------------------------------------------------------------------------
+    def check_frames(self, frames, where: str = "frames") -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor):
+            frames = torch.as_tensor(frames)
+        h, w = self.frame_size
+        if frames.dtype != torch.uint8:
+            raise TokenizerInputError(f"{where}: dtype {frames.dtype}, expected uint8 RGB frames [b,{h},{w},3]")
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != (h, w, 3):
+            raise TokenizerInputError(f"{where}: shape {tuple(frames.shape)}, expected [b, {h}, {w}, 3] "
+                                      f"(this tokenizer was built for {h}x{w} frames)")
+        return frames
+
+    def check_tokens(self, tokens, where: str = "tokens") -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens)
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TokenizerInputError(f"{where}: dtype {tokens.dtype}, expected integer token ids")
+        gh, gw = self.grid
+        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (gh, gw):
+            raise TokenizerInputError(f"{where}: shape {tuple(tokens.shape)}, expected [b, {gh}, {gw}]")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise TokenizerInputError(f"{where}: ids outside [0, {self.vocab_size})")
+        return tokens.long()
+
+    # -- training path --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor):
+        """x float [b, 3, h, w] in [-1, 1] -> (recon float [b,3,h,w], indices [b,h',w'], q_loss)."""
+        z = self.encoder(x)
+        z_q, indices, q_loss = self.quantizer(z)
+        return self.decoder(z_q), indices, q_loss
+
+    # -- inference API --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames) -> torch.Tensor:
+        """uint8 [b, h, w, 3] -> int64 [b, h', w'] (on the model's device)."""
+        x = to_float(self.check_frames(frames).to(self.device))
+        _, indices, _ = self.quantizer(self.encoder(x))
+        return indices.long()
+
+    @torch.no_grad()
+    def embed(self, tokens) -> torch.Tensor:
+        """int64 [b, h', w'] -> float [b, h', w', embed_dim] (the decoder's input features)."""
+        return self.quantizer.embed_tokens(self.check_tokens(tokens).to(self.device))
+
+    @torch.no_grad()
+    def decode(self, tokens) -> torch.Tensor:
+        """int64 [b, h', w'] -> uint8 [b, h, w, 3]."""
+        feats = self.embed(tokens)
+        dtype = next(self.decoder.parameters()).dtype
+        return to_uint8(self.decoder(rearrange(feats, "b h w d -> b d h w").to(dtype)))
+
+    @torch.no_grad()
+    def reconstruct(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frames -> (tokens int64, reconstructed uint8 frames)."""
+        tokens = self.encode(frames)
+        return tokens, self.decode(tokens)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def tokenizer_config(cfg) -> dict:
+    """Plain-dict copy of the ``tokenizer`` config group (resolved), as stored in checkpoints."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def save_tokenizer(model: Tokenizer, path: str | Path, extra: dict | None = None) -> Path:
+    """Write a standalone checkpoint {kind, config, state_dict, ...} atomically."""
+    from drivegpt.runs import atomic_path
+
+    blob = {"kind": CHECKPOINT_KIND, "config": tokenizer_config(model.cfg),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return Path(path)
+
+
+def _resolve_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for cand in (p / "tokenizer.pt", p / "checkpoints" / "last.ckpt"):
+            if cand.exists():
+                return cand
+        raise FileNotFoundError(f"{p}: directory holds no tokenizer.pt or checkpoints/last.ckpt")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such tokenizer checkpoint")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, Path]:
+    """(config dict, state_dict of the Tokenizer, resolved path) from tokenizer.pt or a Lightning .ckpt."""
+    p = _resolve_path(path)
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{p}: not a readable torch checkpoint ({e})") from None
+    if isinstance(blob, dict) and blob.get("kind") == CHECKPOINT_KIND:
+        return dict(blob["config"]), blob["state_dict"], p
+    if isinstance(blob, dict) and "state_dict" in blob and "tokenizer_config" in blob.get("hyper_parameters", {}):
+        cfg = dict(blob["hyper_parameters"]["tokenizer_config"])
+        sd = {k[len("model."):]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+        return cfg, sd, p
+    raise ValueError(f"{p}: not a DriveGPT tokenizer checkpoint (no kind={CHECKPOINT_KIND!r} and no "
+                     f"Lightning hyper_parameters.tokenizer_config)")
+
+
+def check_compatible(stored: Mapping, expected: Mapping, where: str) -> None:
+    """Raise naming every shape-relevant key where ``stored`` (a checkpoint) differs from ``expected``."""
+    diffs = [f"{k}: checkpoint has {stored.get(k)!r}, config wants {expected.get(k)!r}"
+             for k in SHAPE_KEYS if k in expected and _norm(stored.get(k)) != _norm(expected.get(k))]
+    if diffs:
+        raise TokenizerInputError(f"{where}: checkpoint does not match the config ({'; '.join(diffs)})")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) or OmegaConf.is_list(v) else v
+
+
+def load_tokenizer(path: str | Path, expect: Mapping | DictConfig | None = None,
+                   map_location: str | torch.device = "cpu") -> Tokenizer:
+    """Load a tokenizer (eval mode). ``expect``: a tokenizer config the checkpoint must match
+    (frame size, downsample, codebook, ...); a mismatch raises naming the keys."""
+    cfg, sd, p = read_checkpoint(path)
+    if expect is not None:
+        check_compatible(cfg, tokenizer_config(expect), str(p))
+    model = Tokenizer(cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{p}: weights do not fit the stored config (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]})")
+    model.path = str(p.resolve())
+    return model.to(map_location).eval()

@@ -1,0 +1,125 @@
+"""``drivegpt train tokenizer``: fit the VQ tokenizer on frame shards.
+
+    drivegpt train tokenizer experiment=tiny data.shards=runs/fleet/shards run_dir=runs/tok
+    drivegpt train tokenizer ... trainer.ckpt_path=last      # resume
+
+Writes run_dir/tokenizer.pt (what ``load_tokenizer`` and the later stages read),
+run_dir/checkpoints/{last.ckpt,...}, recon_grid.png, codebook_usage.png and metrics.json.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from drivegpt.runs import mark_done, write_metrics
+from drivegpt.tokenizer.images import recon_grid, save_png, upscale_for, usage_plot
+from drivegpt.tokenizer.model import save_tokenizer
+from drivegpt.tokenizer.module import TokenizerModule, batch_frames
+
+
+class ReconImages(L.Callback):
+    """Every ``every`` steps (and at the end): real | recon | error grid and the codebook-usage
+    histogram, to the loggers (wandb images/histograms) and as PNGs in run_dir."""
+
+    def __init__(self, run_dir: str | Path, every: int):
+        self.run_dir, self.every = Path(run_dir), max(1, int(every))
+        self.sample: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.sample is None:
+            self.sample = batch_frames(batch)[:8].detach().cpu()
+        if trainer.global_step % self.every == 0:
+            self.emit(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.sample is not None:
+            self.emit(trainer, pl_module)
+
+    @torch.no_grad()
+    def emit(self, trainer, pl_module: TokenizerModule):
+        if not trainer.is_global_zero:
+            return
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        _, recon = model.reconstruct(self.sample.to(pl_module.device))
+        model.train(was_training)
+        grid = recon_grid(self.sample.numpy(), recon.cpu().numpy())
+        save_png(self.run_dir / "recon_grid.png", grid, scale=upscale_for(self.sample.shape[1]))
+        counts = pl_module.usage_counts.detach().cpu().numpy()
+        usage_plot(counts, self.run_dir / "codebook_usage.png", f"step {trainer.global_step}")
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(logger, "log_image"):  # wandb
+                try:
+                    import wandb
+
+                    logger.log_image("recon/real|recon|error", [grid], step=trainer.global_step)
+                    exp.log({"codebook/usage_hist": wandb.Histogram(np_histogram=_hist(counts)),
+                             "codebook/used_frac": float((counts > 0).mean())})
+                except Exception:  # noqa: BLE001 - images are a convenience, never fatal
+                    pass
+            elif exp is not None and hasattr(exp, "add_image"):  # tensorboard
+                exp.add_image("recon", grid, trainer.global_step, dataformats="HWC")
+                exp.add_histogram("codebook_usage", counts, trainer.global_step)
+
+
+def _hist(counts: np.ndarray):
+    """(values, edges) of the per-code counts, for wandb.Histogram(np_histogram=...)."""
+    return np.histogram(counts, bins=min(64, max(1, len(counts))))
+
+
+def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModule, dict]:
+    """Train on ``datamodule`` per ``cfg``; returns the module and metrics (rank 0 writes files)."""
+    from drivegpt.training import make_trainer, resume_path
+
+    L.seed_everything(int(cfg.seed), workers=True)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if int(cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
+        raise ValueError("trainer.accumulate_grad_batches: the tokenizer optimizes manually; use a larger "
+                         "data.batch_size instead of accumulation")
+    module = TokenizerModule(cfg.tokenizer, clip_val=cfg.trainer.get("gradient_clip_val"))
+    every = int(cfg.tokenizer.get("image_every_n_steps", 200))
+    trainer_overrides = {"gradient_clip_val": None, "accumulate_grad_batches": 1, **trainer_overrides}
+    trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
+    t0 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    seconds = time.time() - t0
+    m = trainer.callback_metrics
+    counts = module.usage_counts.cpu().numpy()
+    metrics = {
+        "tokenizer/steps": int(trainer.global_step),
+        "tokenizer/train_seconds": seconds,
+        "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
+        "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
+        "tokenizer/train_usage": float((counts > 0).mean()) if counts.sum() else None,
+        "tokenizer/params": int(sum(p.numel() for p in module.model.parameters())),
+        "tokenizer/vocab_size": module.model.vocab_size,
+        "tokenizer/grid": list(module.model.grid),
+        "tokenizer/device": str(module.device.type),
+        "tokenizer/precision": str(trainer.precision),
+    }
+    if trainer.is_global_zero:
+        path = save_tokenizer(module.model, run_dir / "tokenizer.pt",
+                              extra={"global_step": int(trainer.global_step)})
+        metrics["tokenizer/checkpoint"] = str(path.resolve())
+        write_metrics(run_dir, metrics)
+        mark_done(run_dir, {"checkpoint": str(path.resolve())})
+    return module, metrics
+
+
+def run(cfg: DictConfig) -> dict:
+    from data.datamodule import FleetDataModule
+
+    _, metrics = fit(cfg, FleetDataModule(cfg, kind="frames"))
+    return metrics
+
+
+__all__ = ["fit", "run", "ReconImages"]

@@ -1,0 +1,292 @@
+"""The DriveGPT world model: a pose-conditioned decoder-only transformer over frame tokens.
+
+Sequence layout (F frames, each an h x w grid of tokenizer codes, n = h*w):
+
+    [S_0, x_0[0], ..., x_0[n-1],  S_1, x_1[0], ..., x_1[n-1],  ...,  S_{F-1}, x_{F-1}[...]]
+
+``S_k`` is a *frame-start* token: a learned embedding plus the conditioning of frame k, i.e.
+``MLP(rel_pose[k-1], speed[k-1])``, the move from frame k-1 to frame k and the speed at k-1
+(frame 0 has no move and gets the learned null embedding). Image tokens are raster order.
+Every position gets a learned spatial embedding (slot 0 = the start token, slot 1+i = image
+token i) plus a learned temporal embedding (frame index).
+
+Attention is plain causal (every token sees all earlier tokens, including earlier tokens of
+its own frame). With plain causal attention a KV-cached decode is exactly the full forward, and
+the start token ``S_k`` sees frames < k and the commanded move into frame k but none of frame
+k's pixels.
+
+Heads:
+- next token: the hidden state at ``S_k`` predicts ``x_k[0]``; at ``x_k[i]`` predicts
+  ``x_k[i+1]`` (the last image token of a frame predicts nothing: the next start is given).
+  The output projection is tied to the token embedding.
+- disengagement, on every start token ``S_k``: logits [n_horizons, 3 causes] for "the
+  (engaged) autopilot is disengaged by cause c within horizon h after arriving at frame k",
+  i.e. the window's label ``disengage[k]``. ``S_k`` has seen the history and the commanded
+  move into frame k but not frame k itself, so in the learned simulator the head answers "how
+  risky is the state the commanded move leads to" (the hazard after the move). Frame 0 (no
+  move) is excluded from the loss.
+- next pose (behaviour prior, optional): on the last image token of frame k, the logged move
+  ``rel_pose[k]`` (normalised), which that position has not seen.
+
+Conditioning dropout: during training a fraction ``cond_drop`` of samples has every move
+replaced by the learned null embedding, which makes classifier-free guidance on the pose
+possible at sampling time (``sampling.step(..., cfg_scale=s)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange, repeat
+
+
+@dataclass
+class WorldModelConfig:
+    vocab_size: int = 1024
+    grid: tuple[int, int] = (8, 16)  # tokens per frame (h', w')
+    max_frames: int = 10  # frames per training window = context_frames + 1
+    n_layer: int = 8
+    n_head: int = 8
+    n_embd: int = 512
+    dropout: float = 0.0
+    bias: bool = False
+    cond_drop: float = 0.1  # fraction of samples trained without pose conditioning (CFG)
+    horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # seconds
+    n_causes: int = 3  # STEER, BRAKE, GAS
+    pose_head: bool = True
+    fps: float = 5.0  # frame rate the model reads (fleet fps / stride)
+
+    def __post_init__(self):
+        self.grid = tuple(int(g) for g in self.grid)
+        self.horizons = tuple(float(h) for h in self.horizons)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.max_frames < 2:
+            raise ValueError(f"max_frames={self.max_frames}: need at least one context frame + one to predict")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def context_frames(self) -> int:
+        return self.max_frames - 1
+
+    @property
+    def block_size(self) -> int:
+        return self.max_frames * (self.tokens_per_frame + 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        d["horizons"] = list(self.horizons)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WorldModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in dict(d).items() if k in known})
+
+
+class KVCache:
+    """Preallocated keys/values per layer: [b, n_head, max_len, head_dim]; ``length`` filled."""
+
+    def __init__(self, cfg: WorldModelConfig, batch: int, max_len: int, device, dtype):
+        hd = cfg.n_embd // cfg.n_head
+        shape = (batch, cfg.n_head, max_len, hd)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.length = 0
+        self.max_len = max_len
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        t0, t1 = self.length, self.length + k.shape[2]
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache overflow: {t1} > {self.max_len} positions")
+        self.k[layer][:, :, t0:t1] = k
+        self.v[layer][:, :, t0:t1] = v
+        return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        t = x.shape[1]
+        q, k, v = rearrange(self.qkv(x), "b t (three nh hd) -> three b nh t hd", three=3, nh=self.n_head)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+        drop = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        elif t == 1:  # one new token attends to everything cached
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:  # a chunk appended to a non-empty cache: causal with an offset
+            qi = torch.arange(past, past + t, device=x.device)[:, None]
+            ki = torch.arange(past + t, device=x.device)[None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ki <= qi, dropout_p=drop)
+        return self.proj(rearrange(y, "b nh t hd -> b t (nh hd)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (nanoGPT)."""
+
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.ln1(x), cache, layer))
+        return x + self.drop(self.proj(F.gelu(self.fc(self.ln2(x)))))
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: WorldModelConfig, tokenizer_path: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer_path = tokenizer_path
+        d, n = cfg.n_embd, cfg.tokens_per_frame
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.start_emb = nn.Parameter(torch.zeros(d))
+        self.null_cond = nn.Parameter(torch.zeros(d))  # "no move": frame 0 and dropped conditioning
+        self.spatial_emb = nn.Parameter(torch.zeros(n + 1, d))  # slot 0 = start token
+        self.temporal_emb = nn.Parameter(torch.zeros(cfg.max_frames, d))
+        self.cond_mlp = nn.Sequential(nn.Linear(7, d), nn.GELU(), nn.Linear(d, d))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied
+        self.dis_head = nn.Linear(d, len(cfg.horizons) * cfg.n_causes)
+        self.pose_head = nn.Linear(d, 6) if cfg.pose_head else None
+        # conditioning normaliser (rel_pose 6 + speed 1), fitted on the first training batch
+        self.register_buffer("cond_mean", torch.zeros(7))
+        self.register_buffer("cond_std", torch.ones(7))
+        self.register_buffer("cond_fitted", torch.zeros((), dtype=torch.bool))
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual projections (GPT-2 scaled init)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for p in (self.start_emb, self.null_cond, self.spatial_emb, self.temporal_emb):
+            nn.init.normal_(p, mean=0.0, std=0.02)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ conditioning
+    @torch.no_grad()
+    def fit_conditioning(self, rel_pose: torch.Tensor, speed: torch.Tensor) -> None:
+        """Set the pose/speed normaliser from data (rel_pose [..., 6], speed [...])."""
+        c = torch.cat([rel_pose.reshape(-1, 6), speed.reshape(-1, 1)], dim=1).double()
+        self.cond_mean.copy_(c.mean(0).to(self.cond_mean))
+        self.cond_std.copy_(c.std(0).clamp_min(1e-3).to(self.cond_std))
+        self.cond_fitted.fill_(True)
+
+    def normalize_pose(self, rel_pose: torch.Tensor) -> torch.Tensor:
+        return (rel_pose - self.cond_mean[:6]) / self.cond_std[:6]
+
+    def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
+        """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
+        c = torch.cat([rel_pose, speed[..., None]], dim=-1).to(self.cond_mean.dtype)
+        c = ((c - self.cond_mean) / self.cond_std).to(self.start_emb.dtype)
+        e = self.cond_mlp(c)
+        if drop is not None:
+            e = torch.where(drop[:, None, None], self.null_cond.expand_as(e), e)
+        return e
+
+    def start_tokens(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
+        """Start-token embeddings [b, n_frames, d] for frames 0..n_frames-1 (no positions).
+
+        Frame k >= 1 is conditioned on rel_pose[:, k-1], speed[:, k-1]; frame 0 on the null move.
+        """
+        b = rel_pose.shape[0]
+        null = repeat(self.null_cond, "d -> b 1 d", b=b)
+        moves = self.cond_embed(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1], drop)
+        return self.start_emb + torch.cat([null, moves], dim=1)
+
+    # ------------------------------------------------------------------ sequence
+    def embed_sequence(self, tokens, rel_pose, speed, drop=None, open_frame: bool = False):
+        """Embed full frames (and optionally the start token of one more frame).
+
+        tokens [b, F, h, w] int64; rel_pose [b, >=F-1 (+1 if open_frame), 6]; speed likewise.
+        Returns x [b, F*(n+1) (+1), d] with position embeddings added.
+        """
+        b, f = tokens.shape[:2]
+        n_start = f + int(open_frame)
+        if n_start > self.cfg.max_frames:
+            raise ValueError(f"{n_start} frames > max_frames={self.cfg.max_frames}")
+        starts = self.start_tokens(rel_pose, speed, n_start, drop)  # b F' d
+        img = self.tok_emb(rearrange(tokens, "b f h w -> b f (h w)"))  # b F n d
+        frames = torch.cat([starts[:, :f, None], img], dim=2) + self.spatial_emb  # b F n+1 d
+        frames = frames + self.temporal_emb[:f, None]
+        x = rearrange(frames, "b f n d -> b (f n) d")
+        if open_frame:
+            s = starts[:, f] + self.spatial_emb[0] + self.temporal_emb[f]
+            x = torch.cat([x, s[:, None]], dim=1)
+        return x
+
+    def embed_token(self, token: torch.Tensor, frame: int, index: int) -> torch.Tensor:
+        """token [b] -> [b, 1, d]: image token ``index`` of frame ``frame``, with positions."""
+        return (self.tok_emb(token) + self.spatial_emb[1 + index] + self.temporal_emb[frame])[:, None]
+
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h)."""
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.ln_f(x)
+
+    def disengage_logits(self, h_start: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., n_horizons, n_causes]."""
+        return rearrange(self.dis_head(h_start), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
+
+    def forward(self, tokens, rel_pose, speed, drop=None) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass over windows.
+
+        tokens [b, K, h, w] int64, rel_pose [b, K, 6], speed [b, K], drop [b] bool or None.
+        Returns logits [b, K, n, V] (position of x_k[i] predicts x_k[i]), disengage
+        [b, K, n_h, 3] (from S_k), pose [b, K, 6] (normalised next move, from x_k[n-1]).
+        """
+        k = tokens.shape[1]
+        h = self.hidden(self.embed_sequence(tokens, rel_pose, speed, drop))
+        h = rearrange(h, "b (f n) d -> b f n d", f=k)
+        out = {
+            "logits": self.lm_head(h[:, :, :-1]),
+            "disengage": self.disengage_logits(h[:, :, 0]),
+        }
+        if self.pose_head is not None:
+            out["pose"] = self.pose_head(h[:, :, -1])
+        return out
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (6N + attention, PaLM appendix B)."""
+        n = sum(p.numel() for p in self.blocks.parameters())
+        t = seq_len or self.cfg.block_size
+        return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * t

@@ -1,0 +1,152 @@
+"""Batched autoregressive frame generation with a KV cache.
+
+One new frame = prefill (the context frames and the new frame's start token, one pass) and
+then h*w - 1 single-token decode steps against the cache. Attention is plain causal, so the
+cached decode computes exactly what a full forward would (``generate_frame_full`` is that
+reference; greedy outputs match token for token, see tests).
+
+Classifier-free guidance on the pose (``cfg_scale`` != 1): the batch is doubled, the second
+half with every move replaced by the null embedding (as in conditioning dropout), and the
+logits are ``uncond + s * (cond - uncond)``. Disengagement probabilities come from the
+conditioned half.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from drivegpt.world_model.model import KVCache, WorldModel
+
+
+def _check(model: WorldModel, tokens, rel_pose, speed):
+    if tokens.ndim != 4:
+        raise ValueError(f"tokens: expected [b, K, h, w], got shape {tuple(tokens.shape)}")
+    b, k, h, w = tokens.shape
+    if (h, w) != tuple(model.cfg.grid):
+        raise ValueError(f"tokens: grid {(h, w)} != the model's {tuple(model.cfg.grid)}")
+    if rel_pose.shape != (b, k, 6):
+        raise ValueError(f"rel_pose: expected {(b, k, 6)}, got {tuple(rel_pose.shape)}")
+    if speed.shape != (b, k):
+        raise ValueError(f"speed: expected {(b, k)}, got {tuple(speed.shape)}")
+    if k > model.cfg.context_frames:  # keep the most recent context the model was trained with
+        c = model.cfg.context_frames
+        tokens, rel_pose, speed = tokens[:, -c:], rel_pose[:, -c:], speed[:, -c:]
+    if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.vocab_size:
+        raise ValueError(f"tokens: values must lie in [0, {model.cfg.vocab_size})")
+    dev = next(model.parameters()).device
+    return tokens.to(dev, torch.long), rel_pose.to(dev, torch.float32), speed.to(dev, torch.float32)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    """logits [b, V] -> tokens [b]. temperature 0 = greedy (argmax)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _guided(logits: torch.Tensor, b: int, cfg_scale: float) -> torch.Tensor:
+    if cfg_scale == 1.0:
+        return logits
+    cond, uncond = logits[:b], logits[b:]
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def _inputs(model, tokens, rel_pose, speed, cfg_scale):
+    b = tokens.shape[0]
+    drop = None
+    if cfg_scale != 1.0:
+        tokens, rel_pose, speed = (torch.cat([t, t]) for t in (tokens, rel_pose, speed))
+        drop = torch.arange(2 * b, device=tokens.device) >= b
+    return tokens, rel_pose, speed, drop
+
+
+@torch.no_grad()
+def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None,
+                   cfg_scale=1.0, generator=None):
+    """KV-cached generation of the frame after the context. Returns (tokens [b,h,w], dis_logits [b,n_h,3])."""
+    b, k, h, w = tokens.shape
+    n = h * w
+    x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
+    emb = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
+    cache = KVCache(model.cfg, emb.shape[0], emb.shape[1] + n - 1, emb.device, emb.dtype)
+    hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
+    dis = model.disengage_logits(hid[:b])
+    out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
+    for i in range(n):
+        logits = _guided(model.lm_head(hid), b, cfg_scale)
+        out[:, i] = _pick(logits, temperature, top_k, generator)
+        if i == n - 1:
+            break
+        nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
+        hid = model.hidden(model.embed_token(nxt, k, i), cache)[:, -1]
+    return rearrange(out, "b (h w) -> b h w", h=h), dis
+
+
+@torch.no_grad()
+def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None,
+                        cfg_scale=1.0, generator=None):
+    """Reference without a cache: one full forward over the whole sequence per token."""
+    b, k, h, w = tokens.shape
+    n = h * w
+    x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
+    prefix = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
+    out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
+    embs = []
+    dis = None
+    for i in range(n):
+        hid = model.hidden(torch.cat([prefix, *embs], dim=1))
+        if dis is None:
+            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1])
+        logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
+        out[:, i] = _pick(logits, temperature, top_k, generator)
+        nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
+        embs.append(model.embed_token(nxt, k, i))
+    return rearrange(out, "b (h w) -> b h w", h=h), dis
+
+
+@torch.no_grad()
+def step(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None, cfg_scale=1.0,
+         generator=None):
+    """One simulator step (the learned-sim contract).
+
+    tokens [b, K, h, w] int64 context frames; rel_pose [b, K, 6] where rel_pose[:, k] moves
+    context frame k to k+1 (the last one is the commanded move into the new frame); speed
+    [b, K] the speed at each context frame. Contexts longer than the model's are cut to the most
+    recent ``context_frames``. Returns (next_tokens [b, h, w] int64, disengage_probs
+    [b, n_horizons, 3]): the probability that the engaged car is disengaged within each
+    horizon, per cause (STEER, BRAKE, GAS), after arriving at the new frame.
+    """
+    tokens, rel_pose, speed = _check(model, tokens, rel_pose, speed)
+    nxt, dis = generate_frame(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator)
+    return nxt, torch.sigmoid(dis.float())
+
+
+@torch.no_grad()
+def rollout(model: WorldModel, tokens, rel_pose, speed, future_pose, future_speed, temperature=1.0,
+            top_k=None, cfg_scale=1.0, generator=None):
+    """Open-loop multi-frame rollout along commanded moves.
+
+    tokens [b, K, h, w], rel_pose [b, K, 6] (rel_pose[:, -1] leads to the first generated
+    frame), speed [b, K]; future_pose [b, N-1, 6] and future_speed [b, N-1]: the moves and
+    speeds after each generated frame but the last. Returns (frames [b, N, h, w],
+    disengage_probs [b, N, n_h, 3]), N = future_pose.shape[1] + 1.
+    """
+    tokens, rel_pose, speed = _check(model, tokens, rel_pose, speed)
+    n_new = future_pose.shape[1] + 1
+    frames, probs = [], []
+    for j in range(n_new):
+        nxt, p = step(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator)
+        frames.append(nxt)
+        probs.append(p)
+        if j == n_new - 1:
+            break
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)[:, -model.cfg.context_frames:]
+        rel_pose = torch.cat([rel_pose, future_pose[:, j : j + 1].to(rel_pose)], dim=1)[:, -model.cfg.context_frames:]
+        speed = torch.cat([speed, future_speed[:, j : j + 1].to(speed)], dim=1)[:, -model.cfg.context_frames:]
+    return torch.stack(frames, 1), torch.stack(probs, 1)

@@ -1,0 +1,107 @@
+"""Settings of the learned simulator (``learned_sim:`` in configs/rollout.yaml).
+
+The dataclass defaults make ``gym.make("drivegpt/WorldModel-v0", checkpoint=...)`` work
+without hydra; hydra configs and keyword arguments override them by name, and an unknown
+name is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TERMINATION_MODES = ("sample", "threshold", "never")
+OBS_KINDS = ("frames", "tokens")
+OUTPUT_KINDS = ("numpy", "torch")
+AUTORESET_MODES = ("next_step", "same_step")
+
+
+@dataclass
+class LearnedSimConfig:
+    # --- models and start states ---
+    checkpoint: str | None = None          # world-model checkpoint (load_world_model)
+    tokenizer: str | None = None           # override the tokenizer path recorded in the checkpoint
+    ensemble: list[str] = field(default_factory=list)  # extra world-model checkpoints (disagreement)
+    shards: str | None = None              # token shards to draw held-out start contexts from
+    val_fraction: float = 0.1              # the held-out split (data.loaders.split_of)
+    max_contexts: int = 256                # start contexts kept in memory
+    fps: float = 20.0                      # native log rate
+    stride: int = 4                        # world-model step = stride / fps seconds
+    device: str = "cpu"
+    # --- episode ---
+    max_steps: int = 50                    # truncation horizon (world-model steps)
+    observation: str = "frames"            # "frames": decoded uint8 HxWx3; "tokens": int64 h x w
+    output: str = "numpy"                  # vector env returns numpy (gymnasium) or torch (on device)
+    autoreset_mode: str = "next_step"      # vector env: gymnasium NEXT_STEP or SAME_STEP
+    # --- world-model sampling ---
+    temperature: float = 1.0               # 0 = greedy
+    top_k: int | None = None
+    cfg_scale: float = 1.0
+    # --- reward ---
+    # reward = -sum_{h,c} horizon_weights[h] * cause_weights[c] * p[h, c]
+    #          - comfort_weight * ((lat_accel/lat_scale)^2 + (jerk/jerk_scale)^2)
+    #          - uncertainty_weight * entropy
+    horizon_weights: list[float] | None = None   # None = uniform 1/n_horizons
+    cause_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # STEER BRAKE GAS
+    comfort_weight: float = 0.0
+    lat_accel_scale: float = 3.0           # m/s^2
+    jerk_scale: float = 5.0                # m/s^3
+    uncertainty_weight: float = 0.0
+    entropy: bool = True                   # token entropy per step (one extra teacher-forced pass
+                                           # when sampling.step does not return it)
+    # --- termination on the disengagement head ---
+    termination: str = "sample"            # sample (IRIS-style Bernoulli) | threshold | never
+    threshold: float = 0.5                 # per-step event probability for termination=threshold
+    # --- vehicle model ---
+    vehicle: dict[str, Any] = field(default_factory=dict)             # VehicleParams overrides
+    domain_randomization: dict[str, float] = field(default_factory=dict)  # field -> +-relative range
+
+    def __post_init__(self):
+        def bad(key, msg):
+            raise ValueError(f"learned_sim.{key}: {msg}")
+
+        if self.termination not in TERMINATION_MODES:
+            bad("termination", f"{self.termination!r} is not one of {TERMINATION_MODES}")
+        if self.observation not in OBS_KINDS:
+            bad("observation", f"{self.observation!r} is not one of {OBS_KINDS}")
+        if self.output not in OUTPUT_KINDS:
+            bad("output", f"{self.output!r} is not one of {OUTPUT_KINDS}")
+        if self.autoreset_mode not in AUTORESET_MODES:
+            bad("autoreset_mode", f"{self.autoreset_mode!r} is not one of {AUTORESET_MODES}")
+        if self.max_steps < 1:
+            bad("max_steps", f"must be >= 1, got {self.max_steps}")
+        if self.stride < 1:
+            bad("stride", f"must be >= 1, got {self.stride}")
+        if len(self.cause_weights) != 3:
+            bad("cause_weights", f"needs 3 weights (STEER, BRAKE, GAS), got {len(self.cause_weights)}")
+        if self.temperature < 0:
+            bad("temperature", f"must be >= 0, got {self.temperature}")
+        for k, r in self.domain_randomization.items():
+            if not 0 <= float(r) < 1:
+                bad(f"domain_randomization.{k}", f"relative range must be in [0, 1), got {r}")
+
+    @property
+    def dt(self) -> float:
+        """Seconds per world-model step."""
+        return self.stride / self.fps
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> "LearnedSimConfig":
+        """Build from a (hydra) mapping plus keyword overrides; unknown keys raise."""
+        data: dict[str, Any] = {}
+        if cfg is not None:
+            try:
+                from omegaconf import DictConfig, OmegaConf
+
+                if isinstance(cfg, DictConfig):
+                    cfg = OmegaConf.to_container(cfg, resolve=True)
+            except ImportError:  # pragma: no cover
+                pass
+            data.update(dict(cfg))
+        data.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"learned_sim: unknown setting(s) {unknown}; valid: {sorted(names)}")
+        return cls(**data)
