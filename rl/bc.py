@@ -28,8 +28,8 @@ import torch
 from rl.policy import Policy, PolicyConfig
 
 # Window keys this module reads; names follow the data.loaders contract.
-DISENGAGE_KEYS = ("disengage_targets", "disengage_target", "disengage")
-MASK_KEYS = ("disengage_mask", "mask", "disengage_targets_mask")
+DISENGAGE_KEYS = ("targets", "disengage_targets")
+MASK_KEYS = ("mask", "disengage_mask")
 
 
 def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.Tensor:
