@@ -107,7 +107,8 @@ def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_p
                     on_step: Callable | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Run ``steps`` batched steps with the stochastic policy. Returns (buffer [T n ...], last obs)."""
     buf: dict[str, list] = {k: [] for k in ("action", "logp", "value", "reward", "done", "noise",
-                                             "ref_mean", "ref_log_std", "uncertainty", "event")}
+                                             "ref_mean", "ref_log_std", "uncertainty", "event",
+                                             "event_prob", "distance")}
     obs_buf: dict[str, list] = {k: [] for k in obs}
     for _ in range(steps):
         n = next(iter(obs.values())).shape[0]
@@ -135,6 +136,12 @@ def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_p
         unc = info.get("uncertainty") if isinstance(info, dict) else None
         if unc is not None:
             buf["uncertainty"].append(torch.as_tensor(unc, device=device, dtype=value.dtype).reshape(n))
+        ep = info.get("event_probs") if isinstance(info, dict) else None
+        dist = info.get("distance") if isinstance(info, dict) else None
+        if ep is not None and dist is not None:  # learned sim: per-cause event probability this step
+            q = torch.as_tensor(ep, device=device, dtype=value.dtype).reshape(n, -1)
+            buf["event_prob"].append(1.0 - (1.0 - q.clamp(0, 1)).prod(-1))
+            buf["distance"].append(torch.as_tensor(dist, device=device, dtype=value.dtype).reshape(n))
         if on_step is not None:
             on_step(obs, action, reward, done, info)
         obs = next_obs
@@ -202,11 +209,14 @@ def episode_returns(reward: torch.Tensor, done: torch.Tensor, running: torch.Ten
 
 def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: int = 0,
               log: Callable[[int, dict], None] | None = None, on_step: Callable | None = None,
-              on_iteration: Callable[[int, dict], None] | None = None) -> list[dict]:
+              on_iteration: Callable[[int, dict, Any], None] | None = None,
+              start_iteration: int = 0, optimizer_state: dict | None = None) -> list[dict]:
     """The PPO loop. ``fabric``: a ``lightning.Fabric`` (a CPU one is made if None).
 
     ``log(iteration, stats)`` gets one dict per iteration: mean return of finished episodes,
-    event (termination) rate per step, uncertainty, KL to the reference policy, losses.
+    event (termination) rate per step, predicted disengagements per 100 km (learned sim),
+    uncertainty, KL to the reference policy, losses. ``on_iteration(it, stats, optimizer)``
+    runs after each update (checkpointing); ``start_iteration``/``optimizer_state`` resume.
     """
     import lightning as L
 
@@ -215,16 +225,18 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
         fabric.launch()
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     policy, optimizer = fabric.setup(policy, optimizer)
     if ref_policy is not None:
         ref_policy = ref_policy.to(fabric.device).eval()
         for p in ref_policy.parameters():
             p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
-    obs = env.reset(seed=seed)
+    obs = env.reset(seed=seed + start_iteration)
     running = None
     history = []
-    for it in range(cfg.iterations):
+    for it in range(start_iteration, cfg.iterations):
         t0 = time.perf_counter()
         policy.train()
         if ref_policy is not None:
@@ -245,9 +257,13 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
             uncertainty=float(buf["uncertainty"].mean()) if "uncertainty" in buf else float("nan"),
             seconds=time.perf_counter() - t0,
         )
+        if "event_prob" in buf:
+            km = float(buf["distance"].sum()) / 1000.0
+            stats["predicted_event_prob"] = float(buf["event_prob"].mean())
+            stats["predicted_per_100km"] = float(buf["event_prob"].sum()) / km * 100.0 if km > 0 else float("nan")
         history.append(stats)
         if log is not None:
             log(it, stats)
         if on_iteration is not None:
-            on_iteration(it, stats)
+            on_iteration(it, stats, optimizer)
     return history
