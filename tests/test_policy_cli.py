@@ -52,14 +52,39 @@ def test_bc_cli_writes_policy_and_metrics(bc_run):
     assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), q.state_dict().values()))
 
 
-def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, tmp_path):
+@pytest.fixture(scope="module")
+def learned_sim(tmp_path_factory):
     from sim.learned.testing import tiny_checkpoints
 
-    wm, _ = tiny_checkpoints(tmp_path / "models")
-    write_shards(tmp_path / "tokens", 4, token_item, maxcount=1, progress=False)
+    tmp = tmp_path_factory.mktemp("sim")
+    wm, _ = tiny_checkpoints(tmp / "models")
+    write_shards(tmp / "tokens", 4, token_item, maxcount=1, progress=False)
+    return wm, tmp / "tokens"
+
+
+def test_eval_cli_table_plot_and_sim_to_real_gap(bc_run, learned_sim, tmp_path):
+    wm, tokens = learned_sim
+    run_dir = tmp_path / "eval"
+    assert main(["eval", "policy", "experiment=tiny", f"policies.bc={bc_run}", f"world_model_checkpoint={wm}",
+                 f"data.shards={tokens}", "data.val_fraction=1.0", f"run_dir={run_dir}"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert set(m["controllers"]) == {"bc", "autopilot", "human"}
+    for row in m["controllers"].values():
+        # 2 scenarios x 6 s of engaged driving at road speeds (minus takeovers)
+        assert 0 < row["km"] < 2 * 6 * 45 / 1000 and row["speed_ratio"] > 0
+    assert m["sim_to_real"]["bc"]["predicted_per_100km"] >= 0
+    assert m["sim_to_real"]["bc"]["measured_per_100km"] == m["controllers"]["bc"]["per_100km"]
+    table = (run_dir / "table.md").read_text()
+    assert "| bc |" in table and "| human |" in table and "learned sim" in table
+    png = (run_dir / "closed_loop.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
+    wm, tokens = learned_sim
     run_dir = tmp_path / "rl_run"
     args = ["train", "policy", "stage=rl", "experiment=tiny", f"checkpoint={bc_run}",
-            f"world_model_checkpoint={wm}", f"data.shards={tmp_path / 'tokens'}", "data.val_fraction=1.0",
+            f"world_model_checkpoint={wm}", f"data.shards={tokens}", "data.val_fraction=1.0",
             f"run_dir={run_dir}"]
     assert main(args) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
