@@ -28,7 +28,7 @@ class LearnedSimConfig:
     max_contexts: int = 256                # start contexts kept in memory
     fps: float = 20.0                      # native log rate
     stride: int = 4                        # world-model step = stride / fps seconds
-    device: str = "cpu"
+    device: str = "cpu"                    # "auto" = cuda when available
     # --- episode ---
     max_steps: int = 50                    # truncation horizon (world-model steps)
     observation: str = "frames"            # "frames": decoded uint8 HxWx3; "tokens": int64 h x w
@@ -58,6 +58,11 @@ class LearnedSimConfig:
     domain_randomization: dict[str, float] = field(default_factory=dict)  # field -> +-relative range
 
     def __post_init__(self):
+        if self.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
         def bad(key, msg):
             raise ValueError(f"learned_sim.{key}: {msg}")
 

@@ -2,7 +2,8 @@
 
 A window keeps K frames of a segment at ``stride`` (plus ``future`` more for rollouts, so the
 logged continuation can be shown and replayed). ``rel_pose[k]`` is the SE(3) composition of the
-``stride`` per-frame poses from kept frame k to k+1, ``speed[k]`` the speed at kept frame k.
+``stride`` per-frame poses from kept frame k to k+1, ``speed[k]`` the speed at kept frame k
+(``data.loaders.segment_windows`` composes them, as for the world model's training windows).
 Only segments with ``data.loaders.split_of(segment_id, val_fraction) == "val"`` are used.
 """
 
@@ -13,9 +14,6 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from einops import rearrange
-
-from sim.learned.geometry import compose
 
 
 @dataclass
@@ -50,33 +48,22 @@ def _segment_id(sample: Any) -> str:
     return str(meta["segment_id"])
 
 
-def stride_poses(rel_pose: np.ndarray, stride: int) -> torch.Tensor:
-    """Per-frame poses [T, 6] -> kept-frame poses [T // stride, 6] (composed over each stride)."""
-    n = rel_pose.shape[0] // stride
-    p = rearrange(torch.as_tensor(rel_pose[: n * stride], dtype=torch.float64),
-                  "(n s) d -> n s d", s=stride)
-    out = p[:, 0]
-    for j in range(1, stride):
-        out = compose(out, p[:, j])
-    return out.float()
-
-
 def windows_of(sample: Any, K: int, stride: int, future: int = 0, max_windows: int | None = None):
-    """Yield window dicts from one token sample; windows start on engaged frames, step K kept frames."""
-    tokens = np.asarray(_get(sample, "tokens"))
-    engaged = np.asarray(_get(sample, "engaged")).astype(bool)
-    speed = np.asarray(_get(sample, "speed"), dtype=np.float32)
-    rel = np.asarray(_get(sample, "rel_pose"), dtype=np.float32)
+    """Window dicts of one token sample (``data.loaders.segment_windows``: composed strided poses),
+    starting every K kept frames, kept only where the car is engaged over the K context frames."""
+    from data.loaders import segment_windows, window_starts
+
     n_keep = K + future
-    T = tokens.shape[0]
+    t = len(np.asarray(_get(sample, "times")))
+    starts = window_starts(t, n_keep, stride, step=K * stride)
     count = 0
-    for start in range(0, T - (n_keep - 1) * stride - stride + 1, K * stride):
-        idx = start + stride * np.arange(n_keep)
-        if not engaged[idx[:K]].all():
+    for w in segment_windows(sample, n_keep, stride, key="tokens", starts=starts):
+        if not w["engaged"][:K].all():
             continue
-        yield dict(tokens=torch.as_tensor(tokens[idx].astype(np.int64)),
-                   rel_pose=stride_poses(rel[start:start + n_keep * stride], stride),
-                   speed=torch.as_tensor(speed[idx]), segment_id=_segment_id(sample), start=start)
+        yield dict(tokens=torch.as_tensor(w["tokens"], dtype=torch.int64),
+                   rel_pose=torch.as_tensor(w["rel_pose"], dtype=torch.float32),
+                   speed=torch.as_tensor(w["speed"], dtype=torch.float32),
+                   segment_id=w["segment_id"], start=w["start"])
         count += 1
         if max_windows is not None and count >= max_windows:
             return

@@ -89,12 +89,21 @@ class SimCore:
         self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
         self.ctx_index = torch.zeros(b, dtype=torch.int64, device=dev)
         self.dr_u = torch.full((b, max(len(self.dr_keys), 1)), 0.5, device=dev)
-        self.params = self.vehicle.params(None, {})
+        self.params, self.gain = self.vehicle.params(None, {})
+        if self.dr_keys:  # fail now, not mid-episode, if the vehicle model can't take per-env values
+            try:
+                p, g = self.vehicle.params(torch.rand(b, len(self.dr_keys), device=dev), cfg.domain_randomization)
+                self.vehicle.step(self.veh, torch.zeros(b, 2, device=dev), 1.0 / cfg.fps, p, g)
+            except Exception as e:  # noqa: BLE001 - re-raised naming the setting
+                raise ValueError(f"learned_sim.domain_randomization {self.dr_keys}: sim.vehicle.step "
+                                 f"cannot randomize these fields per env ({e})") from None
 
     # ------------------------------------------------------------------ reset
-    def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None) -> None:
+    def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
+              indices: torch.Tensor | None = None) -> None:
         """Reset the envs in ``mask`` [b] bool (all if None). ``seeds`` [b] int64 restarts their
-        random streams; without seeds they move on to their next episode."""
+        random streams; without seeds they move on to their next episode. ``indices`` [b]: start
+        from these pool contexts instead of seeded draws (offline rollouts)."""
         dev, K = self.device, self.K
         mask = torch.ones(self.b, dtype=torch.bool, device=dev) if mask is None else mask.to(dev)
         if seeds is not None:
@@ -106,6 +115,8 @@ class SimCore:
             self.episode = torch.where(mask, self.episode + 1, self.episode)
         n = len(self.pool)
         idx = (uniform(self.seed, self.episode, 0) * n).long().clamp_max(n - 1)
+        if indices is not None:
+            idx = torch.as_tensor(indices, dtype=torch.int64, device=dev)
         self.ctx_index = torch.where(mask, idx, self.ctx_index)
         m4 = mask[:, None, None, None]
         self.tokens = torch.where(m4, self.pool.tokens[idx, :K], self.tokens)
@@ -124,7 +135,7 @@ class SimCore:
             u = torch.stack([uniform(self.seed, self.episode, 100 + j)
                              for j in range(len(self.dr_keys))], -1)
             self.dr_u = torch.where(mask[:, None], u, self.dr_u)
-            self.params = self.vehicle.params(self.dr_u, self.cfg.domain_randomization)
+            self.params, self.gain = self.vehicle.params(self.dr_u, self.cfg.domain_randomization)
 
     # ------------------------------------------------------------------ step
     def check_action(self, action) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +159,7 @@ class SimCore:
         move = None
         veh = self.veh
         for _ in range(sub):  # vehicle model at the log rate, composed over the stride
-            veh, rel = self.vehicle.step(veh, a, 1.0 / self.cfg.fps, self.params)
+            veh, rel = self.vehicle.step(veh, a, 1.0 / self.cfg.fps, self.params, self.gain)
             move = rel if move is None else compose(move, rel)
         prev = self.veh
         self.veh = veh.to(torch.float32)

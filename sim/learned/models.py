@@ -135,37 +135,51 @@ def load_models(cfg: LearnedSimConfig) -> Models:
     return check_compatible(Models(wm, tok, step_fn, ensemble, source=str(ckpt)))
 
 
+GAIN_KEYS = ("gain_curvature", "gain_accel")
+
+
 class VehicleModel:
     """Batched torch view of ``sim.vehicle``: state [b, 3] = (speed, curvature, accel).
 
-    ``params``: a VehicleParams whose randomized fields hold [b] tensors (domain randomization).
+    Domain randomization (``learned_sim.domain_randomization``: field -> relative range r, each
+    env draws a factor 1 + r * U(-1, 1) at reset):
+    - ``gain_curvature`` / ``gain_accel``: actuator gain mismatch, applied here to the
+      normalized action before the vehicle model (works with any vehicle model);
+    - any ``VehicleParams`` field, passed as a per-env [b] tensor, where ``sim.vehicle.step``
+      accepts tensors for it (checked when the env is built; the current sim.vehicle uses
+      float-only ops for its limits and time constants, so this errors clearly).
     """
 
     def __init__(self, module=None, overrides: dict | None = None):
         if module is None:
             import sim.vehicle as module  # roadworld's kinematic bicycle model
-        self.m = module
+        # keep functions, not the module: gym.make deep-copies its kwargs
+        self._step, self._normalize = module.step, module.normalize_action
         self.base = module.VehicleParams(**(overrides or {}))
 
     def params(self, u: torch.Tensor | None, ranges: dict[str, float]):
-        """Base params with each field in ``ranges`` scaled by 1 + r * (2u - 1) per env.
-        u: [b, n_fields] uniforms (or None: no randomization)."""
+        """-> (params, gain [b, 2] or None). u: [b, len(ranges)] uniforms in sorted key order."""
         if not ranges or u is None:
-            return self.base
+            return self.base, None
         names = {f.name for f in fields(self.base)} if is_dataclass(self.base) else set()
-        changes = {}
+        changes, gain = {}, torch.ones(u.shape[0], 2, device=u.device)
         for j, (k, r) in enumerate(sorted(ranges.items())):
-            if k not in names:
+            factor = 1.0 + float(r) * (2.0 * u[:, j] - 1.0)
+            if k in GAIN_KEYS:
+                gain[:, GAIN_KEYS.index(k)] = factor
+            elif k in names:
+                changes[k] = float(getattr(self.base, k)) * factor
+            else:
                 raise ValueError(f"learned_sim.domain_randomization.{k}: not a VehicleParams field "
-                                 f"(fields: {sorted(names)})")
-            changes[k] = float(getattr(self.base, k)) * (1.0 + float(r) * (2.0 * u[:, j] - 1.0))
-        return replace(self.base, **changes)
+                                 f"nor one of {GAIN_KEYS} (fields: {sorted(names)})")
+        return (replace(self.base, **changes) if changes else self.base), gain
 
-    def step(self, state: torch.Tensor, action: torch.Tensor, dt: float, params):
+    def step(self, state: torch.Tensor, action: torch.Tensor, dt: float, params, gain=None):
         """state [b,3], normalized action [b,2] -> (state [b,3], rel_pose [b,6])."""
-        new_state, rel_pose = self.m.step(state, action, dt, params)
-        return new_state, rel_pose
+        if gain is not None:
+            action = action * gain
+        return self._step(state, action, dt, params)
 
     def normalize(self, u: torch.Tensor) -> torch.Tensor:
         """(curvature 1/m, accel m/s^2) [b,2] -> normalized action [b,2]."""
-        return self.m.normalize_action(u)
+        return self._normalize(u)

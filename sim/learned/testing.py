@@ -4,14 +4,10 @@ in other packages, e.g. RL tests that need a WorldModel-v0 without trained check
 - ``FakeWorldModel`` + ``fake_step``: ``sampling.step``'s signature; hazard rises with lateral
   motion and braking, so scripted manoeuvres give different curves.
 - ``FakeTokenizer``: ``decode`` paints each token's colour over its patch.
-- ``fake_vehicle_module()``: a kinematic bicycle with ``sim.vehicle``'s function names.
 - ``fake_samples``: token samples (dicts, as token shards yield them).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -73,42 +69,6 @@ class FakeTokenizer:
         return repeat(c, "b h w c -> b (h ph) (w pw) c", ph=ph, pw=pw)
 
 
-@dataclass
-class FakeVehicleParams:
-    wheelbase: float = 2.7
-    max_curvature: float = 0.2
-    max_accel: float = 4.0
-    tau: float = 0.2
-
-
-def _fake_denorm(a, p=FakeVehicleParams()):
-    return torch.stack([a[..., 0] * p.max_curvature, a[..., 1] * p.max_accel], -1)
-
-
-def _fake_norm(u, p=FakeVehicleParams()):
-    return torch.stack([u[..., 0] / p.max_curvature, u[..., 1] / p.max_accel], -1)
-
-
-def _fake_vehicle_step(state, action, dt, params):
-    """state [b,3] (speed, curvature, accel) -> (state, rel_pose [b,6]); first-order actuator lag."""
-    u = torch.stack([action[..., 0] * params.max_curvature, action[..., 1] * params.max_accel], -1)
-    alpha = dt / (params.tau + dt)
-    v, k, acc = state.unbind(-1)
-    k = k + alpha * (u[..., 0] - k)
-    acc = acc + alpha * (u[..., 1] - acc)
-    v2 = (v + acc * dt).clamp_min(0.0)
-    ds = 0.5 * (v + v2) * dt
-    dyaw = k * ds
-    z = torch.zeros_like(ds)
-    rel = torch.stack([ds * torch.cos(dyaw / 2), ds * torch.sin(dyaw / 2), z, z, z, dyaw], -1)
-    return torch.stack([v2, k, acc], -1), rel
-
-
-def fake_vehicle_module():
-    return SimpleNamespace(VehicleParams=FakeVehicleParams, step=_fake_vehicle_step,
-                           normalize_action=_fake_norm, denormalize_action=_fake_denorm)
-
-
 def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
     """Token samples like token shards yield: ids seg0000.., smooth straight driving."""
     rng = np.random.default_rng(seed)
@@ -120,22 +80,28 @@ def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
         rel[:-1, 5] = rng.normal(0, 0.002, T - 1)
         out.append(dict(tokens=rng.integers(0, vocab_size, (T, *grid)).astype(np.int16),
                         rel_pose=rel, speed=speed, engaged=np.ones(T, bool),
-                        disengage=np.zeros(T, np.int8), meta={"segment_id": f"seg{i:04d}"}))
+                        disengage=np.zeros(T, np.int8), times=np.arange(T) / 20.0,
+                        world_pose=np.zeros((T, 6), np.float32),
+                        meta={"segment_id": f"seg{i:04d}", "source": "fake", "fps": 20.0,
+                              "camera": {"fx": 32.0, "fy": 32.0, "cx": 32.0, "cy": 16.0,
+                                         "width": 64, "height": 32},
+                              "vehicle": {}, "tokens": {"vocab_size": vocab_size, "grid": list(grid)}}))
     return out
 
 
 def fake_setup(context_frames=3, stride=2, future=0, seed=0, **kw):
-    """-> (Models, ContextPool, VehicleModel) of fakes; every sample counts as held-out."""
+    """-> (Models, ContextPool, VehicleModel): fake world model + tokenizer, the real vehicle
+    model; every sample counts as held-out."""
     wm = FakeWorldModel(context_frames=context_frames, seed=seed, **kw)
     tok = FakeTokenizer(wm.vocab_size, wm.grid)
     models = Models(wm, tok, fake_step, source="<fake>")
     pool = pool_from_samples(fake_samples(vocab_size=wm.vocab_size, grid=wm.grid, seed=seed),
                              context_frames, stride, lambda sid: "val", future=future)
-    return models, pool, VehicleModel(fake_vehicle_module())
+    return models, pool, VehicleModel()  # the real sim.vehicle
 
 
 __all__ = ["ContextPool", "FakeTokenizer", "FakeWorldModel", "fake_samples", "fake_setup",
-           "fake_step", "fake_vehicle_module"]
+           "fake_step", "tiny_checkpoints"]
 
 
 def tiny_checkpoints(out_dir, vocab_size=16, frame_size=(32, 64), downsample=16, context_frames=3,

@@ -1,0 +1,71 @@
+"""The learned simulator on the real (tiny, untrained) tokenizer + world model checkpoints and the
+real vehicle model: gym.make(checkpoint=...), batch equivalence, bad checkpoints."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import sim  # noqa: F401
+from sim.learned import ModelMismatchError, WorldModelEnv, WorldModelVectorEnv, pool_from_samples
+from sim.learned.testing import fake_samples, tiny_checkpoints
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    wm, tok = tiny_checkpoints(tmp_path_factory.mktemp("tiny"), vocab_size=16, context_frames=3, fps=10.0)
+    return str(wm)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return pool_from_samples(fake_samples(n_segments=4, T=30, vocab_size=16, grid=(2, 4)), 3, 2,
+                             lambda sid: "val")
+
+
+def test_gym_make_checkpoint_check_env_and_entropy(ckpt, pool):
+    env = gym.make("drivegpt/WorldModel-v0", checkpoint=ckpt, contexts=pool, stride=2, max_steps=4)
+    check_env(env.unwrapped)
+    env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(np.array([0.2, -0.5], np.float32))
+    assert obs["image"].shape == (32, 64, 3) and obs["image"].dtype == np.uint8
+    assert info["disengage_probs"].shape == (3, 3)
+    # untrained codes are near uniform over 16: entropy close to log(16), and finite
+    assert 0.5 * np.log(16) < info["uncertainty"] <= np.log(16) + 1e-4
+
+
+def test_real_batch_step_equals_single_env_steps(ckpt, pool):
+    n, T = 3, 4
+    actions = np.random.default_rng(0).uniform(-1, 1, (T, n, 2)).astype(np.float32)
+    s = dict(checkpoint=ckpt, contexts=pool, stride=2, temperature=0.0, termination="never")
+    venv = WorldModelVectorEnv(n, **s)
+    venv.reset(seed=3)
+    batch = [venv.step(a) for a in actions]
+    for i in range(n):
+        env = WorldModelEnv(**s)
+        env.reset(seed=3 + i)
+        for t in range(T):
+            obs, r, *_ = env.step(actions[t, i])
+            np.testing.assert_array_equal(batch[t][0]["image"][i], obs["image"])
+            np.testing.assert_allclose(batch[t][1][i], r, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_checkpoints(ckpt, pool, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        WorldModelEnv(checkpoint=str(tmp_path / "missing.pt"), contexts=pool)
+    junk = tmp_path / "junk.pt"
+    torch.save({"hello": 1}, junk)
+    with pytest.raises(ValueError, match="junk.pt"):
+        WorldModelEnv(checkpoint=str(junk), contexts=pool)
+    # world model trained on a 16-code tokenizer, pointed at a 32-code one
+    _, tok32 = tiny_checkpoints(tmp_path / "t32", vocab_size=32)
+    with pytest.raises(ModelMismatchError, match="codebook size 32"):
+        WorldModelEnv(checkpoint=ckpt, tokenizer=str(tok32), contexts=pool, stride=2)
+    # token grid 4x8 (downsample 8) vs the world model's 2x4
+    _, tok_g = tiny_checkpoints(tmp_path / "tg", vocab_size=16, downsample=8)
+    with pytest.raises(ModelMismatchError, match="grid"):
+        WorldModelEnv(checkpoint=ckpt, tokenizer=str(tok_g), contexts=pool, stride=2)
+    # the model reads 10 Hz frames; 20 Hz logs at stride 4 are 5 Hz
+    with pytest.raises(ModelMismatchError, match="10 Hz"):
+        WorldModelEnv(checkpoint=ckpt, contexts=pool, stride=4)
