@@ -119,8 +119,12 @@ def _encode_index(i: int) -> tuple[int, str, dict[str, bytes], int]:
     try:
         item = _WORKER["make_item"](i)
         return (i, *item_to_members(item, _WORKER["codec"]))
-    except Exception as e:
-        raise type(e)(f"item {i}: {e}") if isinstance(e, (ValueError, TypeError)) else e
+    except (SegmentError, ValueError, TypeError) as e:
+        try:
+            err = type(e)(f"item {i}: {e}")
+        except Exception:  # exception types with other constructors: keep the original
+            raise e from None
+        raise err from None
 
 
 def _sha256(path: Path) -> str:

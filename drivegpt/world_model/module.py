@@ -1,0 +1,164 @@
+"""LightningModule: token cross-entropy + lambda * class-balanced disengagement BCE (+ pose prior)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from drivegpt.world_model.model import WorldModel, WorldModelConfig
+
+LN2 = math.log(2.0)
+TARGET_KEYS = ("disengage", "disengage_targets", "targets")
+MASK_KEYS = ("disengage_mask", "targets_mask", "mask")
+
+
+def unpack_batch(batch: dict) -> dict[str, torch.Tensor | None]:
+    """Window batch (data.loaders.window_dataset(key="tokens")) -> model inputs and labels.
+
+    tokens [b,K,h,w] -> int64; rel_pose [b,K,6], speed [b,K] -> float32; disengagement targets
+    [b,K,n_h,3] and mask (any of [b,K], [b,K,n_h], [b,K,n_h,3]; absent = all valid) -> float32.
+    """
+    for key in ("tokens", "rel_pose", "speed"):
+        if key not in batch:
+            raise KeyError(f"world-model batch has no {key!r} (keys: {sorted(batch)})")
+    out = {
+        "tokens": batch["tokens"].long(),
+        "rel_pose": batch["rel_pose"].float(),
+        "speed": batch["speed"].float(),
+        "target": None,
+        "mask": None,
+    }
+    tkey = next((k for k in TARGET_KEYS if k in batch and torch.is_tensor(batch[k]) and batch[k].ndim == 4), None)
+    if tkey is not None:
+        out["target"] = batch[tkey].float()
+        mkey = next((k for k in MASK_KEYS if k in batch and torch.is_tensor(batch[k])), None)
+        mask = torch.ones_like(out["target"]) if mkey is None else batch[mkey].float()
+        while mask.ndim < 4:
+            mask = mask[..., None]
+        out["mask"] = mask.expand_as(out["target"]).clone()
+    return out
+
+
+def balanced_bce(logits, target, mask, pos_rate, eps: float = 1e-3):
+    """Class-balanced BCE: positives weighted 0.5/p, negatives 0.5/(1-p) per (horizon, cause).
+
+    logits/target/mask [b,K,n_h,c]; pos_rate [n_h,c] (running positive rate). Masked entries
+    (censored, not engaged, frame 0) contribute nothing; the mean weight is ~1.
+    """
+    p = pos_rate.clamp(eps, 1 - eps)
+    w = torch.where(target > 0.5, 0.5 / p, 0.5 / (1 - p)) * mask
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    return (loss * w).sum() / mask.sum().clamp_min(1.0)
+
+
+def cosine_lr(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class WorldModelModule(L.LightningModule):
+    def __init__(self, model_config: dict, tokenizer_path: str | None = None, lr: float = 3e-4,
+                 min_lr_ratio: float = 0.1, weight_decay: float = 0.1, betas=(0.9, 0.95),
+                 warmup_steps: int = 100, max_steps: int = 1000, dis_weight: float = 1.0,
+                 pose_weight: float = 0.1, rate_momentum: float = 0.99):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = WorldModel(WorldModelConfig.from_dict(model_config), tokenizer_path=tokenizer_path)
+        n_h, n_c = len(self.model.cfg.horizons), self.model.cfg.n_causes
+        self.register_buffer("pos_rate", torch.full((n_h, n_c), -1.0))  # -1 = not seen yet
+        self._val = []
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, batch: dict, train: bool) -> tuple[dict, dict]:
+        b = unpack_batch(batch)
+        m, cfg = self.model, self.model.cfg
+        if train and not bool(m.cond_fitted):
+            m.fit_conditioning(b["rel_pose"], b["speed"])
+        drop = None
+        if train and cfg.cond_drop > 0:
+            drop = torch.rand(b["tokens"].shape[0], device=self.device) < cfg.cond_drop
+        out = m(b["tokens"], b["rel_pose"], b["speed"], drop)
+        logits = out["logits"].float()  # b K n V
+        target = b["tokens"].flatten(2)  # b K n
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten())
+        loss = ce
+        logs = {"loss_tokens": ce, "bits_per_token": ce / LN2}
+        if b["target"] is not None and self.hparams.dis_weight > 0:
+            if b["target"].shape[2:] != out["disengage"].shape[2:]:
+                raise ValueError(f"disengagement targets {tuple(b['target'].shape[2:])} != model heads "
+                                 f"{tuple(out['disengage'].shape[2:])} (world_model.horizons vs the data's)")
+            mask = b["mask"]
+            mask[:, 0] = 0  # frame 0 has no commanded move and no history
+            if train:
+                self._update_rate(b["target"], mask)
+            rate = self.pos_rate if bool((self.pos_rate >= 0).all()) else torch.full_like(self.pos_rate, 0.5)
+            dis = balanced_bce(out["disengage"], b["target"], mask, rate)
+            loss = loss + self.hparams.dis_weight * dis
+            logs["loss_disengage"] = dis
+            out["mask"], out["target"] = mask, b["target"]
+        if "pose" in out and self.hparams.pose_weight > 0:
+            pose = F.mse_loss(out["pose"].float(), m.normalize_pose(b["rel_pose"]))
+            loss = loss + self.hparams.pose_weight * pose
+            logs["loss_pose"] = pose
+        logs["loss"] = loss
+        out["target_tokens"] = target
+        return logs, out
+
+    @torch.no_grad()
+    def _update_rate(self, target, mask):
+        n = mask.sum(dim=(0, 1))
+        pos = (target * mask).sum(dim=(0, 1))
+        seen = n > 0
+        rate = torch.where(seen, pos / n.clamp_min(1), self.pos_rate)
+        first = self.pos_rate < 0
+        mom = self.hparams.rate_momentum
+        new = torch.where(first, rate, mom * self.pos_rate + (1 - mom) * rate)
+        self.pos_rate.copy_(torch.where(seen | ~first, new, self.pos_rate))
+
+    def training_step(self, batch, batch_idx):
+        logs, _ = self.losses(batch, train=True)
+        bs = batch["tokens"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        self.log("loss", logs["loss"], prog_bar=True, logger=False, batch_size=bs)
+        return logs["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        logs, out = self.losses(batch, train=False)
+        top1 = (out["logits"].argmax(-1) == out["target_tokens"]).float().mean()
+        bs = batch["tokens"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=bs, sync_dist=True)
+        self.log("val/top1", top1, batch_size=bs, sync_dist=True)
+        if "mask" in out:
+            self._val.append((torch.sigmoid(out["disengage"].float()).cpu(), out["target"].cpu(), out["mask"].cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        probs, target, mask = (torch.cat(x) for x in zip(*self._val))
+        self._val.clear()
+        from drivegpt.world_model.metrics import disengage_metrics
+
+        horizons = self.model.cfg.horizons
+        res = disengage_metrics(probs, target, mask, horizons)
+        for h in horizons:
+            v = res.get(f"auroc_{h:g}s")
+            if v is not None:
+                self.log(f"val/auroc_{h:g}s", float(v))
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
+                                fused=torch.cuda.is_available() and self.device.type == "cuda")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_lr(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,99 @@
+"""``drivegpt train world_model``: Lightning training over token-window shards.
+
+Reads windows of ``data.context_frames`` frames at ``data.stride`` through
+``data.datamodule.FleetDataModule(kind="windows", key="tokens")``; writes
+``run_dir/checkpoints`` (resumable: ``trainer.ckpt_path=last``), ``run_dir/world_model.pt``
+(config + tokenizer path + weights, for ``load_world_model``), ``run_dir/samples/*.png``
+(decoded real | predicted, when the tokenizer is loadable) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from drivegpt.runs import mark_done, write_metrics
+from drivegpt.world_model.checkpoint import save_world_model
+from drivegpt.world_model.module import WorldModelModule
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head")
+OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
+
+
+def token_meta(shards: str) -> dict:
+    """{vocab_size, grid, tokenizer_path} from the first token sample's meta["tokens"]."""
+    from data.shards import expand_urls, iter_samples
+
+    urls = expand_urls(shards)
+    for sample in iter_samples(urls):
+        meta = sample.meta if hasattr(sample, "meta") else sample.get("meta", {})
+        tm = meta.get("tokens")
+        if not isinstance(tm, dict) or "vocab_size" not in tm or "grid" not in tm:
+            sid = meta.get("segment_id", "?")
+            raise ValueError(f"{shards}: sample {sid!r} has no meta['tokens'] with vocab_size and grid "
+                             "(is this a token shard written by `drivegpt tokenize`?)")
+        path = tm.get("tokenizer_path") or tm.get("tokenizer") or tm.get("path")
+        return {"vocab_size": int(tm["vocab_size"]), "grid": [int(g) for g in tm["grid"]], "tokenizer_path": path}
+    raise ValueError(f"{shards}: no samples")
+
+
+def model_config(cfg: DictConfig, vocab_size: int, grid) -> dict:
+    wm = cfg.world_model
+    d = {k: OmegaConf.to_object(wm[k]) if OmegaConf.is_config(wm[k]) else wm[k] for k in MODEL_KEYS if k in wm}
+    d.update(vocab_size=int(vocab_size), grid=[int(g) for g in grid], max_frames=int(cfg.data.context_frames),
+             fps=float(cfg.data.fps) / float(cfg.data.stride))
+    return d
+
+
+def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | None) -> WorldModelModule:
+    wm = cfg.world_model
+    optim = {k: (list(wm[k]) if k == "betas" else wm[k]) for k in OPTIM_KEYS if k in wm}
+    module = WorldModelModule(model_config(cfg, vocab_size, grid), tokenizer_path=tokenizer_path,
+                              max_steps=int(cfg.trainer.max_steps), **optim)
+    if cfg.get("checkpoint"):
+        from drivegpt.world_model.checkpoint import load_world_model
+
+        module.model.load_state_dict(load_world_model(cfg.checkpoint).state_dict())
+    return module
+
+
+def run(cfg: DictConfig) -> dict:
+    import lightning as L
+
+    from data.datamodule import FleetDataModule
+    from drivegpt.training import make_trainer, resume_path
+    from drivegpt.world_model.callbacks import SampleRollouts
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True)
+    meta = token_meta(str(cfg.data.shards))
+    tok_path = cfg.get("tokenizer_path") or meta["tokenizer_path"]
+    module = build_module(cfg, meta["vocab_size"], meta["grid"], tok_path)
+    dm = FleetDataModule(cfg, kind="windows", key="tokens")
+    callbacks = [SampleRollouts(run_dir / "samples", tok_path, int(cfg.world_model.get("sample_rollouts", 2)))]
+    trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
+    train_s = time.time() - t0
+    model = module.model.float().cpu().eval()
+    out = save_world_model(model, run_dir / "world_model.pt")
+    cm = trainer.callback_metrics
+    metrics = {
+        "world_model_path": str(out),
+        "tokenizer_path": tok_path,
+        "params": model.num_params(),
+        "train_seconds": train_s,
+        "global_step": trainer.global_step,
+        "tokens_per_step": int(cfg.data.batch_size) * model.cfg.block_size * int(cfg.trainer.accumulate_grad_batches),
+    }
+    for k, v in cm.items():
+        if k.startswith(("train/", "val/")) and torch.is_tensor(v) and v.numel() == 1:
+            metrics[k.replace("/", "_")] = float(v)
+    if trainer.is_global_zero:
+        write_metrics(run_dir, metrics)
+        mark_done(run_dir, {"world_model": str(out)})
+    return metrics
