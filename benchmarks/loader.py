@@ -136,9 +136,11 @@ def codec_table(frames: np.ndarray, reps: int = 3) -> list[dict]:
         "opencv FFV1 mkv (lossless)": opencv("FFV1", ".mkv"),
         "pyav h264 crf18 4:2:0": pyav("libx264", "mp4", {"crf": "18", "preset": "fast", "threads": "1"}, "yuv420p"),
         "pyav h264 crf23 4:4:4": pyav("libx264", "mp4", {"crf": "23", "preset": "fast", "threads": "1"}, "yuv444p"),
-        "pyav h264 crf18 4:4:4 (data.video 'mp4')": (lambda fr: encode_frames(fr, "mp4"),
-                                                     lambda b: decode_frames(b, "mp4"), len),
-        "pyav h264 crf14 4:4:4": pyav("libx264", "mp4", {"crf": "14", "preset": "fast", "threads": "1"}, "yuv444p"),
+        "pyav h264 crf18 4:4:4 preset fast": pyav("libx264", "mp4", {"crf": "18", "preset": "fast", "threads": "1"}, "yuv444p"),
+        "pyav h264 crf18 4:4:4 preset veryfast": pyav("libx264", "mp4", {"crf": "18", "preset": "veryfast", "threads": "1"}, "yuv444p"),
+        "pyav h264 crf18 4:4:4 preset superfast": pyav("libx264", "mp4", {"crf": "18", "preset": "superfast", "threads": "1"}, "yuv444p"),
+        "pyav h264 crf18 4:4:4 ultrafast (data.video 'mp4')": (lambda fr: encode_frames(fr, "mp4"),
+                                                              lambda b: decode_frames(b, "mp4"), len),
         "pyav vp9 crf30 webm": pyav("libvpx-vp9", "webm", {"crf": "30", "b": "0"}, "yuv420p"),
     }
     rows = []
