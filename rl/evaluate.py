@@ -236,6 +236,10 @@ def run(cfg: DictConfig) -> dict:
     plot(rows, run_dir / "closed_loop.png")
     metrics = {"controllers": rows, "sim_to_real": gap, "seeds": seeds, "seconds": float(e.seconds),
                "seconds_per_controller": timing}
+    for name, row in rows.items():  # short per-controller summary at the top level (pipeline headline)
+        if name not in metrics:
+            metrics[name] = {"disengagements_per_100km": row["per_100km"], "speed_ratio": row["speed_ratio"],
+                             "km": row["km"]}
     write_metrics(run_dir, metrics)
     mark_done(run_dir, {"stage": "eval_policy"})
     print(header + md)

@@ -85,6 +85,7 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
         "policy/flops_per_call": flops["flops_per_call"],
         "policy/bottleneck_bits": module.policy.bottleneck_bits,
     }
+    metrics["action_mae"] = metrics["bc/action_mae"]  # the pipeline's headline name
     save_policy(module.policy, run_dir / "policy.pt", meta={"stage": "bc", "metrics": metrics,
                                                           "shards": str(cfg.data.shards)})
     write_metrics(run_dir, metrics)
@@ -199,11 +200,12 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     from rl.ppo import PPOConfig, train_ppo
     from rl.video import write_video
 
-    if not cfg.get("checkpoint"):
+    bc_path = cfg.get("checkpoint") or cfg.get("init")
+    if not bc_path:
         raise ValueError("train policy stage=rl: set checkpoint=BC_POLICY (policy.pt or the BC run dir)")
     if not cfg.get("world_model_checkpoint"):
         raise ValueError("train policy stage=rl: set world_model_checkpoint=WORLD_MODEL (the learned sim)")
-    bc = load_policy(cfg.checkpoint)
+    bc = load_policy(bc_path)
     p = cfg.rl.ppo
     pcfg = PPOConfig.from_dict(OmegaConf.to_container(p, resolve=True))
     fabric = L.Fabric(accelerator=str(p.get("accelerator", "auto")), devices=p.get("devices", 1),
@@ -214,7 +216,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     settings["device"] = str(fabric.device)
     env = make_learned_env(pcfg.num_envs, bc.cfg.context_frames, settings)
     if tuple(env.env.single_observation_space["image"].shape) != tuple(bc.obs_shape[1:]):
-        raise ValueError(f"{cfg.checkpoint}: policy frames {list(bc.obs_shape[1:])} but the learned sim "
+        raise ValueError(f"{bc_path}: policy frames {list(bc.obs_shape[1:])} but the learned sim "
                          f"renders {list(env.env.single_observation_space['image'].shape)}")
     policy = copy.deepcopy(bc)
     start, opt_state = 0, None
@@ -275,11 +277,12 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                "rl/sim_predicted_per_100km": final["predicted_per_100km"],
                "rl/bc_sim_predicted_per_100km": base["predicted_per_100km"],
                "rl/sim_return": float(final["returns"].mean()), "rl/bc_sim_return": float(base["returns"].mean())}
+    metrics["return_mean"] = metrics["rl/sim_return"]  # the pipeline's headline name
     for key in ("episode_return", "event_rate", "kl_to_ref", "uncertainty", "predicted_per_100km"):
         a, z = first_last(key)
         metrics[f"rl/{key}_first"], metrics[f"rl/{key}_last"] = a, z
     save_policy(policy, run_dir / "policy.pt", meta={
-        "stage": "rl", "bc_checkpoint": str(cfg.checkpoint), "world_model": str(cfg.world_model_checkpoint),
+        "stage": "rl", "bc_checkpoint": str(bc_path), "world_model": str(cfg.world_model_checkpoint),
         "metrics": metrics})
     write_metrics(run_dir, metrics)
     logger.close()
