@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--scenarios", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--first-seed", type=int, default=1_000_000)
-    ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--stride", type=int, default=4, help="decision stride when the checkpoint has none")
     args = ap.parse_args(argv)
 
     import torch
@@ -158,7 +158,8 @@ def main(argv=None) -> dict:
         h, w = policy.obs_shape[1:3]
         cfg = compose("eval_policy", [f"data.frame_height={h}", f"data.frame_width={w}"])
         t0 = time.perf_counter()
-        trajs = drive(name, seeds, args.seconds, cfg.sim, policy, args.stride,
+        stride = int(policy.checkpoint_meta.get("stride", args.stride))  # the stride it was trained at
+        trajs = drive(name, seeds, args.seconds, cfg.sim, policy, stride,
                       "cuda" if torch.cuda.is_available() else "cpu")
         m = closed_loop_metrics(trajs)
         meta = read_checkpoint(path).get("meta", {}).get("metrics", {})

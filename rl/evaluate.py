@@ -215,8 +215,10 @@ def run(cfg: DictConfig) -> dict:
     rows, timing, gap = {}, {}, {}
     for name, path in controllers_of(cfg).items():
         policy = load_policy(path) if path else None
+        # a policy decides at the stride it was trained at (recorded in its checkpoint)
+        pstride = int(policy.checkpoint_meta.get("stride", stride)) if policy is not None else stride
         t0 = time.perf_counter()
-        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, stride, device, progress)
+        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress)
         timing[name] = time.perf_counter() - t0
         rows[name] = closed_loop_metrics(trajs)
         if policy is not None and cfg.get("world_model_checkpoint"):

@@ -87,7 +87,8 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     }
     metrics["action_mae"] = metrics["bc/action_mae"]  # the pipeline's headline name
     save_policy(module.policy, run_dir / "policy.pt", meta={"stage": "bc", "metrics": metrics,
-                                                          "shards": str(cfg.data.shards)})
+                                                          "shards": str(cfg.data.shards),
+                                                          "stride": int(cfg.data.stride), "fps": float(cfg.data.fps)})
     write_metrics(run_dir, metrics)
     mark_done(run_dir, {"stage": "bc", "policy": str(run_dir / "policy.pt")})
     return metrics
@@ -283,6 +284,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         metrics[f"rl/{key}_first"], metrics[f"rl/{key}_last"] = a, z
     save_policy(policy, run_dir / "policy.pt", meta={
         "stage": "rl", "bc_checkpoint": str(bc_path), "world_model": str(cfg.world_model_checkpoint),
+        "stride": int(bc.checkpoint_meta.get("stride", cfg.data.stride)), "fps": float(cfg.data.fps),
         "metrics": metrics})
     write_metrics(run_dir, metrics)
     logger.close()

@@ -54,3 +54,15 @@ def test_table_lists_every_controller():
     assert md.count("\n") == 4 and "| rl |" in md and "0.50" in md
     with pytest.raises(ValueError):
         closed_loop_metrics([_constant(5, 1, 1, dt=0.05), _constant(5, 1, 1, dt=0.1)])
+
+
+def test_drive_rejects_policy_of_another_frame_size():
+    from drivegpt.config import compose
+    from rl.evaluate import drive
+    from rl.policy import Policy
+
+    cfg = compose("eval_policy", ["experiment=tiny"])  # road world renders 32x64
+    p = Policy(dict(context_frames=2, frame_height=64, frame_width=128, channels=[8], pool_grid=[1, 2],
+                    frame_features=8, bottleneck_dim=8, hidden=8))
+    with pytest.raises(ValueError, match="64x128"):
+        drive("p", [1000000], 1.0, cfg.sim, p, stride=2)
