@@ -20,11 +20,13 @@ from drivegpt.tokenizer.model import Tokenizer, to_float, tokenizer_config
 
 
 def batch_frames(batch: Any) -> torch.Tensor:
-    """uint8 frames [b, h, w, 3] from a loader batch (a tensor or a dict with ``frames``)."""
+    """uint8 frames [b, h, w, 3] from a loader batch (a tensor, or a dict with ``frame`` as
+    data.loaders.frame_dataset yields, or ``frames``)."""
     if isinstance(batch, dict):
-        if "frames" not in batch:
-            raise KeyError(f"tokenizer: batch has keys {sorted(batch)} but no 'frames'")
-        return batch["frames"]
+        for key in ("frame", "frames"):
+            if key in batch:
+                return batch[key]
+        raise KeyError(f"tokenizer: batch has keys {sorted(batch)} but no 'frame' (uint8 [b,h,w,3])")
     if isinstance(batch, (list, tuple)):
         return batch[0]
     return batch

@@ -1,0 +1,118 @@
+"""Tokenizer quality on held-out road-world frames, one JSON line.
+
+    python benchmarks/tokenizer_quality.py                                 # tiny default run only
+    python benchmarks/tokenizer_quality.py --checkpoint runs/tok/tokenizer.pt   # + that checkpoint
+
+Targets (issue 3) at 128x256 frames, 8x16 tokens, 1024 codes: PSNR >= 30 dB, lane-marking
+PSNR >= 24 dB, codebook usage >= 90%. A checkpoint is scored on road-world segments whose
+seeds are held out by data.loaders.split_of (the split every stage uses). The tiny default
+run trains a tiny tokenizer (experiment=tiny sizes, --steps, CPU) on train-split road-world
+frames and scores it the same way, next to a baseline (every frame decoded as the mean
+training frame), so the figures say what the hardware at hand reaches in that time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data.loaders import split_of  # noqa: E402
+from drivegpt.config import compose  # noqa: E402
+from drivegpt.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+from drivegpt.tokenizer.evaluate import Scorer  # noqa: E402
+from drivegpt.tokenizer.losses import ReconstructionLoss  # noqa: E402
+from drivegpt.tokenizer.model import to_float  # noqa: E402
+
+TARGETS = {"psnr": 30.0, "lane_psnr": 24.0, "codebook_usage": 90.0}
+
+
+def road_world(split: str, n_segments: int, seconds: float, h: int, w: int, val_fraction: float = 0.5):
+    """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments in ``split``."""
+    from sim.roadworld import drive_segment
+
+    frames, masks, seed = [], [], 0
+    while len(frames) < n_segments:
+        if split_of(f"rw{seed:06d}", val_fraction) == split:
+            seg = drive_segment(seed, seconds, None, h, w)
+            frames.append(seg.frames)
+            masks.append(seg.extras["lane_mask"])
+        seed += 1
+    return np.concatenate(frames), np.concatenate(masks)
+
+
+def score(model: Tokenizer, frames: np.ndarray, masks: np.ndarray, batch: int = 32) -> dict:
+    s = Scorer(model.vocab_size)
+    for i in range(0, len(frames), batch):
+        fr = torch.from_numpy(frames[i:i + batch])
+        tokens, recon = model.reconstruct(fr)
+        s.add(fr, recon, tokens, torch.from_numpy(masks[i:i + batch]))
+    return s.metrics()
+
+
+def tiny_run(steps: int, segments: int, seconds: float, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    cfg = compose("train_tokenizer", ["experiment=tiny", "run_dir=/tmp/x"]).tokenizer
+    h, w = int(cfg.frame_height), int(cfg.frame_width)
+    tr, _ = road_world("train", segments, seconds, h, w)
+    va, va_mask = road_world("val", max(1, segments // 2), seconds, h, w)
+    model = Tokenizer(cfg)
+    loss_fn = ReconstructionLoss(cfg.loss.l1, cfg.loss.mse, cfg.loss.ssim, cfg.loss.gradient)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas))
+    rng = np.random.default_rng(seed)
+    bs = 16
+    t0 = time.time()
+    for _ in range(steps):
+        x = to_float(torch.from_numpy(tr[rng.integers(0, len(tr), bs)]))
+        recon, _, q_loss = model.train()(x)
+        loss = loss_fn(recon, x)["rec"] + q_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds_trained = time.time() - t0
+    model.eval()
+    m = score(model, va, va_mask)
+    # baseline: every held-out frame reconstructed as the mean training frame
+    mean = np.broadcast_to(tr.mean(0).round().astype(np.uint8), va.shape)
+    b = Scorer(1)
+    b.add(torch.from_numpy(va), torch.from_numpy(np.ascontiguousarray(mean)), torch.zeros(len(va), 1, 1, dtype=torch.long),
+          torch.from_numpy(va_mask))
+    base = b.metrics()
+    return {**m, "steps": steps, "batch": bs, "train_frames": len(tr), "train_seconds": seconds_trained,
+            "frame_size": [h, w], "grid": list(model.grid),
+            "baseline_mean_frame": {"psnr": base["psnr"], "lane_psnr": base["lane_psnr"]},
+            "psnr_gain_over_baseline_db": m["psnr"] - base["psnr"]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--steps", type=int, default=300, help="tiny default run: training steps")
+    ap.add_argument("--segments", type=int, default=6, help="tiny default run: training segments")
+    ap.add_argument("--seconds", type=float, default=4.0, help="seconds per road-world segment")
+    ap.add_argument("--eval-segments", type=int, default=4, help="held-out segments to score a checkpoint on")
+    a = ap.parse_args(argv)
+    out = {"bench": "tokenizer_quality", "targets": TARGETS, "host": platform.processor() or platform.machine(),
+           "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    if a.checkpoint:
+        model = load_tokenizer(a.checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu")
+        fr, mk = road_world("val", a.eval_segments, a.seconds * 5, *model.frame_size)
+        m = score(model, fr, mk)
+        m["meets_targets"] = {k: (m[k] is not None and m[k] >= v) for k, v in TARGETS.items()}
+        out["checkpoint"] = {"path": a.checkpoint, "frame_size": list(model.frame_size), "grid": list(model.grid), **m}
+    out["tiny_default_run"] = tiny_run(a.steps, a.segments, a.seconds)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

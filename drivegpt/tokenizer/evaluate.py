@@ -1,0 +1,135 @@
+"""``drivegpt eval tokenizer``: reconstruction quality and codebook use on held-out frames.
+
+    drivegpt eval tokenizer checkpoint=runs/tok data.shards=runs/fleet/shards run_dir=runs/tok_eval
+
+Frames come from the held-out segments (data.loaders.split_of, data.val_fraction). Metrics
+(metrics.json, prefix ``tokenizer_eval/``): PSNR and SSIM (mean over frames), lane-marking
+PSNR (pooled MSE over the pixels of the road world's ``lane_mask``; null when the shards
+carry no mask), codebook usage (% of codes used over the eval set) and perplexity of the
+code distribution. Pictures: eval_recon.png (real | recon | error), eval_usage.png.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from drivegpt.runs import mark_done, write_metrics
+from drivegpt.tokenizer.images import recon_grid, save_png, upscale_for, usage_plot
+from drivegpt.tokenizer.losses import psnr, ssim
+from drivegpt.tokenizer.model import Tokenizer, load_tokenizer, to_float
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Accumulates reconstruction metrics over batches of uint8 frames."""
+
+    def __init__(self, vocab_size: int):
+        self.counts = np.zeros(vocab_size, np.int64)
+        self.psnr, self.ssim = [], []
+        self.lane_se, self.lane_n = 0.0, 0
+        self.n = 0
+
+    def add(self, frames: torch.Tensor, recon: torch.Tensor, tokens: torch.Tensor,
+            lane_mask: torch.Tensor | None = None) -> None:
+        """frames/recon uint8 [b,h,w,3], tokens int64 [b,h',w'], lane_mask bool [b,h,w] or None."""
+        a, b = to_float(frames.cpu()), to_float(recon.cpu())
+        self.psnr += psnr(a, b).tolist()
+        self.ssim += ssim(a, b).tolist()
+        self.counts += np.bincount(tokens.cpu().numpy().ravel(), minlength=len(self.counts))
+        if lane_mask is not None:
+            m = lane_mask.cpu().bool()
+            diff = (frames.cpu().float() - recon.cpu().float())[m]  # [n_pixels, 3] in 0..255
+            self.lane_se += float(diff.pow(2).sum())
+            self.lane_n += int(diff.numel())
+        self.n += len(frames)
+
+    def metrics(self) -> dict:
+        p = self.counts / max(1, self.counts.sum())
+        nz = p[p > 0]
+        lane = None
+        if self.lane_n:
+            lane = float(10 * np.log10(255.0**2 / max(self.lane_se / self.lane_n, 1e-12)))
+        return {
+            "frames": self.n,
+            "psnr": float(np.mean(self.psnr)) if self.psnr else None,
+            "ssim": float(np.mean(self.ssim)) if self.ssim else None,
+            "lane_psnr": lane,
+            "lane_pixels": self.lane_n // 3,
+            "codebook_usage": float((self.counts > 0).mean() * 100.0),
+            "perplexity": float(np.exp(-(nz * np.log(nz)).sum())) if len(nz) else None,
+            "vocab_size": len(self.counts),
+        }
+
+
+def score(model: Tokenizer, batches, max_frames: int) -> tuple[dict, Scorer, tuple]:
+    """Run ``model`` over ``batches`` of {"frame": uint8 [b,h,w,3], "lane_mask"?: bool [b,h,w]}."""
+    scorer, sample = Scorer(model.vocab_size), None
+    for batch in batches:
+        fr = torch.as_tensor(batch["frame"])
+        lane = batch.get("lane_mask")
+        tokens, recon = model.reconstruct(fr)
+        scorer.add(fr, recon.cpu(), tokens, None if lane is None else torch.as_tensor(lane))
+        if sample is None:
+            sample = (fr[:8].numpy(), recon[:8].cpu().numpy())
+        if scorer.n >= max_frames:
+            break
+    return scorer.metrics(), scorer, sample
+
+
+def _batches(dataset, batch_size: int):
+    buf: list[dict] = []
+    for item in dataset:
+        buf.append(item)
+        if len(buf) == batch_size:
+            yield _stack(buf)
+            buf = []
+    if buf:
+        yield _stack(buf)
+
+
+def _stack(items: list[dict]) -> dict:
+    out = {"frame": np.stack([i["frame"] for i in items])}
+    if all("lane_mask" in i for i in items):
+        out["lane_mask"] = np.stack([i["lane_mask"] for i in items])
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    from data.loaders import frame_dataset
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = cfg.get("device", "auto")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    model = load_tokenizer(cfg.checkpoint, map_location=device)
+    d = cfg.data
+
+    def dataset(split):
+        return frame_dataset(d.shards, split=split, val_fraction=float(d.val_fraction), shuffle_buffer=0,
+                             size=model.frame_size, skip_bad=bool(d.get("skip_bad", False)))
+
+    t0 = time.time()
+    split = "val"
+    metrics, scorer, sample = score(model, _batches(dataset("val"), int(cfg.batch_size)), int(cfg.max_frames))
+    if scorer.n == 0:
+        log.warning("no held-out segments (data.val_fraction=%s): scoring ALL frames, training ones included",
+                    d.val_fraction)
+        split = "all (no held-out segment in these shards)"
+        metrics, scorer, sample = score(model, _batches(dataset("all"), int(cfg.batch_size)), int(cfg.max_frames))
+    if scorer.n == 0:
+        raise ValueError(f"data.shards={d.shards}: no frames to evaluate")
+    metrics.update(split=split, seconds=time.time() - t0, checkpoint=model.path, device=device,
+                   grid=list(model.grid), frame_size=list(model.frame_size))
+    save_png(run_dir / "eval_recon.png", recon_grid(*sample), scale=upscale_for(model.frame_size[0]))
+    usage_plot(scorer.counts, run_dir / "eval_usage.png", "eval codebook usage")
+    out = {f"tokenizer_eval/{k}": v for k, v in metrics.items()}
+    write_metrics(run_dir, out)
+    mark_done(run_dir, {"checkpoint": model.path})
+    return out

@@ -1,0 +1,185 @@
+"""``drivegpt tokenize``: encode frame shards into token shards with ``trainer.predict``.
+
+    drivegpt tokenize checkpoint=runs/tok/tokenizer.pt data.shards=runs/fleet/shards out=runs/tokens
+    drivegpt tokenize ... trainer=ddp          # every GPU of the node; trainer=slurm for nodes
+
+Work unit = one input frame shard. Rank r of W takes input shards r, r+W, ... (no padding, no
+duplicates) and writes ``out/<input shard stem>/tokens-000000.tar`` (+ that directory's
+manifest.json) with data.shards.write_shards: atomic, and a re-run skips every part whose
+manifest says it is complete (so a killed job resumes, on any number of ranks). Each token
+sample holds ``tokens`` int16 [T, h', w'], every label/pose array and extra of the segment
+unchanged (bit-exact), and ``meta`` with ``meta["tokens"] = {vocab_size, grid, frame_size,
+tokenizer}``. Rank 0 then writes ``out/manifest.json`` listing every part; read the token
+shards with ``data.shards=<out>/*/*.tar``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from drivegpt.runs import atomic_write_json, mark_done, read_json, write_metrics
+from drivegpt.tokenizer.model import Tokenizer, load_tokenizer
+
+MANIFEST = "manifest.json"
+
+
+class EmptyShardError(ValueError):
+    """An input shard holds no segments."""
+
+
+def part_name(url: str) -> str:
+    """Output directory name for an input shard URL (its file stem, no dots)."""
+    stem = Path(str(url).split("::")[0]).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem.replace(".", "_") or "shard"
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], allow: bool, where: str) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> [T, h, w, 3] (INTER_AREA, as the frame loader does)."""
+    h, w = size
+    if frames.shape[1:3] == (h, w):
+        return frames
+    if not allow:
+        raise ValueError(f"{where}: frames are {frames.shape[1]}x{frames.shape[2]} but the tokenizer "
+                         f"takes {h}x{w} (set data.resize=true to resize)")
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+@torch.no_grad()
+def encode_segment(model: Tokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 [T, h, w, 3] -> int16 [T, h', w'] in chunks of ``batch_size`` frames."""
+    out = [model.encode(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size]))).cpu()
+           for i in range(0, len(frames), batch_size)]
+    return torch.cat(out).numpy().astype(np.int16)
+
+
+def token_item(seg, tokens: np.ndarray, tokens_meta: dict) -> dict:
+    """Token sample: tokens + the segment's label/pose arrays and extras as they are."""
+    meta = copy.deepcopy(seg.meta)
+    meta["tokens"] = tokens_meta
+    item = {k: v for k, v in seg.arrays().items() if k not in seg.extras}
+    item.update(tokens=tokens, extras=dict(seg.extras), meta=meta)
+    return item
+
+
+class _SequentialSegments:
+    """make_item(i) for write_shards over one shard, read in order (re-opened on a rewind)."""
+
+    def __init__(self, url: str, fn):
+        self.url, self.fn, self.it, self.pos = url, fn, None, 0
+
+    def __call__(self, i: int):
+        from data.shards import iter_samples
+
+        if self.it is None or i < self.pos:
+            self.it, self.pos = iter_samples(self.url), 0
+        while True:
+            seg = next(self.it)
+            self.pos += 1
+            if self.pos - 1 == i:
+                return self.fn(seg)
+
+
+class TokenizeModule(L.LightningModule):
+    """predict_step(url) tokenizes one input shard into out/<part>/ and returns its summary."""
+
+    def __init__(self, model: Tokenizer, out: str, batch_size: int, maxcount: int, allow_resize: bool,
+                 tokens_meta: dict, urls: list[str]):
+        super().__init__()
+        self.model, self.urls = model, list(urls)
+        self.out, self.batch_size, self.maxcount = Path(out), int(batch_size), int(maxcount)
+        self.allow_resize, self.tokens_meta = allow_resize, tokens_meta
+
+    def predict_dataloader(self):
+        return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size)
+
+    def predict_step(self, url, batch_idx=0):
+        from data.shards import iter_samples, write_shards
+
+        part = self.out / part_name(url)
+        if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
+            m = read_json(part / MANIFEST)
+            return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": True}
+        n = sum(1 for _ in iter_samples(url, frames=False))
+        if n == 0:
+            raise EmptyShardError(f"{url}: shard holds no segments (nothing to tokenize)")
+        self.model.eval()
+
+        def encode(seg):
+            fr = resize_frames(seg.frames, self.model.frame_size, self.allow_resize,
+                               f"{url}: segment {seg.segment_id!r}, field 'frames'")
+            return token_item(seg, encode_segment(self.model, fr, self.batch_size), self.tokens_meta)
+
+        m = write_shards(part, n, _SequentialSegments(url, encode), maxcount=self.maxcount, workers=1,
+                         prefix="tokens", progress=False)
+        return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": False}
+
+
+def _url_loader(urls: list[str], rank: int, world: int):
+    mine = urls[rank::world]
+    return torch.utils.data.DataLoader(mine, batch_size=None, shuffle=False, num_workers=0)
+
+
+def combine_manifests(out: Path, urls: list[str]) -> dict:
+    """out/manifest.json over every part (rank 0, after all ranks finished)."""
+    parts, shards = [], []
+    for url in urls:
+        d = out / part_name(url)
+        m = read_json(d / MANIFEST)
+        parts.append({"input": url, "dir": d.name, "complete": bool(m.get("complete")),
+                      "samples": m.get("samples", 0), "frames": m.get("frames", 0)})
+        shards += [{**e, "name": f"{d.name}/{e['name']}"} for e in m.get("shards", [])]
+    ids = [s for e in shards for s in e.get("segment_ids", [])]
+    manifest = {"format": "drivegpt-token-shards/1", "kind": "tokens", "pattern": str(out / "*" / "*.tar"),
+                "complete": all(p["complete"] for p in parts), "parts": parts, "shards": shards,
+                "samples": len(ids), "frames": sum(p["frames"] for p in parts)}
+    if len(set(ids)) != len(ids):
+        dup = sorted({s for s in ids if ids.count(s) > 1})[:5]
+        raise ValueError(f"{out}: segment ids appear in more than one input shard: {dup}")
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def run(cfg: DictConfig) -> dict:
+    from data.shards import expand_urls
+
+    from drivegpt.training import make_trainer
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)
+    model = load_tokenizer(cfg.checkpoint)
+    if model.vocab_size > np.iinfo(np.int16).max + 1:
+        raise ValueError(f"{cfg.checkpoint}: vocab_size {model.vocab_size} does not fit int16 tokens")
+    urls = expand_urls(cfg.data.shards)
+    tokens_meta = {"vocab_size": model.vocab_size, "grid": list(model.grid), "frame_size": list(model.frame_size),
+                   "tokenizer": str(Path(model.path).resolve())}
+    module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
+                            bool(cfg.data.get("resize", True)), tokens_meta, urls)
+    trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,
+                           inference_mode=True)
+    t0 = time.time()
+    trainer.predict(module, return_predictions=False)
+    trainer.strategy.barrier()
+    seconds = time.time() - t0
+    metrics: dict = {}
+    if trainer.is_global_zero:
+        manifest = combine_manifests(out, urls)
+        metrics = {"tokenize/segments": manifest["samples"], "tokenize/frames": manifest["frames"],
+                   "tokenize/parts": len(manifest["parts"]), "tokenize/seconds": seconds,
+                   "tokenize/frames_per_s": manifest["frames"] / max(seconds, 1e-9),
+                   "tokenize/out": str(out), "tokenize/shards": manifest["pattern"],
+                   "tokenize/complete": manifest["complete"], **{f"tokenize/{k}": v for k, v in tokens_meta.items()}}
+        write_metrics(run_dir, metrics)
+        mark_done(run_dir, {"shards": manifest["pattern"]})
+    return metrics
