@@ -48,11 +48,16 @@ def model_config(cfg: DictConfig, vocab_size: int, grid) -> dict:
     return d
 
 
+def max_steps(cfg: DictConfig) -> int:
+    """world_model.max_steps (a per-stage budget in the experiment presets) or trainer.max_steps."""
+    return int(cfg.world_model.get("max_steps") or cfg.trainer.max_steps)
+
+
 def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | None) -> WorldModelModule:
     wm = cfg.world_model
     optim = {k: (list(wm[k]) if k == "betas" else wm[k]) for k in OPTIM_KEYS if k in wm}
     module = WorldModelModule(model_config(cfg, vocab_size, grid), tokenizer_path=tokenizer_path,
-                              max_steps=int(cfg.trainer.max_steps), **optim)
+                              max_steps=max_steps(cfg), **optim)
     if cfg.get("checkpoint"):
         from drivegpt.world_model.checkpoint import load_world_model
 
@@ -75,7 +80,7 @@ def run(cfg: DictConfig) -> dict:
     module = build_module(cfg, meta["vocab_size"], meta["grid"], tok_path)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
     callbacks = [SampleRollouts(run_dir / "samples", tok_path, int(cfg.world_model.get("sample_rollouts", 2)))]
-    trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks)
+    trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks, max_steps=max_steps(cfg))
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     train_s = time.time() - t0

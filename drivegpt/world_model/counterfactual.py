@@ -1,0 +1,145 @@
+"""Counterfactual fidelity: roll the world model out along logged and perturbed moves from
+held-out contexts and compare the decoded frames with the road world's render of the same
+moves (sim.roadworld.replay), against the copy-last-frame baseline.
+
+A case = one held-out token segment (with meta["sim"], world_pose and the traffic extra) and a
+start: C context frames at the model's stride, then N = max(seconds) * fps future frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from drivegpt.world_model.metrics import psnr, ssim
+from drivegpt.world_model.sampling import rollout
+
+
+@dataclass
+class Case:
+    meta: dict
+    tokens: np.ndarray  # int64 [C, h, w] context tokens
+    rel_pose: np.ndarray  # [C + N, 6] logged strided moves from each kept frame
+    speed: np.ndarray  # [C + N]
+    world_pose: np.ndarray  # [6] world pose of the last context frame
+    traffic: np.ndarray | None  # [N + 1, n, 4] rows at the last context frame and each future frame
+    segment_id: str
+
+
+def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) -> list[Case]:
+    """Cases from token sample dicts (data.shards.iter_samples of held-out token shards)."""
+    from data.poses import strided_rel_poses
+
+    cases = []
+    span = (context + n_future) * stride
+    for item in items:
+        t = len(item["times"])
+        if t <= span or "sim" not in item["meta"]:
+            continue
+        start = (t - 1 - span) // 2  # the middle of the segment
+        kept = start + stride * np.arange(context + n_future)
+        rel = strided_rel_poses(item["rel_pose"], kept, stride).astype(np.float32)
+        last = kept[context - 1]
+        traffic = item.get("traffic")
+        if traffic is not None:
+            rows = np.minimum(last + stride * np.arange(n_future + 1), len(traffic) - 1)
+            traffic = traffic[rows]
+        cases.append(Case(item["meta"], item["tokens"][kept[:context]].astype(np.int64), rel,
+                          item["speed"][kept].astype(np.float32), item["world_pose"][last].astype(np.float64),
+                          traffic, str(item["meta"]["segment_id"])))
+        if len(cases) >= n_cases:
+            break
+    return cases
+
+
+def perturb(rel: np.ndarray, speed: np.ndarray, kind: str, dt: float, yaw_rate: float, accel: float):
+    """Future moves [N, 6] and speeds [N] for a pose sequence ``kind``.
+
+    logged: as driven; left/right: +-yaw_rate rad/s added (with the matching lateral offset of
+    an arc, dy += dx * dyaw / 2); brake/accelerate: speed changed by -+accel m/s^2 (never < 0),
+    forward motion scaled with it.
+    """
+    rel, speed = rel.astype(np.float64).copy(), speed.astype(np.float64).copy()
+    n = len(rel)
+    if kind == "logged":
+        pass
+    elif kind in ("left", "right"):
+        dyaw = (1 if kind == "left" else -1) * yaw_rate * dt
+        rel[:, 5] += dyaw
+        rel[:, 1] += rel[:, 0] * dyaw / 2
+    elif kind in ("brake", "accelerate"):
+        a = (-1 if kind == "brake" else 1) * accel
+        new = np.maximum(speed + a * dt * np.arange(n), 0.0)
+        nxt = np.maximum(speed + a * dt * (np.arange(n) + 1), 0.0)
+        scale = (new + nxt) / np.maximum(2 * speed, 1e-3)
+        rel[:, :2] *= scale[:, None]
+        speed = new
+    else:
+        raise ValueError(f"unknown perturbation {kind!r} (logged, left, right, brake, accelerate)")
+    return rel.astype(np.float32), speed.astype(np.float32)
+
+
+def ground_truth(case: Case, moves: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The road world's render after each move: uint8 [N, H, W, 3]."""
+    from sim.roadworld import replay
+
+    return replay(case.meta, case.world_pose, moves, start_index=0, traffic=case.traffic, height=height, width=width)
+
+
+@torch.no_grad()
+def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds, fps: float, yaw_rate: float,
+                             accel: float, temperature: float = 0.0, cfg_scale: float = 1.0, seed: int = 0):
+    """Roll out every (case, kind); returns (metrics dict, records for plots and pose-following).
+
+    records: list of dicts {case, kind, pred uint8 [N,H,W,3], true [N,H,W,3], last [H,W,3]
+    (decoded last context frame), moves [N,6]}.
+    """
+    c = len(cases[0].tokens)
+    n = len(cases[0].rel_pose) - c
+    dt = 1.0 / fps
+    h, w = tokenizer.frame_size
+    ctx_tok, ctx_pose, ctx_speed, fut_pose, fut_speed, meta = [], [], [], [], [], []
+    for case in cases:
+        for kind in kinds:
+            moves, speeds = perturb(case.rel_pose[c - 1:], case.speed[c - 1:], kind, dt, yaw_rate, accel)
+            ctx_tok.append(case.tokens)
+            ctx_pose.append(np.concatenate([case.rel_pose[: c - 1], moves[:1]]))
+            ctx_speed.append(np.concatenate([case.speed[: c - 1], speeds[:1]]))
+            fut_pose.append(moves[1:n])
+            fut_speed.append(speeds[1:n])
+            meta.append((case, kind, moves[:n]))
+    t = lambda xs, dt_=torch.float32: torch.as_tensor(np.stack(xs), dtype=dt_)  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+    frames, probs = rollout(model, t(ctx_tok, torch.long), t(ctx_pose), t(ctx_speed), t(fut_pose), t(fut_speed),
+                            temperature=temperature, cfg_scale=cfg_scale, generator=gen)
+    b = frames.shape[0]
+    pred = _np(tokenizer.decode(frames.flatten(0, 1).cpu())).reshape(b, n, h, w, 3)
+    last = _np(tokenizer.decode(torch.as_tensor(np.stack([m[0].tokens[-1] for m in meta]))))
+    records = []
+    for i, (case, kind, moves) in enumerate(meta):
+        true = ground_truth(case, moves, h, w)
+        records.append({"case": case, "kind": kind, "pred": pred[i], "true": true, "last": last[i],
+                        "moves": moves, "probs": probs[i].numpy()})
+    out = {}
+    for s in seconds:
+        j = int(round(s * fps)) - 1
+        if j >= n:
+            continue
+        for kind in list(kinds) + ["all"]:
+            rs = [r for r in records if kind in ("all", r["kind"])]
+            p = np.stack([r["pred"][j] for r in rs])
+            g = np.stack([r["true"][j] for r in rs])
+            base = np.stack([r["last"] for r in rs])
+            tag = f"{s:g}s" if kind == "all" else f"{s:g}s_{kind}"
+            out[f"psnr_{tag}"] = float(psnr(p, g).mean())
+            out[f"psnr_copy_last_{tag}"] = float(psnr(base, g).mean())
+            out[f"ssim_{tag}"] = float(ssim(p, g).mean())
+            out[f"ssim_copy_last_{tag}"] = float(ssim(base, g).mean())
+        out[f"psnr_gain_{s:g}s"] = out[f"psnr_{s:g}s"] - out[f"psnr_copy_last_{s:g}s"]
+    return out, records
+
+
+def _np(x) -> np.ndarray:
+    return x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
