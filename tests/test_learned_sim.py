@@ -9,7 +9,7 @@ from gymnasium.vector import AutoresetMode
 
 import sim  # noqa: F401  (registers the envs)
 from sim.learned import (LearnedSimConfig, ModelMismatchError, Models, WorldModelEnv,
-                         WorldModelVectorEnv, pool_from_shards)
+                         WorldModelVectorEnv, pool_from_samples, pool_from_shards)
 from sim.learned.testing import FakeTokenizer, fake_samples, fake_setup, fake_step
 
 
@@ -237,3 +237,50 @@ def test_domain_randomization_per_env_and_reproducible(fakes):
     # the current sim.vehicle takes float-only limits: a clear error at construction, not mid-episode
     with pytest.raises(ValueError, match="domain_randomization"):
         WorldModelVectorEnv(2, domain_randomization={"tau_accel": 0.2}, **kw(fakes))
+
+
+def test_ensemble_disagreement_and_torch_output(fakes):
+    from sim.learned.testing import FakeWorldModel
+
+    m, p, v = fakes
+    same = Models(m.world_model, m.tokenizer, fake_step, ensemble=[m.world_model], source="<ens>")
+    other = Models(m.world_model, m.tokenizer, fake_step, ensemble=[FakeWorldModel(seed=1)], source="<ens>")
+    outs = {}
+    for name, models in (("same", same), ("other", other)):
+        venv = WorldModelVectorEnv(4, models=models, contexts=p, vehicle=v, stride=2, temperature=0.0,
+                                   output="torch", termination="never")
+        venv.reset(seed=0)
+        obs, rew, term, trunc, info = venv.step(torch.zeros(4, 2))
+        assert isinstance(obs["image"], torch.Tensor) and obs["image"].dtype == torch.uint8
+        assert isinstance(rew, torch.Tensor) and rew.shape == (4,)
+        outs[name] = info
+    assert (outs["same"]["token_disagreement"] == 0).all()
+    assert (outs["other"]["token_disagreement"] > 0).all()
+    # (the fakes share one hazard rule, so only identical members are checked for zero hazard gap)
+    assert (outs["same"]["hazard_disagreement"] == 0).all()
+
+
+def test_rollout_policy_driver_reads_dreamed_frames(fakes):
+    from sim.learned.core import SimCore
+    from sim.learned.rollout import rollout_batch
+
+    m, p_, v = fakes
+    pool = pool_from_samples(fake_samples(n_segments=4, T=40), 3, 2, lambda sid: "val", future=4)
+    seen = []
+
+    class Policy:  # rl.policy.Policy's act(frames [b K H W 3] uint8, speed [b]) contract
+        obs_shape = (2, 32, 64, 3)
+
+        def act(self, frames, speed, deterministic=False):
+            seen.append(frames.clone())
+            return torch.tensor([[0.0, -1.0]]).expand(frames.shape[0], 2)
+
+    cfg = LearnedSimConfig(stride=2, temperature=0.0, termination="never", max_steps=10)
+    core = SimCore(cfg, m, pool, 2, v)
+    out = rollout_batch(core, pool, torch.tensor([0, 1]), 3, "policy", policy=Policy())
+    assert len(seen) == 3 and seen[0].shape == (2, 2, 32, 64, 3)
+    # the policy saw the dreamed frames: step t's newest frame is the frame dreamed at t-1
+    np.testing.assert_array_equal(seen[2][:, -1].numpy(), out["dreamed"][:, 2])
+    assert out["dreamed"].shape == (2, 4, 32, 64, 3) and out["real"].shape == (2, 4, 32, 64, 3)
+    # full braking all the way: the speed drops every step
+    assert (np.diff(core.speed.numpy(), axis=1) < 0).all()
