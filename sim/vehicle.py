@@ -136,7 +136,6 @@ def step(state, action, dt: float = 0.05, params: VehicleParams = VehicleParams(
     state [..., 3] (speed, curvature, accel); action [..., 2] normalized in [-1, 1] (values
     outside are clipped). Returns (new_state [..., 3], rel_pose [..., 6]).
     """
-    xp = _xp(state)
     action = _asarray(action, state)
     u = denormalize_action(_clip(action, -1.0, 1.0))
     k_des = _clip(u[..., 0], -params.max_curvature, params.max_curvature)
@@ -149,7 +148,6 @@ def step(state, action, dt: float = 0.05, params: VehicleParams = VehicleParams(
     v1 = _clip(v + a1 * dt, 0.0, params.max_speed)
     ds = 0.5 * (v + v1) * dt
     rel = arc_pose(ds, k1)
-    del xp
     return _stack([v1, k1, a1], state), rel
 
 

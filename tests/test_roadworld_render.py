@@ -71,3 +71,21 @@ def test_vehicle_ahead_is_drawn_and_occludes_markings(straight):
     # the car (1.84 m wide, rear face ~15 m ahead of the camera) is centred on the camera axis
     assert abs(cols.mean() - 128) < 6
     assert m1.sum() <= m0.sum()
+
+
+def test_horizon_hills_land_at_their_elevation(straight):
+    cfg, road, cam, r = straight
+    sc = r.scenery
+    saved = sc.s, sc.corners
+    sc.s, sc.corners = np.zeros(0), np.zeros((0, 8, 3))  # nothing in front of the hills
+    try:
+        img = r.render(_ego(road, 0), 100.0, None)
+    finally:
+        sc.s, sc.corners = saved
+    hill = np.array(r.hill_rgb)
+    col = 128  # the optical axis: azimuth = yaw = 0
+    e = r.look.hill_elev[0]
+    v = cam.cy - cam.fy * math.tan(e + cam.pitch)
+    assert np.abs(img[int(math.floor(v)) - 1, col] - hill).sum() > 6  # sky above the ridge
+    assert np.abs(img[int(math.ceil(v)) + 1, col] - hill).sum() <= 3  # hill below it
+    assert v < r.hz - 1

@@ -11,7 +11,7 @@ Public surface:
 from .config import RoadWorldConfig
 from .controllers import Autopilot, HumanDriver
 from .env import RoadWorldEnv
-from .fleet import TRAFFIC_COLUMNS, drive_segment, make_config, segment_id
+from .fleet import TRAFFIC_COLUMNS, drive_segment, fleet_stats, make_config, segment_id
 from .render import Camera, Renderer
 from .replay import replay, world_from_meta
 from .safety import SafetyDriver
@@ -19,4 +19,4 @@ from .world import World
 
 __all__ = ["RoadWorldEnv", "RoadWorldConfig", "drive_segment", "replay", "world_from_meta",
            "Autopilot", "HumanDriver", "World", "Camera", "Renderer", "SafetyDriver",
-           "TRAFFIC_COLUMNS", "make_config", "segment_id"]
+           "TRAFFIC_COLUMNS", "make_config", "segment_id", "fleet_stats"]

@@ -108,3 +108,22 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
                   engaged=engaged, disengage=disengage, times=np.arange(T, dtype=np.float64) / cfg.fps,
                   meta=meta, extras=dict(lane_mask=lane_mask, traffic=traffic))
     return validate(seg, fps=cfg.fps)
+
+
+def fleet_stats(segments) -> dict:
+    """Fleet summary of Segments: hours, km, engaged fraction, autopilot disengagements by
+    cause (counts and per 100 km of driving)."""
+    hours = km = engaged = frames = 0.0
+    counts = {c.name: 0 for c in Cause if c != Cause.NONE}
+    for seg in segments:
+        fps = float(seg.meta["fps"])
+        hours += len(seg) / fps / 3600.0
+        km += float(seg.speed.astype(np.float64).sum()) / fps / 1000.0
+        engaged += float(seg.engaged.sum())
+        frames += len(seg)
+        for code in seg.disengage[seg.disengage != 0].tolist():
+            counts[Cause(code).name] += 1
+    per100 = {k: (100.0 * v / km if km > 0 else 0.0) for k, v in counts.items()}
+    return dict(hours=hours, km=km, engaged_fraction=engaged / max(frames, 1.0),
+                disengagements=counts, disengagements_total=sum(counts.values()),
+                per_100km=per100, per_100km_total=sum(per100.values()))

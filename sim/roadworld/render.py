@@ -97,7 +97,7 @@ class Renderer:
         H, W = camera.height, camera.width
         c = camera.cfg
         # cross-section sample distances (m ahead of the camera): dense near, sparse far
-        d, ds = [-4.0], []
+        d = [-4.0]
         while d[-1] < c.far:
             d.append(d[-1] + max(1.0, 0.07 * abs(d[-1])))
         self.ahead = np.array(d)
@@ -121,7 +121,7 @@ class Renderer:
         cols = np.arange(W + 1, dtype=np.float64)
         self.col_az = np.arctan((camera.cx - cols) / camera.fx)  # left-positive azimuth
         # hill silhouette row per azimuth (0.25 deg grid), polygon closed below the horizon
-        self.hill_v = (camera.cy - camera.fy * np.tan(look.hill_elev - camera.pitch)) * ONE
+        self.hill_v = (camera.cy - camera.fy * np.tan(look.hill_elev + camera.pitch)) * ONE
         self.hill_pts = np.zeros((W + 3, 2), np.int32)
         self.hill_pts[:-2, 0] = cols * ONE
         self.hill_pts[-2:] = [[W * ONE, int((camera.horizon_v + 1) * ONE)], [0, int((camera.horizon_v + 1) * ONE)]]
@@ -151,7 +151,7 @@ class Renderer:
             cv2.multiply(g, self.fog_keep, dst=g, scale=1 / 255)
             cv2.add(g, self.fog_add, dst=g)
         self._boxes(img, m, pose, s0, vehicles)
-        return (img, m.astype(bool)) if mask else img
+        return (img, m.view(bool)) if mask else img
 
     def _hills(self, img, yaw):
         n = len(self.hill_v)
@@ -178,14 +178,15 @@ class Renderer:
             fix = behind[:-1] & ~behind[1:]
             for arr in (xr, yd, zc):
                 arr[:-1][fix] += t[fix] * (arr[1:][fix] - arr[:-1][fix])
-            behind = zc < near - 1e-6
-            # keep the rows after the last one with a point still behind the plane
-            rows = np.flatnonzero(behind.any(1))
-            if len(rows):
-                first = rows[-1] + 1
-                if len(s) - first < 2:
-                    return
-                xr, yd, zc = xr[first:], yd[first:], zc[first:]
+            # keep the first run of cross-sections entirely in front of the plane
+            good = ~(zc < near - 1e-6).any(1)
+            if not good.any():
+                return
+            i0 = int(np.argmax(good))
+            i1 = i0 + (int(np.argmin(good[i0:])) if not good[i0:].all() else len(good) - i0)
+            if i1 - i0 < 2:
+                return
+            xr, yd, zc = xr[i0:i1], yd[i0:i1], zc[i0:i1]
         P = _fixed(*cam.pixels(xr, yd, zc))  # [n_s, n_lat, 2]
         # each band is one polygon: up one lateral line, back down the other
         band = lambda ja, jb: np.concatenate([P[:, ja], P[::-1, jb]])  # noqa: E731
@@ -257,7 +258,8 @@ class Renderer:
         front = (rgb[order] * (1 - a) + fog).tolist()
         side = (0.72 * rgb[order] * (1 - a) + fog).tolist()
         faces = np.ascontiguousarray(P[:, [0, 1, 5, 4]])
-        wide = ((u[order, 1] - u[order, 0]) > 1.5).tolist()
+        # the near face in its own shade only where it is visible (wide) and fog leaves contrast
+        wide = (((u[order, 1] - u[order, 0]) > 1.5) & (a[:, 0] < 0.6)).tolist()
         car = ((kind[order] == 1) & (depth[order] < 60)).tolist()
         for i in range(len(order)):
             hull = cv2.convexHull(P[i])
