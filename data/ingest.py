@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from data.sources import SOURCES
-from data.sources.common import SourceError
-from data.sources.gym_recorder import import_path
+from data.sources.common import SourceError, import_path
 
 
 def _plain(node) -> dict:

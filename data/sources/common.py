@@ -8,6 +8,7 @@ at t, last row zero.
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -15,6 +16,7 @@ from typing import Callable, Iterator, Protocol
 import cv2
 import numpy as np
 
+from data.poses import euler_to_matrix, matrix_to_euler  # noqa: F401  (re-exported)
 from data.schema import Segment
 
 
@@ -33,34 +35,7 @@ class SourceError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------
-# rotations (numpy, batched over leading dims)
-
-
-def euler_to_matrix(rpy: np.ndarray) -> np.ndarray:
-    """(roll, pitch, yaw) [..., 3] -> R [..., 3, 3] = Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
-    rpy = np.asarray(rpy, dtype=np.float64)
-    r, p, y = rpy[..., 0], rpy[..., 1], rpy[..., 2]
-    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    R = np.empty(rpy.shape[:-1] + (3, 3))
-    R[..., 0, 0] = cy * cp
-    R[..., 0, 1] = cy * sp * sr - sy * cr
-    R[..., 0, 2] = cy * sp * cr + sy * sr
-    R[..., 1, 0] = sy * cp
-    R[..., 1, 1] = sy * sp * sr + cy * cr
-    R[..., 1, 2] = sy * sp * cr - cy * sr
-    R[..., 2, 0] = -sp
-    R[..., 2, 1] = cp * sr
-    R[..., 2, 2] = cp * cr
-    return R
-
-
-def matrix_to_euler(R: np.ndarray) -> np.ndarray:
-    """R [..., 3, 3] -> (roll, pitch, yaw) [..., 3], inverse of ``euler_to_matrix``."""
-    R = np.asarray(R, dtype=np.float64)
-    pitch = np.arcsin(np.clip(-R[..., 2, 0], -1.0, 1.0))
-    roll = np.arctan2(R[..., 2, 1], R[..., 2, 2])
-    yaw = np.arctan2(R[..., 1, 0], R[..., 0, 0])
-    return np.stack([roll, pitch, yaw], axis=-1)
+# rotations (numpy, batched over leading dims; Euler helpers come from data.poses)
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -200,3 +175,19 @@ def sanitize_id(text: str) -> str:
     """A webdataset-safe segment id: letters, digits, '_' and '-' only (no dots)."""
     s = re.sub(r"[^A-Za-z0-9_\-]+", "_", str(text)).strip("_")
     return s or "segment"
+
+
+def import_path(spec: str):
+    """``"package.module:attr"`` -> the attribute (SourceError naming the spec otherwise)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise SourceError(f"import path {spec!r}: expected 'package.module:attribute'")
+    mod, attr = spec.split(":", 1)
+    try:
+        obj = importlib.import_module(mod)
+    except ImportError as e:
+        raise SourceError(f"import path {spec!r}: cannot import module {mod!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SourceError(f"import path {spec!r}: module {mod!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj

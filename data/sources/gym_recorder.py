@@ -30,32 +30,15 @@ same pilot without noise as the takeover driver.
 
 from __future__ import annotations
 
-import importlib
 import math
-from pathlib import Path  # noqa: F401  (documented type in signatures)
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
 from data.schema import Cause, Segment, validate
-from data.sources.common import SourceError, camera_after_crop, crop_box, crop_resize, euler_to_matrix, rel_from_world
-
-
-def import_path(spec: str) -> Any:
-    """``"package.module:attr"`` -> the attribute (clear error naming the spec)."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise SourceError(f"import path {spec!r}: expected 'package.module:attribute'")
-    mod, attr = spec.split(":", 1)
-    try:
-        obj = importlib.import_module(mod)
-    except ImportError as e:
-        raise SourceError(f"import path {spec!r}: cannot import module {mod!r} ({e})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise SourceError(f"import path {spec!r}: module {mod!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
+from data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize, euler_to_matrix,
+                                 import_path, rel_from_world)
 
 
 # ------------------------------------------------------------------------------------------

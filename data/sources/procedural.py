@@ -63,6 +63,7 @@ def check_settings(out: Path, settings: dict) -> None:
                              f"(differs in {', '.join(diff)}); use another out= directory")
     else:
         atomic_write_json(path, settings)
+        path.chmod(0o644)
 
 
 def run(cfg) -> dict:
