@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--segment-seconds", type=float, default=30)
     ap.add_argument("--bc-steps", type=int, default=400)
     ap.add_argument("--rl-iterations", type=int, default=50)
-    ap.add_argument("--scenarios", type=int, default=50)
+    ap.add_argument("--scenarios", type=int, default=72)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--first-seed", type=int, default=1_000_000)
     ap.add_argument("--stride", type=int, default=4, help="decision stride when the checkpoint has none")
