@@ -58,8 +58,13 @@ def test_drive_segment_is_deterministic_per_seed(seg):
     assert not np.array_equal(other.frames[:20], seg.frames[:20])
 
 
-def test_poor_autopilot_disengages_and_human_reengages():
-    s = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
+@pytest.fixture(scope="module")
+def poor():
+    return drive_segment(3, 20.0, None, 16, 32, quality=0.0)
+
+
+def test_poor_autopilot_disengages_and_human_reengages(poor):
+    s = poor
     events = np.flatnonzero(s.disengage)
     assert len(events) >= 1
     assert set(s.disengage[events].tolist()) <= {int(c) for c in Cause if c}
@@ -124,12 +129,29 @@ def test_composed_hydra_config_builds_the_world_config():
     assert (rw.height, rw.width, rw.seconds, rw.safety.min_ttc) == (32, 64, 10.0, 1.5)
 
 
-def test_fleet_stats_counts_causes_per_100km(seg):
+def test_fleet_stats_counts_causes_per_100km(seg, poor):
     from sim.roadworld import fleet_stats
 
-    poor = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
     st = fleet_stats([seg, poor])
     km = (seg.speed.sum() + poor.speed.sum()) / 20 / 1000
     assert abs(st["km"] - km) < 1e-3 and abs(st["hours"] - 24.0 / 3600) < 1e-9
     assert st["disengagements_total"] == int((seg.disengage != 0).sum() + (poor.disengage != 0).sum()) > 0
     assert abs(st["per_100km_total"] - 100 * st["disengagements_total"] / st["km"]) < 1e-6
+
+
+def test_preview_writes_sheet_video_and_gif(seg, tmp_path):
+    import cv2
+
+    from sim.roadworld.preview import write_preview
+
+    paths = write_preview(seg, tmp_path)
+    sheet = cv2.imread(paths["png"])
+    n_tiles = len(set(np.linspace(0, len(seg) - 1, 12).round().astype(int)) | set(np.flatnonzero(seg.disengage)))
+    rows = -(-n_tiles // 3)
+    assert sheet.shape == (rows * (14 + 128), 3 * 256, 3)  # 32x64 frames upscaled x4 + HUD bar
+    cap = cv2.VideoCapture(paths["webm"])
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == len(seg)
+    assert Path(paths["gif"]).stat().st_size > 0 and not list(tmp_path.glob(".*tmp*"))

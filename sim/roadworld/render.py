@@ -97,7 +97,7 @@ class Renderer:
         H, W = camera.height, camera.width
         c = camera.cfg
         # cross-section sample distances (m ahead of the camera): dense near, sparse far
-        d = [-4.0]
+        d = [1.5]  # the bottom image row sees the ground ~3.5 m ahead; clipping covers yawed views
         while d[-1] < c.far:
             d.append(d[-1] + max(1.0, 0.07 * abs(d[-1])))
         self.ahead = np.array(d)
@@ -206,7 +206,7 @@ class Renderer:
 
     def _dashes(self, pose, s0):
         cam = self.cam
-        lo, hi = max(s0 - 2.0, 0.0), min(s0 + cam.cfg.far * 0.75, self.road.length - self.dash - 1)
+        lo, hi = max(s0 + 0.6, 0.0), min(s0 + cam.cfg.far * 0.75, self.road.length - self.dash - 1)
         k = np.arange(math.ceil((lo - self.dash) / self.period), math.floor(hi / self.period) + 1)
         if len(k) == 0:
             return None
@@ -224,7 +224,7 @@ class Renderer:
 
     def _boxes(self, img, m, pose, s0, vehicles):
         cam, sc = self.cam, self.scenery
-        i0, i1 = np.searchsorted(sc.s, [s0 - 30.0, s0 + cam.cfg.scenery_far])
+        i0, i1 = np.searchsorted(sc.s, [s0 - 13.0, s0 + cam.cfg.scenery_far])  # buildings: half-length <= 12 m
         corners = [sc.corners[i0:i1]]
         rgb = [self.scen_rgb[i0:i1]]
         kind = [np.zeros(i1 - i0, np.int8)]
