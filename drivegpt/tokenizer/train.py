@@ -88,6 +88,8 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     module = TokenizerModule(cfg.tokenizer, clip_val=cfg.trainer.get("gradient_clip_val"))
     every = int(cfg.tokenizer.get("image_every_n_steps", 200))
     trainer_overrides = {"gradient_clip_val": None, "accumulate_grad_batches": 1, **trainer_overrides}
+    if cfg.tokenizer.get("train_steps"):  # this stage's own length (trainer.max_steps is shared)
+        trainer_overrides.setdefault("max_steps", int(cfg.tokenizer.train_steps))
     trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
     t0 = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
