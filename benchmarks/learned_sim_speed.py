@@ -5,7 +5,8 @@
 Tiny real checkpoints (untrained tokenizer + world model at experiment=tiny sizes: 32x64 frames,
 2x4 tokens, 16 codes, 3 context frames) written to a temp dir; start contexts from synthetic
 token samples. Both sides decode frames (observation=frames), sample tokens (temperature 1)
-and share one loaded model. The list baseline steps min(batch, --list-max) envs (its per-env
+and share one loaded model; vector and list steps alternate and the median is reported, so
+load changes on a shared machine hit both sides alike. The list baseline steps min(batch, --list-max) envs (its per-env
 cost is independent of the list length). Prints ONE JSON line: per batch size the vector env's env-steps/s,
 the list-of-single-envs' env-steps/s measured in the same run, and their ratio.
 """
@@ -42,22 +43,30 @@ def _models(device: str) -> Models:
     return check_compatible(Models(wm, tok, step, source=str(wm_path)))
 
 
-def _time(fn, steps: int) -> float:
-    fn()  # warm-up
+def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+
+def _interleaved(fa, fb, rounds: int) -> tuple[float, float]:
+    """Median seconds per call of fa and fb, alternating them so that load changes on a shared
+    machine hit both sides alike (one warm-up call each)."""
+    fa(), fb()
+    ta, tb = [], []
+    for _ in range(rounds):
+        for fn, acc in ((fa, ta), (fb, tb)):
+            _sync()
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            acc.append(time.perf_counter() - t0)
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    ap.add_argument("--steps", type=int, default=8, help="timed rounds (median) per batch size")
     ap.add_argument("--list-max", type=int, default=16,
                     help="the list baseline steps min(batch, list-max) single envs; a list's per-env "
                          "cost does not depend on its length, so its env-steps/s is per env")
@@ -75,12 +84,12 @@ def main(argv=None) -> dict:
         venv = WorldModelVectorEnv(b, **kw)
         venv.reset(seed=0)
         acts = rng.uniform(-1, 1, (b, 2)).astype(np.float32)
-        t_vec = _time(lambda: venv.step(acts), args.steps)
         envs = [WorldModelEnv(**kw) for _ in range(min(b, args.list_max))]
         for i, e in enumerate(envs):
             e.reset(seed=i)
-        t_list = _time(lambda: [e.step(acts[i]) for i, e in enumerate(envs)], args.steps)
-        vec, lst = b * args.steps / t_vec, len(envs) * args.steps / t_list
+        t_vec, t_list = _interleaved(lambda: venv.step(acts),
+                                     lambda: [e.step(acts[i]) for i, e in enumerate(envs)], args.steps)
+        vec, lst = b / t_vec, len(envs) / t_list
         out["batches"][str(b)] = {"vector_env_steps_per_s": round(vec, 2),
                                   "list_of_envs_steps_per_s": round(lst, 2),
                                   "list_envs_timed": len(envs),

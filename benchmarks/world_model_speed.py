@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from drivegpt.world_model import WorldModel, WorldModelConfig
-from drivegpt.world_model.sampling import generate_frame
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from drivegpt.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from drivegpt.world_model.sampling import generate_frame  # noqa: E402
 
 SIZES = {  # (n_layer, n_head, n_embd, grid, vocab)
     "tiny": (2, 2, 32, (4, 8), 64),
-    "demo": (4, 4, 128, (4, 8), 256),
+    "demo": (2, 4, 128, (8, 16), 256),  # configs/experiment/demo.yaml (64x128 frames, 8x16 tokens)
     "base": (8, 8, 512, (8, 16), 1024),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

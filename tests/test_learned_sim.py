@@ -284,3 +284,20 @@ def test_rollout_policy_driver_reads_dreamed_frames(fakes):
     assert out["dreamed"].shape == (2, 4, 32, 64, 3) and out["real"].shape == (2, 4, 32, 64, 3)
     # full braking all the way: the speed drops every step
     assert (np.diff(core.speed.numpy(), axis=1) < 0).all()
+
+
+def test_threshold_termination_matches_event_probability(fakes):
+    acts = np.zeros((8, 2), np.float32)
+    acts[4:, 1] = -1.0  # half of them brake hard: higher BRAKE hazard in the fake head
+    probe = WorldModelVectorEnv(8, termination="never", temperature=0.0, **kw(fakes))
+    probe.reset(seed=0)
+    q = probe.step(acts)[4]["event_probs"]
+    q_any = 1 - np.prod(1 - q, axis=1)
+    thr = float(np.sort(q_any)[3:5].mean())  # between the 4th and 5th
+    venv = WorldModelVectorEnv(8, termination="threshold", threshold=thr, temperature=0.0, **kw(fakes))
+    venv.reset(seed=0)
+    _, _, term, trunc, info = venv.step(acts)
+    np.testing.assert_array_equal(term, q_any > thr)
+    assert term.sum() == 4 and not trunc.any()
+    np.testing.assert_array_equal(info["cause"][term], q[term].argmax(1) + 1)
+    assert (info["cause"][~term] == 0).all()

@@ -19,6 +19,15 @@ from drivegpt.world_model.train import build_module
 V, GRID, K = 16, (2, 4), 3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run ~20x faster single-threaded on the shared 2-core machine (no thread spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(dtype=torch.float32, **kw) -> WorldModel:
     torch.manual_seed(0)
     cfg = WorldModelConfig(vocab_size=V, grid=GRID, max_frames=K + 1, n_layer=2, n_head=2, n_embd=32, **kw)
@@ -78,6 +87,13 @@ def test_step_contract_shapes_sampling_and_bad_input():
     greedy_long, _ = sampling.step(m, tok, pose, speed, temperature=0.0)
     greedy_cut, _ = sampling.step(m, tok[:, -K:], pose[:, -K:], speed[:, -K:], temperature=0.0)
     assert torch.equal(greedy_long, greedy_cut)
+    # entropy of the new frame's distributions == the teacher-forced forward's on the same tokens
+    nxt, _, ent = sampling.step(m, tok[:, -K:], pose[:, -K:], speed[:, -K:], temperature=0.0, return_entropy=True)
+    ext = m(torch.cat([tok[:, -K:], nxt[:, None]], 1), torch.cat([pose[:, -K:], pose[:, :1]], 1),
+            torch.cat([speed[:, -K:], speed[:, :1]], 1))
+    logp = ext["logits"][:, K].log_softmax(-1)
+    torch.testing.assert_close(ent, -(logp.exp() * logp).sum(-1).mean(-1), rtol=1e-4, atol=1e-5)
+    assert (ent > 0).all() and (ent < np.log(V)).all()
     with pytest.raises(ValueError, match="grid"):
         sampling.step(m, tok[..., :2], pose, speed)
     with pytest.raises(ValueError, match="rel_pose"):

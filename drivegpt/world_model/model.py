@@ -26,7 +26,7 @@ Heads:
   risky is the state the commanded move leads to" (the hazard after the move). Frame 0 (no
   move) is excluded from the loss.
 - next pose (behaviour prior, optional): on the last image token of frame k, the logged move
-  ``rel_pose[k]`` (normalised), which that position has not seen.
+  ``rel_pose[k]`` (normalised, Huber loss), which that position has not seen.
 
 Conditioning dropout: during training a fraction ``cond_drop`` of samples has every move
 replaced by the learned null embedding, which makes classifier-free guidance on the pose
@@ -210,7 +210,8 @@ class WorldModel(nn.Module):
     def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
         """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
         c = torch.cat([rel_pose, speed[..., None]], dim=-1).to(self.cond_mean.dtype)
-        c = ((c - self.cond_mean) / self.cond_std).to(self.start_emb.dtype)
+        # clamp: a dimension nearly constant in the fitting batch must not blow up later inputs
+        c = ((c - self.cond_mean) / self.cond_std).clamp(-10, 10).to(self.start_emb.dtype)
         e = self.cond_mlp(c)
         if drop is not None:
             e = torch.where(drop[:, None, None], self.null_cond.expand_as(e), e)
@@ -287,6 +288,6 @@ class WorldModel(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (6N + attention, PaLM appendix B)."""
-        n = sum(p.numel() for p in self.blocks.parameters())
+        n = sum(p.numel() for p in self.blocks.parameters()) + self.lm_head.weight.numel()
         t = seq_len or self.cfg.block_size
         return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * t

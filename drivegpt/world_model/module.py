@@ -102,7 +102,7 @@ class WorldModelModule(L.LightningModule):
             logs["loss_disengage"] = dis
             out["mask"], out["target"] = mask, b["target"]
         if "pose" in out and self.hparams.pose_weight > 0:
-            pose = F.mse_loss(out["pose"].float(), m.normalize_pose(b["rel_pose"]))
+            pose = F.smooth_l1_loss(out["pose"].float(), m.normalize_pose(b["rel_pose"]).clamp(-10, 10))  # robust
             loss = loss + self.hparams.pose_weight * pose
             logs["loss_pose"] = pose
         logs["loss"] = loss

@@ -68,8 +68,10 @@ def _inputs(model, tokens, rel_pose, speed, cfg_scale):
 
 @torch.no_grad()
 def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None,
-                   cfg_scale=1.0, generator=None):
-    """KV-cached generation of the frame after the context. Returns (tokens [b,h,w], dis_logits [b,n_h,3])."""
+                   cfg_scale=1.0, generator=None, return_entropy=False):
+    """KV-cached generation of the frame after the context. Returns (tokens [b,h,w], dis_logits
+    [b,n_h,3]) and, with ``return_entropy``, the mean entropy (nats) of the model's (guided,
+    temperature-1) distributions over the frame's tokens [b]."""
     b, k, h, w = tokens.shape
     n = h * w
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
@@ -78,14 +80,19 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
     hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
     dis = model.disengage_logits(hid[:b])
     out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
+    ent = torch.zeros(b, device=tokens.device)
     for i in range(n):
         logits = _guided(model.lm_head(hid), b, cfg_scale)
+        if return_entropy:
+            logp = logits.float().log_softmax(-1)
+            ent += -(logp.exp() * logp).sum(-1) / n
         out[:, i] = _pick(logits, temperature, top_k, generator)
         if i == n - 1:
             break
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
         hid = model.hidden(model.embed_token(nxt, k, i), cache)[:, -1]
-    return rearrange(out, "b (h w) -> b h w", h=h), dis
+    out = rearrange(out, "b (h w) -> b h w", h=h)
+    return (out, dis, ent) if return_entropy else (out, dis)
 
 
 @torch.no_grad()
@@ -112,7 +119,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
 
 @torch.no_grad()
 def step(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None, cfg_scale=1.0,
-         generator=None):
+         generator=None, return_entropy=False):
     """One simulator step (the learned-sim contract).
 
     tokens [b, K, h, w] int64 context frames; rel_pose [b, K, 6] where rel_pose[:, k] moves
@@ -120,11 +127,13 @@ def step(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None
     [b, K] the speed at each context frame. Contexts longer than the model's are cut to the most
     recent ``context_frames``. Returns (next_tokens [b, h, w] int64, disengage_probs
     [b, n_horizons, 3]): the probability that the engaged car is disengaged within each
-    horizon, per cause (STEER, BRAKE, GAS), after arriving at the new frame.
+    horizon, per cause (STEER, BRAKE, GAS), after arriving at the new frame. With
+    ``return_entropy`` also the mean per-token entropy (nats) of the new frame [b], an
+    uncertainty signal for the learned simulator.
     """
     tokens, rel_pose, speed = _check(model, tokens, rel_pose, speed)
-    nxt, dis = generate_frame(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator)
-    return nxt, torch.sigmoid(dis.float())
+    res = generate_frame(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator, return_entropy)
+    return (res[0], torch.sigmoid(res[1].float()), *res[2:])
 
 
 @torch.no_grad()
