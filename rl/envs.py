@@ -1,0 +1,106 @@
+"""Environment adapters for the policy: frame history on the device, the learned sim for PPO.
+
+``FrameHistoryVecEnv`` wraps a batched env whose observations are {"image" [n H W 3] uint8,
+"speed" [n] or [n 1]} (``sim.learned.WorldModelVectorEnv`` with ``output="torch"`` and
+``autoreset_mode="same_step"``) and turns them into the policy's observation
+{"frames" [n K H W 3] uint8, "speed" [n] float32}, all on the env's device. At (auto)reset the
+history is filled from the start context the learned sim began from (the last K logged frames,
+decoded) when the env exposes it, else by repeating the first frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _t(x, device, dtype=None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+
+class FrameHistoryVecEnv:
+    def __init__(self, env, context_frames: int, device: str | torch.device | None = None):
+        self.env = env
+        self.k = int(context_frames)
+        self.num_envs = int(env.num_envs)
+        core = getattr(env, "core", None)
+        self.device = torch.device(device) if device is not None else (
+            getattr(core, "device", None) or torch.device("cpu"))
+        self.frames: torch.Tensor | None = None
+
+    def _context_frames(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Decoded last K context frames [m K H W 3] of the envs in ``mask`` (learned sim only)."""
+        core = getattr(self.env, "core", None)
+        if core is None or not hasattr(core, "tokens") or not hasattr(core, "decode"):
+            return None
+        toks = core.tokens[mask.to(core.tokens.device)]  # [m Kc h w]
+        kc = toks.shape[1]
+        take = toks[:, max(0, kc - self.k):]
+        m, kk = take.shape[:2]
+        frames = core.decode(take.reshape(m * kk, *take.shape[2:])).to(self.device)
+        frames = frames.reshape(m, kk, *frames.shape[1:])
+        if kk < self.k:
+            pad = frames[:, :1].expand(m, self.k - kk, *frames.shape[2:])
+            frames = torch.cat([pad, frames], 1)
+        return frames
+
+    def _fill(self, mask: torch.Tensor, image: torch.Tensor):
+        ctx = self._context_frames(mask)
+        if ctx is None:
+            ctx = image[mask][:, None].expand(-1, self.k, -1, -1, -1)
+        self.frames[mask] = ctx
+
+    def _obs(self, obs) -> dict[str, torch.Tensor]:
+        speed = _t(obs["speed"], self.device, torch.float32).reshape(self.num_envs)
+        return {"frames": self.frames.clone(), "speed": speed}
+
+    def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
+        obs, _ = self.env.reset(seed=seed)
+        image = _t(obs["image"], self.device, torch.uint8)
+        self.frames = torch.zeros(self.num_envs, self.k, *image.shape[1:], dtype=torch.uint8, device=self.device)
+        self._fill(torch.ones(self.num_envs, dtype=torch.bool, device=self.device), image)
+        return self._obs(obs)
+
+    def step(self, action: torch.Tensor):
+        obs, reward, term, trunc, info = self.env.step(action)
+        image = _t(obs["image"], self.device, torch.uint8)
+        term = _t(term, self.device, torch.bool).reshape(self.num_envs)
+        trunc = _t(trunc, self.device, torch.bool).reshape(self.num_envs)
+        done = term | trunc
+        self.frames = torch.cat([self.frames[:, 1:], image[:, None]], 1)
+        if bool(done.any()):
+            self._fill(done, image)
+        info = dict(info) if isinstance(info, dict) else {}
+        return self._obs(obs), _t(reward, self.device, torch.float32).reshape(self.num_envs), term, trunc, info
+
+
+def learned_sim_settings(cfg) -> dict[str, Any]:
+    """LearnedSimConfig overrides for RL from a stage config (``rl.sim`` + world model + shards)."""
+    from omegaconf import OmegaConf
+
+    s = dict(OmegaConf.to_container(cfg.rl.sim, resolve=True)) if cfg.rl.get("sim") is not None else {}
+    if cfg.get("world_model_checkpoint"):
+        s["checkpoint"] = str(cfg.world_model_checkpoint)
+    shards = cfg.data.get("shards") if "shards" in cfg.data else None
+    if shards and shards != "???":
+        s.setdefault("shards", str(shards))
+    s.setdefault("val_fraction", float(cfg.data.val_fraction))
+    s.setdefault("fps", float(cfg.data.fps))
+    s.setdefault("stride", int(cfg.data.stride))
+    s["output"] = "torch"
+    s["autoreset_mode"] = "same_step"
+    return s
+
+
+def make_learned_env(num_envs: int, context_frames: int, settings: dict[str, Any] | None = None, **objects):
+    """The batched learned sim (torch output, SAME_STEP autoreset) with the policy's frame history.
+
+    ``objects``: ready ``models`` / ``contexts`` / ``vehicle`` (tests pass fakes)."""
+    from sim.learned import WorldModelVectorEnv
+
+    settings = dict(settings or {})
+    settings.update(output="torch", autoreset_mode="same_step")
+    env = WorldModelVectorEnv(num_envs=num_envs, **objects, **settings)
+    return FrameHistoryVecEnv(env, context_frames)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from data.schema import Cause
+from rl.metrics import Trajectory, closed_loop_metrics, markdown_table
+
+
+def _constant(n, speed, flow, k=0.0, offset=0.0, dt=0.05):
+    t = Trajectory(dt=dt)
+    for i in range(n):
+        t.add(speed=speed, flow_speed=flow, lat_accel=speed**2 * k, accel=0.0, lane_offset=offset)
+    return t
+
+
+def test_distance_rates_and_causes():
+    # 2 trajectories at 20 m/s for 1000 s each at 20 Hz -> 40 km
+    a = _constant(20000, 20.0, 25.0)
+    a.disengage(Cause.STEER)
+    a.disengage(Cause.BRAKE)
+    b = _constant(20000, 20.0, 25.0)
+    b.disengage(Cause.STEER)
+    m = closed_loop_metrics([a, b])
+    assert m["km"] == pytest.approx(40.0)
+    assert m["hours"] == pytest.approx(2000 / 3600)
+    assert m["per_100km"] == pytest.approx(3 / 40 * 100)
+    assert m["STEER_per_100km"] == pytest.approx(5.0) and m["BRAKE_per_100km"] == pytest.approx(2.5)
+    assert m["GAS"] == 0
+    assert m["speed_ratio"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="cause"):
+        a.disengage(0)
+
+
+def test_lateral_accel_jerk_and_lane_error_on_constructed_trajectory():
+    dt = 0.1
+    t = Trajectory(dt=dt)
+    # circle of radius 100 m at 10 m/s -> lat accel 1 m/s^2; accel ramps 0.5 m/s^2 per step
+    # -> jerk 5 m/s^3 inside the stretch; lane offsets alternate +-0.3 m
+    for i in range(100):
+        t.add(speed=10.0, flow_speed=10.0, lat_accel=10.0**2 / 100.0, accel=0.5 * (i % 50),
+              lane_offset=0.3 * (-1) ** i, stretch=i // 50)
+    m = closed_loop_metrics([t])
+    assert m["lat_accel_p50"] == pytest.approx(1.0) and m["lat_accel_p99"] == pytest.approx(1.0)
+    # the drop from 24.5 back to 0 happens across the stretch boundary: not a jerk
+    assert m["jerk_p99"] == pytest.approx(5.0)
+    assert m["lane_error_mean"] == pytest.approx(0.3) and m["lane_error_rms"] == pytest.approx(0.3)
+    assert m["speed_ratio"] == pytest.approx(1.0)
+    assert m["per_100km"] == 0.0
+
+
+def test_table_lists_every_controller():
+    rows = {"rl": closed_loop_metrics([_constant(100, 20, 20)]),
+            "bc": closed_loop_metrics([_constant(100, 10, 20)])}
+    md = markdown_table(rows)
+    assert md.count("\n") == 4 and "| rl |" in md and "0.50" in md
+    with pytest.raises(ValueError):
+        closed_loop_metrics([_constant(5, 1, 1, dt=0.05), _constant(5, 1, 1, dt=0.1)])
+
+
+def test_drive_rejects_policy_of_another_frame_size():
+    from drivegpt.config import compose
+    from rl.evaluate import drive
+    from rl.policy import Policy
+
+    cfg = compose("eval_policy", ["experiment=tiny"])  # road world renders 32x64
+    p = Policy(dict(context_frames=2, frame_height=64, frame_width=128, channels=[8], pool_grid=[1, 2],
+                    frame_features=8, bottleneck_dim=8, hidden=8))
+    with pytest.raises(ValueError, match="64x128"):
+        drive("p", [1000000], 1.0, cfg.sim, p, stride=2)

@@ -1,0 +1,106 @@
+"""`drivegpt train policy stage=bc|rl` on the tiny config, end to end on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.shards import write_shards
+from drivegpt.cli import main
+from rl.policy import load_policy
+
+
+def token_item(i: int) -> dict:
+    """Token samples for the tiny world model (vocab 16, grid 2x4), 20 Hz, straight driving."""
+    rng = np.random.default_rng(i)
+    t = 16
+    speed = (10 + 0.1 * np.arange(t)).astype(np.float32)
+    rel = np.zeros((t, 6), np.float32)
+    rel[:-1, 0] = speed[:-1] / 20
+    meta = {"source": "synthetic-test", "segment_id": f"tok{i:04d}", "fps": 20.0,
+            "camera": {"fx": 40.0, "fy": 40.0, "cx": 32, "cy": 16, "width": 64, "height": 32},
+            "vehicle": {"wheelbase": 2.7}, "tokens": {"vocab_size": 16, "grid": [2, 4], "tokenizer": "x"}}
+    return dict(tokens=rng.integers(0, 16, (t, 2, 4)).astype(np.int16), rel_pose=rel, speed=speed,
+                world_pose=np.zeros((t, 6), np.float32), engaged=np.ones(t, bool),
+                disengage=np.zeros(t, np.int8), times=np.arange(t) / 20.0, meta=meta)
+
+
+@pytest.fixture(scope="module")
+def bc_run(tmp_path_factory):
+    from synth_fleet import make_segment
+
+    tmp = tmp_path_factory.mktemp("bc")
+    seeds = [0, 1, 2, 3, 6, 8]  # seg0006 and seg0008 are held out at val_fraction=0.5
+    write_shards(tmp / "fleet", 6, lambda i: make_segment(seed=seeds[i], t=20, events={12: 1}), maxcount=1,
+                 progress=False)
+    run_dir = tmp / "bc_run"
+    assert main(["train", "policy", "stage=bc", "experiment=tiny", f"data.shards={tmp / 'fleet'}",
+                 f"run_dir={run_dir}", "data.val_fraction=0.5"]) == 0
+    return run_dir
+
+
+def test_bc_cli_writes_policy_and_metrics(bc_run):
+    m = json.loads((bc_run / "metrics.json").read_text())
+    assert np.isfinite(m["bc/action_mae"]) and m["bc/steps"] == 20
+    assert m["policy/flops_per_frame"] > 0 and m["policy/bottleneck_bits"] > 0
+    p = load_policy(bc_run)
+    assert p.obs_shape == (2, 32, 64, 3) and p.checkpoint_meta["stage"] == "bc"
+    assert (bc_run / "checkpoints" / "last.ckpt").exists()
+    # the Lightning checkpoint loads as a policy too (same weights)
+    q = load_policy(bc_run / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), q.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def learned_sim(tmp_path_factory):
+    from sim.learned.testing import tiny_checkpoints
+
+    tmp = tmp_path_factory.mktemp("sim")
+    wm, _ = tiny_checkpoints(tmp / "models")
+    write_shards(tmp / "tokens", 4, token_item, maxcount=1, progress=False)
+    return wm, tmp / "tokens"
+
+
+def test_eval_cli_table_plot_and_sim_to_real_gap(bc_run, learned_sim, tmp_path):
+    wm, tokens = learned_sim
+    run_dir = tmp_path / "eval"
+    assert main(["eval", "policy", "experiment=tiny", f"policies.bc={bc_run}", f"world_model_checkpoint={wm}",
+                 f"data.shards={tokens}", "data.val_fraction=1.0", f"run_dir={run_dir}"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert set(m["controllers"]) == {"bc", "autopilot", "human"}
+    for row in m["controllers"].values():
+        # 2 scenarios x 6 s of engaged driving at road speeds (minus takeovers)
+        assert 0 < row["km"] < 2 * 6 * 45 / 1000 and row["speed_ratio"] > 0
+    assert m["sim_to_real"]["bc"]["predicted_per_100km"] >= 0
+    assert m["sim_to_real"]["bc"]["measured_per_100km"] == m["controllers"]["bc"]["per_100km"]
+    table = (run_dir / "table.md").read_text()
+    assert "| bc |" in table and "| human |" in table and "learned sim" in table
+    png = (run_dir / "closed_loop.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
+    wm, tokens = learned_sim
+    run_dir = tmp_path / "rl_run"
+    args = ["train", "policy", "stage=rl", "experiment=tiny", f"checkpoint={bc_run}",
+            f"world_model_checkpoint={wm}", f"data.shards={tokens}", "data.val_fraction=1.0",
+            f"run_dir={run_dir}"]
+    assert main(args) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["rl/iterations"] == 3 and m["rl/env_steps"] == 3 * 4 * 6
+    assert m["rl/kl_to_ref_first"] is not None and m["rl/kl_to_ref_first"] >= 0
+    hist = json.loads((run_dir / "rl_history.json").read_text())
+    assert len(hist) == 3 and all("uncertainty" in h and "predicted_per_100km" in h for h in hist)
+    assert (run_dir / "rl_log.csv").read_text().count("\n") == 4
+    assert (run_dir / "videos" / "rollout_00000.gif").exists() and (run_dir / "videos" / "final_best.gif").exists()
+    p = load_policy(run_dir)
+    assert p.checkpoint_meta["stage"] == "rl"
+    # resume: nothing left to do, the history is kept
+    assert main(args + ["trainer.ckpt_path=last"]) == 0
+    assert len(json.loads((run_dir / "rl_history.json").read_text())) == 3
+    from drivegpt.config import compose
+    from rl.train import run
+
+    with pytest.raises(ValueError, match="checkpoint=BC_POLICY"):
+        run(compose("train_policy", ["stage=rl", "experiment=tiny", f"run_dir={tmp_path / 'x'}"]))
