@@ -143,11 +143,11 @@ def _pack(frames: list, speed: list, source: str, split: str) -> Windows:
 def get_windows(cfg, split: str, count: int, shape) -> Windows:
     """Windows for ``split`` from the configured source (``export.frames.source``: auto|fleet|roadworld|synthetic)."""
     source = str(cfg.export.frames.source)
-    shards = cfg.data.get("shards", None)
-    try:
-        has_shards = shards is not None and str(shards) != "???"
-    except Exception:  # noqa: BLE001 - a missing mandatory value reads as "no shards"
-        has_shards = False
+    from omegaconf import OmegaConf
+
+    has_shards = "shards" in cfg.data and not OmegaConf.is_missing(cfg.data, "shards") \
+        and cfg.data.shards is not None
+    shards = cfg.data.shards if has_shards else None
     seed = int(cfg.export.frames.seed)
     common = dict(split=split, count=count, shape=shape, stride=int(cfg.data.stride),
                   val_fraction=float(cfg.data.val_fraction), seed=seed)
