@@ -70,6 +70,19 @@ def _ms(fn, n: int) -> float:
     return 1e3 * (time.perf_counter() - t0) / n
 
 
+def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, float]:
+    """(PyTorch eager ms, ORT CPU ms) per batch-1 call, both on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = [torch.from_numpy(v) for v in inputs.values()]
+        with torch.inference_mode():
+            torch_ms = _ms(lambda: module(*args), runs)
+    finally:
+        torch.set_num_threads(threads)
+    return torch_ms, _ms(lambda: session.run(None, inputs), runs)
+
+
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
     """Everything after loading: artifacts, verification, manifest, report. Returns the report dict."""
     e = cfg.export
@@ -137,9 +150,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     example = ox.example_inputs(frames_shape)
     flops = report.count_flops(module, example)
     one = {"frames": held.frames[:1], "speed": held.speed[:1]}
-    with torch.no_grad():
-        torch_ms = _ms(lambda: module(*[torch.from_numpy(v) for v in one.values()]), int(e.timing_runs))
-    ort_ms = _ms(lambda: cpu.run(None, one), int(e.timing_runs))
+    torch_ms, ort_ms = cpu_latency_ms(module, cpu, one, int(e.timing_runs))
 
     io_spec = {
         "inputs": [{"name": "frames", "shape": [1, *frames_shape], "dtype": "uint8",

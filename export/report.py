@@ -107,6 +107,7 @@ def write_manifest(export_dir: str | os.PathLike, artifacts: list[dict], io_spec
     rows = []
     for a in artifacts:
         p = export_dir / a["file"]
+        os.chmod(p, 0o644)  # atomic writes create 0600 temp files; artifacts get copied to devices
         rows.append({**a, "sha256": sha256(p), "bytes": p.stat().st_size})
     return atomic_write_json(export_dir / MANIFEST, {"artifacts": rows, **io_spec, **extra})
 
@@ -157,13 +158,18 @@ def markdown(r: dict) -> str:
           f"utilisation assumed: {r['utilisation']}.", "",
           "| target | SoC | HTP | GPU fp16 ms | CPU fp32 ms | HTP (a16w8) ms |", "|---|---|---|---|---|---|"]
     for name, row in r["latency"].items():
-        cells = [f"{row[e]['ms']:.2f}{'' if row[e]['within_budget'] else ' (over)'}" if e in row else "-"
+        cells = [f"{row[e]['ms']:.3g}{'' if row[e]['within_budget'] else ' (over)'}" if e in row else "-"
                  for e in ("gpu_fp16", "cpu_fp32", "htp_int8")]
         L.append(f"| {name} | {row['soc']} | {'yes' if row['has_htp'] else 'no'} | " + " | ".join(cells) + " |")
+    htp = [f"{row['soc']} ({n})" for n, row in r["latency"].items() if row["has_htp"]]
+    no_htp = [f"{row['soc']} ({n})" for n, row in r["latency"].items() if not row["has_htp"]]
+    L += ["", f"SoCs with a Hexagon Tensor Processor (v68 and later) run the QNN context binary: {', '.join(htp)}. "
+          f"Without an HTP: {', '.join(no_htp) or 'none'}; the 845's Hexagon 685 has no HTP, so it runs "
+          "`policy_fp16.onnx` on the GPU or `policy_fp32.onnx` on the CPU."]
     L += ["", "## Op histogram", "", "| artifact | ops |", "|---|---|"]
     for f, h in r["op_histograms"].items():
         L.append(f"| `{f}` | " + ", ".join(f"{k} x{v}" for k, v in h.items()) + " |")
-    L += ["", f"Measured ORT CPU latency here (x86, batch 1, contended host): "
+    L += ["", f"Measured CPU latency here (x86, batch 1, 1 thread each, contended host): "
           f"{_fmt(r.get('ort_cpu_ms'))} ms fp32 ONNX vs {_fmt(r.get('torch_cpu_ms'))} ms PyTorch eager.", ""]
     return "\n".join(L)
 
