@@ -1,0 +1,9 @@
+"""Policy learning: the policy network, behaviour cloning, PPO in the learned simulator,
+closed-loop evaluation in the ground-truth road world.
+
+Public surface: ``Policy``, ``PolicyConfig``, ``load_policy``, ``save_policy``.
+"""
+
+from rl.policy import Policy, PolicyConfig, load_policy, save_policy
+
+__all__ = ["Policy", "PolicyConfig", "load_policy", "save_policy"]

@@ -1,0 +1,160 @@
+"""Behaviour cloning from fleet windows: targets from the inverse vehicle model.
+
+A window (``data.loaders.window_dataset``, ``key="frames"``) holds ``Kw`` kept frames at the
+data stride with ``rel_pose[k]`` the composed pose from kept frame k to k+1 and ``speed[k]``.
+The policy decides at the stride rate (one decision held for ``stride`` native frames), so
+for a window the decision frame is ``Kw-2`` (the last one whose next speed is in the window):
+
+    policy input  = frames[Kw-1-K : Kw-1]          (K = the policy's context frames)
+    target action = sim.vehicle.inverse(rel_pose[Kw-2], speed[Kw-2], speed[Kw-1], dt=stride/fps)
+
+``inverse`` without the actuator state returns the steady-state command (the achieved
+curvature and accel over the interval); the actuator lag (0.1 s steering, 0.2 s accel) is
+short against the 0.2 s decision interval, and undoing it on composed poses amplifies
+noise, so it is not undone (documented choice; ``test_bc`` measures the error).
+
+Which windows count: human-driven decisions (engaged False) and engaged decisions with no
+disengagement within ``exclude_before_disengage_s`` (and not censored), so the policy does
+not clone the autopilot's mistakes that led to a takeover.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from rl.policy import Policy, PolicyConfig
+
+# Window keys this module reads; names follow the data.loaders contract.
+DISENGAGE_KEYS = ("disengage_targets", "disengage_target", "disengage")
+MASK_KEYS = ("disengage_mask", "mask", "disengage_targets_mask")
+
+
+def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.Tensor:
+    """Normalized action [b 2] reproducing the move of decision frame Kw-2.
+
+    rel_pose [b Kw 6], speed [b Kw]; ``dt`` = stride / fps seconds.
+    """
+    from sim.vehicle import inverse
+
+    if rel_pose.shape[1] < 2:
+        raise ValueError(f"BC needs windows of >= 2 frames, got rel_pose {tuple(rel_pose.shape)}")
+    return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
+
+
+def policy_frames(frames: torch.Tensor, k: int) -> torch.Tensor:
+    """The policy's K frames ending at the decision frame: [b Kw H W 3] -> [b K H W 3]."""
+    kw = frames.shape[1]
+    if kw - 1 < k:
+        raise ValueError(f"window of {kw} frames is too short for a policy with K={k} frames "
+                         f"(needs K+1; set data.context_frames >= {k + 1})")
+    return frames[:, kw - 1 - k: kw - 1]
+
+
+def _get(batch: dict, names) -> Any:
+    for n in names:
+        if n in batch:
+            return batch[n]
+    return None
+
+
+def bc_weights(batch: dict[str, Any], horizons_s: list[float] | None, exclude_s: float) -> torch.Tensor:
+    """Per-window weight [b] in {0, 1}: human-driven or clean engaged decision frames.
+
+    ``disengage targets`` [b Kw n_h 3] (1 = a disengagement of that cause within horizon h)
+    with a mask [b Kw n_h] or [b Kw n_h 3] (0 = censored / not engaged). A window is dropped
+    when its decision frame is engaged and any horizon <= ``exclude_s`` is positive or
+    censored. Without targets in the batch only ``engaged`` is used (all kept).
+    """
+    engaged = batch["engaged"][:, -2].bool()
+    b = engaged.shape[0]
+    keep = torch.ones(b, dtype=torch.bool, device=engaged.device)
+    tgt = _get(batch, DISENGAGE_KEYS)
+    if tgt is None or tgt.ndim != 4:
+        return keep.float()
+    n_h = tgt.shape[2]
+    hs = torch.as_tensor(horizons_s if horizons_s is not None else [float("inf")] * n_h)
+    sel = (hs <= exclude_s + 1e-9)
+    if not bool(sel.any()):
+        sel[0] = True  # at least the shortest horizon
+    sel = sel.to(tgt.device)
+    t = tgt[:, -2][:, sel]  # [b h' 3]
+    pos = (t > 0.5).flatten(1).any(1)
+    mask = _get(batch, MASK_KEYS)
+    censored = torch.zeros_like(pos)
+    if mask is not None and mask.ndim >= 3:
+        m = mask[:, -2][:, sel]
+        censored = ~(m.bool().flatten(1).all(1))
+    bad = engaged & (pos | censored)
+    return (keep & ~bad).float()
+
+
+def pad_history(frames: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augmentation: with probability ``prob`` per window, replace the first j frames with frame j
+    (episodes start with a history padded by the first frame, as in the simulators)."""
+    b, k = frames.shape[:2]
+    if prob <= 0 or k < 2:
+        return frames
+    out = frames.clone()
+    do = torch.rand(b, generator=generator) < prob
+    js = torch.randint(1, k, (b,), generator=generator)
+    for i in torch.nonzero(do).flatten().tolist():
+        j = int(js[i])
+        out[i, :j] = out[i, j: j + 1]
+    return out
+
+
+class BCModule(L.LightningModule):
+    """Lightning module: regress the policy's mean onto inverse-vehicle-model actions."""
+
+    def __init__(self, policy_config: dict, dt: float, lr: float = 3e-4, weight_decay: float = 1e-4,
+                 exclude_before_disengage_s: float = 2.0, horizons_s: list[float] | None = None,
+                 log_std_target: float = -1.5, pad_prob: float = 0.1, max_steps: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.policy = Policy(PolicyConfig.from_dict(policy_config))
+
+    def _prepare(self, batch):
+        k = self.policy.cfg.context_frames
+        frames = policy_frames(batch["frames"], k)
+        speed = batch["speed"][:, -2].float()
+        target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt)
+        w = bc_weights(batch, self.hparams.horizons_s, self.hparams.exclude_before_disengage_s)
+        return frames, speed, target, w
+
+    def training_step(self, batch, batch_idx):
+        frames, speed, target, w = self._prepare(batch)
+        frames = pad_history(frames, self.hparams.pad_prob)
+        mean, log_std, _ = self.policy(frames, speed)
+        err = (mean - target).pow(2).sum(-1)
+        loss = (err * w).sum() / w.sum().clamp(min=1.0)
+        loss = loss + 0.01 * (log_std - self.hparams.log_std_target).pow(2).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
+        self.log("train/kept_fraction", w.mean(), batch_size=frames.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        from sim.vehicle import ACTION_SCALE
+
+        frames, speed, target, w = self._prepare(batch)
+        mean, _, _ = self.policy(frames, speed)
+        n = w.sum().clamp(min=1.0)
+        mae = ((mean - target).abs() * w[:, None]).sum(0) / n
+        bs = frames.shape[0]
+        self.log("val/action_mae", mae.mean(), prog_bar=True, batch_size=bs)
+        self.log("val/curvature_mae", mae[0] * ACTION_SCALE[0], batch_size=bs)
+        self.log("val/accel_mae", mae[1] * ACTION_SCALE[1], batch_size=bs)
+        # the do-nothing baseline (cruise straight): what BC must beat
+        base = (target.abs() * w[:, None]).sum(0) / n
+        self.log("val/zero_action_mae", base.mean(), batch_size=bs)
+        return mae.mean()
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        if self.hparams.max_steps and self.hparams.max_steps > 0:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.hparams.max_steps))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt

@@ -1,0 +1,372 @@
+"""The driving policy: last K camera frames + speed -> Gaussian over normalized actions + value.
+
+Architecture (per call, ``b`` batch, ``K`` context frames, ``H x W`` pixels):
+
+    frames uint8 [b K H W 3] --/255, centre--> shared conv trunk per frame (stride-2 convs)
+      -> average pool to a small grid (keeps where the lanes are) -> linear -> feature [b K c]
+      -> concat over K -> MLP -> z [b d] in (-1, 1) (tanh)
+      -> information bottleneck: z + N(0, noise_std^2)   (training; the mean z at eval/export)
+      -> concat speed/speed_scale -> actor MLP -> mean [b 2] (tanh, in [-1, 1])
+                                  -> critic MLP -> value [b]
+    log_std [2]: a learned state-independent parameter (clamped).
+
+The bottleneck is an additive-Gaussian channel on a bounded feature (|z| < 1, signal power
+<= 1), so its capacity is at most ``d * 0.5 * log2(1 + 1/noise_std^2)`` bits per decision
+(``Policy.bottleneck_bits``); with the defaults (d=128, noise_std=0.1) that is ~426 bits, the
+order comma uses (~700 bits), so the policy cannot read fine artefacts of the world model.
+
+Actions are the normalized Box(2) of ``sim.vehicle``: (desired curvature, desired accel) in
+[-1, 1]. Sampled actions are Gaussian (unbounded); environments clip them to the box.
+
+Checkpoints (``save_policy`` / ``load_policy``) are plain ``torch.save`` dicts with
+``kind="drivegpt-policy"``, the ``PolicyConfig``, the observation shape ``[K, H, W, 3]`` and
+the weights; ``load_policy`` also reads a run directory (``policy.pt`` inside) and raises a
+clear error for another kind of checkpoint or a different observation shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+CHECKPOINT_KIND = "drivegpt-policy"
+POLICY_FILE = "policy.pt"
+ACTION_DIM = 2
+
+
+class PolicyInputError(ValueError):
+    """Observation of the wrong shape/dtype, or NaN/inf in it."""
+
+
+@dataclass
+class PolicyConfig:
+    context_frames: int = 4          # K frames per decision
+    frame_height: int = 128
+    frame_width: int = 256
+    channels: tuple[int, ...] = (16, 32, 64, 64)   # conv trunk, each a stride-2 3x3 conv (first 5x5)
+    pool_grid: tuple[int, int] = (4, 8)  # trunk output average-pooled to this grid (keeps where things are)
+    frame_features: int = 64         # per-frame feature (linear map of the pooled grid)
+    bottleneck_dim: int = 128        # d: size of the noisy feature vector
+    noise_std: float = 0.1           # bottleneck noise std (on tanh features in (-1, 1))
+    hidden: int = 128                # actor/critic MLP width
+    speed_scale: float = 30.0        # speed [m/s] is divided by this before the heads
+    init_log_std: float = -1.0
+    min_log_std: float = -5.0
+    max_log_std: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PolicyConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"PolicyConfig: unknown keys {sorted(unknown)}")
+        for key in ("channels", "pool_grid"):
+            if key in d:
+                d[key] = tuple(int(c) for c in d[key])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["pool_grid"] = list(self.pool_grid)
+        return d
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int, int]:
+        return (self.context_frames, self.frame_height, self.frame_width, 3)
+
+
+def _trunk(cfg: PolicyConfig) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, c in enumerate(cfg.channels):
+        k = 5 if i == 0 else 3
+        layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.GELU()]
+        c_in = c
+    gh, gw = cfg.pool_grid
+    layers += [nn.AdaptiveAvgPool2d((gh, gw)), nn.Flatten(), nn.Linear(c_in * gh * gw, cfg.frame_features), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    def __init__(self, cfg: PolicyConfig | dict | None = None):
+        super().__init__()
+        if not isinstance(cfg, PolicyConfig):
+            cfg = PolicyConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.trunk = _trunk(cfg)
+        self.fuse = nn.Sequential(
+            nn.Linear(cfg.context_frames * cfg.frame_features, cfg.hidden), nn.GELU(),
+            nn.Linear(cfg.hidden, cfg.bottleneck_dim), nn.Tanh(),
+        )
+        self.actor = nn.Sequential(
+            nn.Linear(cfg.bottleneck_dim + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, ACTION_DIM)
+        )
+        self.critic = nn.Sequential(
+            nn.Linear(cfg.bottleneck_dim + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
+        )
+        self.log_std = nn.Parameter(torch.full((ACTION_DIM,), float(cfg.init_log_std)))
+        nn.init.zeros_(self.actor[-1].bias)
+        self.actor[-1].weight.data.mul_(0.1)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def obs_shape(self) -> tuple[int, int, int, int]:
+        return self.cfg.obs_shape
+
+    @property
+    def bottleneck_bits(self) -> float:
+        """Upper bound on the bottleneck's capacity in bits (Gaussian channel, power <= 1)."""
+        return self.cfg.bottleneck_dim * 0.5 * math.log2(1.0 + 1.0 / self.cfg.noise_std**2)
+
+    # ---------------------------------------------------------------- checks
+    def check_obs(self, frames: torch.Tensor, speed: torch.Tensor) -> None:
+        """Raise ``PolicyInputError`` for a wrong shape/dtype or non-finite speed."""
+        exp = self.obs_shape
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
+            raise PolicyInputError(
+                f"policy observation 'frames': expected uint8 tensor [b,{','.join(map(str, exp))}], "
+                f"got {getattr(frames, 'dtype', type(frames).__name__)}")
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != exp:
+            raise PolicyInputError(
+                f"policy observation 'frames': shape {tuple(frames.shape)}, expected [b, {', '.join(map(str, exp))}] "
+                f"(this policy was built for K={exp[0]} frames of {exp[1]}x{exp[2]})")
+        if not isinstance(speed, torch.Tensor) or speed.reshape(-1).shape[0] != frames.shape[0]:
+            raise PolicyInputError(
+                f"policy observation 'speed': expected a float tensor with one value per batch item "
+                f"({frames.shape[0]}), got {tuple(getattr(speed, 'shape', ()))}")
+        if not bool(torch.isfinite(speed).all()):
+            raise PolicyInputError("policy observation 'speed' contains NaN or inf")
+
+    # ---------------------------------------------------------------- network
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [b K H W 3] -> bottleneck mean z [b d] in (-1, 1)."""
+        b = frames.shape[0]
+        x = rearrange(frames, "b k h w c -> (b k) c h w").to(self.log_std.dtype)
+        x = x * (1.0 / 127.5) - 1.0
+        f = self.trunk(x)  # [(b k) c]
+        f = rearrange(f, "(b k) c -> b (k c)", b=b)
+        return self.fuse(f)
+
+    def heads(self, z: torch.Tensor, speed: torch.Tensor):
+        s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
+        h = torch.cat([z, s], dim=-1)
+        mean = torch.tanh(self.actor(h))
+        value = self.critic(h).squeeze(-1)
+        log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
+        return mean, log_std, value
+
+    def forward(self, frames: torch.Tensor, speed: torch.Tensor, noise: torch.Tensor | None = None,
+                bottleneck: bool | None = None):
+        """(frames uint8 [b K H W 3], speed float32 [b]) -> (mean [b 2], log_std [b 2], value [b]).
+
+        The bottleneck noise is on when ``bottleneck`` is True (default: ``self.training``);
+        ``noise`` [b d] (standard normal) can be passed to reuse a sample (PPO re-evaluation).
+        """
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            self.check_obs(frames, speed)
+        z = self.features(frames)
+        on = self.training if bottleneck is None else bottleneck
+        if on:
+            if noise is None:
+                noise = torch.randn_like(z)
+            z = z + self.cfg.noise_std * noise
+        return self.heads(z, speed)
+
+    def sample_noise(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(batch, self.cfg.bottleneck_dim, device=device or self.log_std.device,
+                           generator=generator)
+
+    @torch.no_grad()
+    def act(self, frames: torch.Tensor, speed: torch.Tensor, deterministic: bool = False,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalized action [b 2]: the mean (deterministic, bottleneck off) or a sample clipped to [-1, 1]."""
+        mean, log_std, _ = self(frames, speed, bottleneck=not deterministic and self.training)
+        if deterministic:
+            return mean
+        eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+        return (mean + log_std.exp() * eps).clamp(-1.0, 1.0)
+
+    def export_module(self) -> nn.Module:
+        """Deterministic deployable module: (frames uint8 [1 K H W 3], speed f32 [1 1]) -> action f32 [1 2]."""
+        return ExportedPolicy(self)
+
+
+class ExportedPolicy(nn.Module):
+    """The policy with its bottleneck at its mean and the action at the Gaussian's mean."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        import copy
+
+        self.policy = copy.deepcopy(policy).eval()
+        for p in self.policy.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, frames: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        z = self.policy.features(frames)
+        mean, _, _ = self.policy.heads(z, speed)
+        return mean.to(torch.float32)
+
+
+def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Sum over action dims of the diagonal Gaussian log density; [b 2] -> [b]."""
+    var = (2 * log_std).exp()
+    return (-((action - mean) ** 2) / (2 * var) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
+    """KL(p || q) for diagonal Gaussians, summed over action dims; [b 2] -> [b]."""
+    var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+
+
+# -------------------------------------------------------------------- FLOPs
+def count_flops(policy: Policy, height: int | None = None, width: int | None = None) -> dict[str, float]:
+    """Multiply-accumulates x2 of conv/linear layers for one decision (batch 1).
+
+    Returns {"flops_per_call", "flops_per_frame" (the trunk on one frame), "params"}.
+    ``height``/``width`` default to the policy's frame size (the trunk is size-agnostic).
+    """
+    cfg = policy.cfg
+    h = height or cfg.frame_height
+    w = width or cfg.frame_width
+    totals = {"trunk": 0, "rest": 0}
+
+    def hook(name):
+        def f(mod, inp, out):
+            if isinstance(mod, nn.Conv2d):
+                k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+                macs = out.numel() * k
+            else:
+                macs = out.numel() * mod.in_features
+            totals[name] += 2 * macs
+        return f
+
+    handles = []
+    for m in policy.trunk.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_hook(hook("trunk")))
+    for part in (policy.fuse, policy.actor, policy.critic):
+        for m in part.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                handles.append(m.register_forward_hook(hook("rest")))
+    try:
+        with torch.no_grad():
+            frame = torch.zeros(1, 3, h, w)
+            policy.trunk(frame.to(policy.log_std.device))
+            per_frame = totals["trunk"]
+            z = torch.zeros(1, cfg.bottleneck_dim, device=policy.log_std.device)
+            policy.fuse(torch.zeros(1, cfg.context_frames * cfg.frame_features, device=z.device))
+            policy.heads(z, torch.zeros(1, device=z.device))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return {
+        "flops_per_frame": float(per_frame),
+        "flops_per_call": float(per_frame * cfg.context_frames + totals["rest"]),
+        "params": float(sum(p.numel() for p in policy.parameters())),
+    }
+
+
+# -------------------------------------------------------------------- checkpoints
+def save_policy(policy: Policy, path: str | Path, meta: dict | None = None) -> Path:
+    """Atomically write a policy checkpoint (kind, config, observation shape, weights, meta)."""
+    from drivegpt.runs import atomic_path
+
+    path = Path(path)
+    ckpt = {
+        "kind": CHECKPOINT_KIND,
+        "config": policy.cfg.to_dict(),
+        "obs_shape": list(policy.obs_shape),
+        "action_space": {"dim": ACTION_DIM, "low": -1.0, "high": 1.0,
+                         "meaning": ["desired curvature (normalized)", "desired accel (normalized)"]},
+        "bottleneck_bits": policy.bottleneck_bits,
+        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read and validate a policy checkpoint dict (file, or run directory holding policy.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        cand = [path / POLICY_FILE, path / "checkpoints" / POLICY_FILE]
+        found = [c for c in cand if c.exists()]
+        if not found:
+            raise FileNotFoundError(f"{path}: a directory without {POLICY_FILE} (looked in {', '.join(map(str, cand))})")
+        path = found[0]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such policy checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a drivegpt policy checkpoint (a {type(ckpt).__name__}, not a dict)")
+    # A Lightning checkpoint of the BC module: hyper_parameters carry the policy config.
+    if ckpt.get("kind") is None and "state_dict" in ckpt and "policy_config" in ckpt.get("hyper_parameters", {}):
+        cfg = PolicyConfig.from_dict(ckpt["hyper_parameters"]["policy_config"])
+        sd = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+        ckpt = {"kind": CHECKPOINT_KIND, "config": cfg.to_dict(), "obs_shape": list(cfg.obs_shape),
+                "state_dict": sd, "meta": {"from_lightning": str(path)}}
+    kind = ckpt.get("kind")
+    if kind != CHECKPOINT_KIND:
+        raise ValueError(f"{path}: key 'kind' is {kind!r}, expected {CHECKPOINT_KIND!r} (not a policy checkpoint)")
+    for key in ("config", "obs_shape", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: policy checkpoint lacks key {key!r}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def load_policy(path: str | Path, obs_shape: tuple | list | None = None, map_location: str | torch.device = "cpu") -> Policy:
+    """Load a policy (eval mode). ``obs_shape`` [K, H, W, 3]: fail clearly if the checkpoint differs."""
+    ckpt = read_checkpoint(path)
+    cfg = PolicyConfig.from_dict(ckpt["config"])
+    if list(ckpt["obs_shape"]) != list(cfg.obs_shape):
+        raise ValueError(f"{ckpt['path']}: key 'obs_shape' {ckpt['obs_shape']} disagrees with its config {list(cfg.obs_shape)}")
+    if obs_shape is not None and list(obs_shape) != list(cfg.obs_shape):
+        raise ValueError(
+            f"{ckpt['path']}: policy observation shape {list(cfg.obs_shape)} [K,H,W,3] does not match the "
+            f"requested {list(obs_shape)}")
+    policy = Policy(cfg)
+    try:
+        policy.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt['path']}: key 'state_dict' does not fit the policy config ({e})") from None
+    policy.checkpoint_meta = ckpt.get("meta", {})
+    return policy.to(map_location).eval()
+
+
+def policy_config_from_cfg(cfg) -> PolicyConfig:
+    """The PolicyConfig of a stage config: ``cfg.rl.policy`` + frame size/K from ``cfg.data``."""
+    from omegaconf import OmegaConf
+
+    p = OmegaConf.to_container(cfg.rl.policy, resolve=True) if "policy" in cfg.rl else {}
+    p = dict(p)
+    p.setdefault("frame_height", int(cfg.data.frame_height))
+    p.setdefault("frame_width", int(cfg.data.frame_width))
+    p.setdefault("context_frames", int(cfg.rl.get("context_frames") or cfg.data.context_frames))
+    return PolicyConfig.from_dict(p)
+
+
+__all__ = [
+    "CHECKPOINT_KIND", "Policy", "PolicyConfig", "PolicyInputError", "ExportedPolicy", "count_flops",
+    "save_policy", "load_policy", "read_checkpoint", "gaussian_log_prob", "gaussian_entropy",
+    "gaussian_kl", "policy_config_from_cfg",
+]

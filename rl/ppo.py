@@ -1,0 +1,253 @@
+"""PPO over a batched torch environment: GAE, the clipped loss, a Fabric training loop.
+
+Generic over the environment and the policy, so the same code is tested on a 1-D toy and
+run in the learned simulator:
+
+- env (batched, on the device): ``reset(seed) -> obs`` and ``step(action [n 2]) ->
+  (obs, reward [n], terminated [n], truncated [n], info)`` with gymnasium's SAME_STEP
+  autoreset (when an env is done, the returned obs is already its next episode's first obs).
+  ``obs`` is a dict of tensors with leading dim n (e.g. {frames [n K H W 3], speed [n]}).
+  ``info`` may hold per-env tensors; the loop averages the numeric ones it knows
+  (``disengage``/``event`` rates, ``uncertainty``) into its statistics.
+- policy: ``policy(**obs, noise=...) -> (mean [n A], log_std [n A], value [n])``; if it has
+  ``sample_noise(n)`` (the information bottleneck) the noise sample of each step is stored,
+  so the PPO ratio is evaluated on the same noisy features the action was drawn from.
+
+Truncation is treated as the end of the episode without bootstrapping (the horizon is part
+of the task); documented simplification.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+
+from rl.policy import gaussian_entropy, gaussian_kl, gaussian_log_prob
+
+
+@dataclass
+class PPOConfig:
+    num_envs: int = 16
+    rollout_steps: int = 32
+    iterations: int = 50
+    epochs: int = 4
+    minibatches: int = 4
+    lr: float = 1e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.1
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.05
+    uncertainty_coef: float = 0.0
+    normalize_advantages: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PPOConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(d or {}).items() if k in known})
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation.
+
+    rewards, values, dones: [T n]; ``dones[t]`` = the episode ended with step t (no bootstrap
+    from t+1); last_value [n] = V(obs after the last step). Returns (advantages, returns) [T n].
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    gae = torch.zeros_like(last_value)
+    for t in reversed(range(T)):
+        next_value = last_value if t == T - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t].to(rewards.dtype)
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        gae = delta + gamma * lam * nonterminal * gae
+        adv[t] = gae
+    return adv, adv + values
+
+
+def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate + value loss - entropy bonus + KL(pi || reference) on one minibatch."""
+    mean, log_std, value = policy(**batch["obs"], noise=batch.get("noise"))
+    logp = gaussian_log_prob(batch["action"], mean, log_std)
+    ratio = (logp - batch["logp"]).exp()
+    adv = batch["adv"]
+    if cfg.normalize_advantages and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
+    v_loss = 0.5 * (value - batch["ret"]).pow(2).mean()
+    entropy = gaussian_entropy(log_std).mean()
+    loss = pg + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
+    kl_ref = torch.zeros((), device=mean.device)
+    if "ref_mean" in batch:
+        kl_ref = gaussian_kl(mean, log_std, batch["ref_mean"], batch["ref_log_std"]).mean()
+        if cfg.kl_coef > 0:
+            loss = loss + cfg.kl_coef * kl_ref
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - (logp - batch["logp"])).mean()
+        clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
+    stats = dict(loss=loss.detach(), policy_loss=pg.detach(), value_loss=v_loss.detach(),
+                 entropy=entropy.detach(), kl_to_ref=kl_ref.detach(), approx_kl=approx_kl, clipfrac=clipfrac)
+    return loss, stats
+
+
+def _noise(policy, n: int, device) -> torch.Tensor | None:
+    fn = getattr(policy, "sample_noise", None)
+    return fn(n, device=device) if fn is not None else None
+
+
+@torch.no_grad()
+def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_policy=None,
+                    on_step: Callable | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Run ``steps`` batched steps with the stochastic policy. Returns (buffer [T n ...], last obs)."""
+    buf: dict[str, list] = {k: [] for k in ("action", "logp", "value", "reward", "done", "noise",
+                                             "ref_mean", "ref_log_std", "uncertainty", "event")}
+    obs_buf: dict[str, list] = {k: [] for k in obs}
+    for _ in range(steps):
+        n = next(iter(obs.values())).shape[0]
+        device = next(iter(obs.values())).device
+        noise = _noise(policy, n, device)
+        mean, log_std, value = policy(**obs, noise=noise)
+        action = mean + log_std.exp() * torch.randn_like(mean)
+        logp = gaussian_log_prob(action, mean, log_std)
+        if ref_policy is not None:
+            rm, rls, _ = ref_policy(**obs, noise=noise)
+            buf["ref_mean"].append(rm)
+            buf["ref_log_std"].append(rls)
+        for k, v in obs.items():
+            obs_buf[k].append(v)
+        next_obs, reward, terminated, truncated, info = env.step(action.clamp(-1.0, 1.0))
+        done = terminated | truncated
+        buf["action"].append(action)
+        buf["logp"].append(logp)
+        buf["value"].append(value)
+        buf["reward"].append(reward.to(value.dtype))
+        buf["done"].append(done)
+        buf["event"].append(terminated.to(value.dtype))
+        if noise is not None:
+            buf["noise"].append(noise)
+        unc = info.get("uncertainty") if isinstance(info, dict) else None
+        if unc is not None:
+            buf["uncertainty"].append(torch.as_tensor(unc, device=device, dtype=value.dtype).reshape(n))
+        if on_step is not None:
+            on_step(obs, action, reward, done, info)
+        obs = next_obs
+    out = {k: torch.stack(v) for k, v in buf.items() if v}
+    out["obs"] = {k: torch.stack(v) for k, v in obs_buf.items()}
+    return out, obs
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfig,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """GAE on the rollout, then ``cfg.epochs`` epochs of minibatch PPO. Returns mean statistics."""
+    reward = buf["reward"]
+    if cfg.uncertainty_coef and "uncertainty" in buf:
+        reward = reward - cfg.uncertainty_coef * buf["uncertainty"]
+    adv, ret = compute_gae(reward, buf["value"], buf["done"], last_value, cfg.gamma, cfg.gae_lambda)
+    flat = {k: _flatten(buf[k]) for k in ("action", "logp", "noise", "ref_mean", "ref_log_std") if k in buf}
+    flat["obs"] = {k: _flatten(v) for k, v in buf["obs"].items()}
+    flat["adv"], flat["ret"] = _flatten(adv), _flatten(ret)
+    N = flat["adv"].shape[0]
+    mb = max(1, N // cfg.minibatches)
+    totals: dict[str, float] = {}
+    count = 0
+    stop = False
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(N, generator=generator).to(flat["adv"].device)
+        for start in range(0, N - mb + 1, mb):
+            idx = perm[start:start + mb]
+            batch = {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
+                     for k, v in flat.items()}
+            loss, stats = ppo_loss(policy, batch, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if cfg.max_grad_norm:
+                fabric.clip_gradients(policy, optimizer, max_norm=cfg.max_grad_norm)
+            optimizer.step()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            count += 1
+            if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
+                stop = True
+                break
+        if stop:
+            break
+    out = {k: v / max(count, 1) for k, v in totals.items()}
+    out["updates"] = float(count)
+    out["explained_variance"] = float(1 - (ret - buf["value"]).var() / (ret.var() + 1e-8))
+    return out
+
+
+def episode_returns(reward: torch.Tensor, done: torch.Tensor, running: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """Accumulate per-env returns across rollouts; returns (finished episode returns, running)."""
+    finished = []
+    for t in range(reward.shape[0]):
+        running = running + reward[t]
+        d = done[t]
+        if bool(d.any()):
+            finished += running[d].tolist()
+            running = torch.where(d, torch.zeros_like(running), running)
+    return finished, running
+
+
+def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: int = 0,
+              log: Callable[[int, dict], None] | None = None, on_step: Callable | None = None,
+              on_iteration: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """The PPO loop. ``fabric``: a ``lightning.Fabric`` (a CPU one is made if None).
+
+    ``log(iteration, stats)`` gets one dict per iteration: mean return of finished episodes,
+    event (termination) rate per step, uncertainty, KL to the reference policy, losses.
+    """
+    import lightning as L
+
+    if fabric is None:
+        fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
+        fabric.launch()
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    policy, optimizer = fabric.setup(policy, optimizer)
+    if ref_policy is not None:
+        ref_policy = ref_policy.to(fabric.device).eval()
+        for p in ref_policy.parameters():
+            p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    obs = env.reset(seed=seed)
+    running = None
+    history = []
+    for it in range(cfg.iterations):
+        t0 = time.perf_counter()
+        policy.train()
+        if ref_policy is not None:
+            ref_policy.train()  # same bottleneck noise sample as the policy (passed explicitly)
+        buf, obs = collect_rollout(policy, env, obs, cfg.rollout_steps, ref_policy, on_step)
+        with torch.no_grad():
+            _, _, last_value = policy(**obs, noise=_noise(policy, buf["reward"].shape[1], buf["reward"].device))
+        if running is None:
+            running = torch.zeros_like(buf["reward"][0])
+        finished, running = episode_returns(buf["reward"], buf["done"], running)
+        stats = ppo_update(policy, optimizer, fabric, buf, last_value, cfg, gen)
+        stats.update(
+            iteration=it,
+            mean_reward=float(buf["reward"].mean()),
+            episode_return=float(sum(finished) / len(finished)) if finished else float("nan"),
+            episodes=len(finished),
+            event_rate=float(buf["event"].mean()),
+            uncertainty=float(buf["uncertainty"].mean()) if "uncertainty" in buf else float("nan"),
+            seconds=time.perf_counter() - t0,
+        )
+        history.append(stats)
+        if log is not None:
+            log(it, stats)
+        if on_iteration is not None:
+            on_iteration(it, stats)
+    return history

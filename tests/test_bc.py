@@ -1,0 +1,110 @@
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from rl.bc import BCModule, bc_targets, bc_weights, policy_frames
+from sim.vehicle import compose_pose2d, initial_state, step
+
+FPS, STRIDE = 20, 4
+DT = STRIDE / FPS
+
+
+def _drive(actions, v0=20.0):
+    """Hold each normalized action for STRIDE native steps; return strided rel_pose [N,6], speed [N+1]."""
+    state = initial_state(np.array(v0))
+    pose = np.zeros(3)
+    poses, speeds = [pose.copy()], [float(state[0])]
+    for a in actions:
+        for _ in range(STRIDE):
+            state, rel = step(state, np.asarray(a), dt=1 / FPS)
+            pose = compose_pose2d(pose, rel)
+        poses.append(pose.copy())
+        speeds.append(float(state[0]))
+    poses = np.array(poses)
+    rel = np.zeros((len(actions), 6))
+    for i in range(len(actions)):
+        d = poses[i + 1, :2] - poses[i, :2]
+        c, s = np.cos(poses[i, 2]), np.sin(poses[i, 2])
+        rel[i, 0], rel[i, 1] = c * d[0] + s * d[1], -s * d[0] + c * d[1]
+        rel[i, 5] = poses[i + 1, 2] - poses[i, 2]
+    return rel.astype(np.float32), np.array(speeds, np.float32)
+
+
+def test_targets_recover_inverse_vehicle_model_actions():
+    rng = np.random.default_rng(0)
+    n = 60
+    # smooth random actions (a lane-keeping driver changes its command slowly)
+    acts = np.cumsum(rng.normal(0, 0.05, (n, 2)), 0).clip(-0.8, 0.8)
+    acts[:, 1] *= 0.3
+    rel, speed = _drive(acts)
+    # windows of Kw=3 kept frames ending at each decision: decision index Kw-2 = 1
+    rel_w = torch.as_tensor(np.stack([rel[i:i + 3] if i + 3 <= n else np.concatenate([rel[i:], np.zeros((i + 3 - n, 6))])
+                                      for i in range(n - 2)]), dtype=torch.float32)
+    spd_w = torch.as_tensor(np.stack([speed[i:i + 3] for i in range(n - 2)]))
+    target = bc_targets(rel_w, spd_w, DT).numpy()
+    truth = acts[1:n - 1]
+    err = np.abs(target - truth)
+    zero = np.abs(truth)
+    # steering: exact up to the 0.1 s actuator lag; accel: lag 0.2 s against a 0.2 s hold
+    assert err[:, 0].mean() < 0.15 * zero[:, 0].mean() + 0.01, (err.mean(0), zero.mean(0))
+    assert err[:, 1].mean() < 0.5 * zero[:, 1].mean() + 0.01, (err.mean(0), zero.mean(0))
+    assert np.corrcoef(target[:, 0], truth[:, 0])[0, 1] > 0.98
+
+
+def test_weights_drop_windows_before_disengagement():
+    b, kw, nh = 4, 3, 2
+    tgt = torch.zeros(b, kw, nh, 3)
+    mask = torch.ones(b, kw, nh, 3)
+    engaged = torch.ones(b, kw, dtype=torch.bool)
+    tgt[1, -2, 0, 1] = 1  # engaged, BRAKE disengagement within 2 s -> drop
+    tgt[2, -2, 1, 0] = 1  # engaged, STEER only within 4 s (beyond exclude_s=2) -> keep
+    engaged[3, -2] = False  # human driving, censored -> keep
+    mask[3] = 0
+    w = bc_weights({"engaged": engaged, "disengage_targets": tgt, "disengage_mask": mask}, [2.0, 4.0], 2.0)
+    assert w.tolist() == [1.0, 0.0, 1.0, 1.0]
+    mask[0, -2, 0] = 0  # engaged but censored at the short horizon -> drop
+    w = bc_weights({"engaged": engaged, "disengage_targets": tgt, "disengage_mask": mask}, [2.0, 4.0], 2.0)
+    assert w[0] == 0
+
+
+def _synthetic_windows(n, kw=3, h=32, w=64, seed=0):
+    """Windows whose decision frame shows the commanded action: a bright bar whose column encodes
+    the curvature command and whose brightness encodes the accel command."""
+    rng = np.random.default_rng(seed)
+    acts = rng.uniform(-0.7, 0.7, (n, 2)).astype(np.float32)
+    frames = np.full((n, kw, h, w, 3), 60, np.uint8)
+    rels, spds = [], []
+    for i, a in enumerate(acts):
+        col = int((a[0] + 1) / 2 * (w - 8))
+        frames[i, kw - 2, :, col:col + 8] = int(120 + 120 * (a[1] + 1) / 2)
+        prev = np.array([a[0], a[1]])  # steady command -> target ~ the action itself
+        rel, spd = _drive(np.stack([prev] * kw), v0=15.0)
+        rels.append(rel)
+        spds.append(spd[:kw])
+    return (torch.as_tensor(frames), torch.as_tensor(np.stack(rels)), torch.as_tensor(np.stack(spds)),
+            torch.ones(n, kw, dtype=torch.bool))
+
+
+class _Dict(TensorDataset):
+    def __getitem__(self, i):
+        f, r, s, e = super().__getitem__(i)
+        return {"frames": f, "rel_pose": r, "speed": s, "engaged": e}
+
+
+def test_bc_learns_actions_from_frames():
+    import lightning as L
+
+    torch.manual_seed(0)
+    train = _Dict(*_synthetic_windows(64, seed=0))
+    val = _Dict(*_synthetic_windows(32, seed=1))
+    cfg = dict(context_frames=1, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,
+               bottleneck_dim=16, hidden=32, noise_std=0.05)
+    module = BCModule(cfg, dt=DT, lr=3e-3, pad_prob=0.0)
+    trainer = L.Trainer(max_steps=120, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(train, batch_size=16, shuffle=True))
+    out = trainer.validate(module, DataLoader(val, batch_size=32), verbose=False)[0]
+    assert out["val/action_mae"] < 0.4 * out["val/zero_action_mae"], out
+    # policy_frames picks the frames ending at the decision frame
+    f = torch.arange(4).view(1, 4, 1, 1, 1).expand(1, 4, 2, 2, 3).to(torch.uint8)
+    assert policy_frames(f, 2)[0, :, 0, 0, 0].tolist() == [1, 2]

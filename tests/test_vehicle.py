@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sim import vehicle as V
+
+
+def _drive(state, action, n, dt=0.05):
+    pose = np.zeros(3)
+    poses = [pose]
+    for _ in range(n):
+        state, rel = V.step(state, action, dt)
+        pose = V.compose_pose2d(pose, rel)
+        poses.append(pose)
+    return state, np.stack(poses)
+
+
+def test_constant_curvature_traces_closed_form_circle():
+    k = 0.02  # radius 50 m
+    state = np.array([15.0, k, 0.0])  # actuator already settled at k
+    action = np.array([k / V.ACTION_SCALE[0], 0.0])
+    n = 400  # 20 s -> 300 m of arc, most of a full circle (2 pi 50 = 314 m)
+    state, poses = _drive(state, action, n)
+    # circle of radius 1/k centred at (0, 1/k) for a start heading along +x, turning left
+    r = np.hypot(poses[:, 0], poses[:, 1] - 1 / k)
+    np.testing.assert_allclose(r, 1 / k, atol=1e-6)
+    s = 15.0 * 0.05 * np.arange(n + 1)
+    np.testing.assert_allclose(poses[:, 0], np.sin(k * s) / k, atol=1e-6)
+    np.testing.assert_allclose(poses[:, 2], k * s, atol=1e-9)
+
+
+def test_right_turn_has_negative_y_and_yaw():
+    state = np.array([10.0, 0.0, 0.0])
+    _, poses = _drive(state, np.array([-0.5, 0.0]), 40)
+    assert poses[-1, 1] < -1 and poses[-1, 2] < -0.1
+
+
+def test_actuator_lag_is_first_order():
+    state = np.array([10.0, 0.0, 0.0])
+    for _ in range(2):  # two time constants of the accel actuator (0.2 s = 4 steps at 20 Hz)
+        state, _ = V.step(state, np.array([0.0, 0.5]), 0.2)  # dt = tau -> 1 - 1/e per step
+    np.testing.assert_allclose(state[2], 2.0 * (1 - math.exp(-2)), rtol=1e-9)
+
+
+def test_speed_never_negative_and_limits_clip():
+    state = np.array([1.0, 0.0, 0.0])
+    for _ in range(40):
+        state, rel = V.step(state, np.array([5.0, -5.0]))
+        assert state[0] >= 0 and rel[0] >= -1e-12
+    assert abs(state[1]) <= V.ACTION_SCALE[0] + 1e-12
+
+
+def test_inverse_recovers_action(rng):
+    state = np.stack([rng.uniform(3, 30, 64), rng.uniform(-0.03, 0.03, 64), rng.uniform(-2, 2, 64)], -1)
+    action = rng.uniform(-1, 1, (64, 2))
+    new, rel = V.step(state, action)
+    keep = new[:, 0] > 0  # a stopped car has no recoverable accel
+    rec = V.inverse(rel, state[:, 0], new[:, 0], curvature=state[:, 1], accel=state[:, 2])
+    np.testing.assert_allclose(rec[keep], action[keep], atol=1e-6)
+    # without the actuator state the inverse gives the achieved (steady-state) command
+    ach = V.inverse(rel, state[:, 0], new[:, 0])
+    np.testing.assert_allclose(ach[keep] * V.ACTION_SCALE, new[keep, 1:], atol=1e-6)
+
+
+def test_inverse_sequence_recovers_logged_actions(rng):
+    state = np.array([12.0, 0.0, 0.0])
+    actions = np.clip(np.cumsum(rng.normal(0, 0.1, (50, 2)), 0), -0.9, 0.9)
+    rels, speeds = [], [state[0]]
+    for a in actions:
+        state, rel = V.step(state, a)
+        rels.append(rel)
+        speeds.append(state[0])
+    rels.append(np.zeros(6))
+    rec = V.inverse_sequence(np.stack(rels), np.array(speeds))
+    # step 0 ignores the (unknown) initial actuator state; every later step is exact
+    np.testing.assert_allclose(rec[1:], actions[1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_numpy_and_torch_agree_batched(rng, dtype):
+    state = np.stack([rng.uniform(0, 30, (4, 5)), rng.uniform(-0.05, 0.05, (4, 5)),
+                      rng.uniform(-3, 3, (4, 5))], -1)
+    action = rng.uniform(-1.2, 1.2, (4, 5, 2))
+    new_np, rel_np = V.step(state, action)
+    new_t, rel_t = V.step(torch.tensor(state, dtype=dtype), torch.tensor(action, dtype=dtype))
+    assert isinstance(rel_t, torch.Tensor) and rel_t.dtype == dtype and rel_t.shape == (4, 5, 6)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(new_t.numpy(), new_np, atol=tol)
+    np.testing.assert_allclose(rel_t.numpy(), rel_np, atol=tol)
+    inv_np = V.inverse(rel_np, state[..., 0], new_np[..., 0], curvature=state[..., 1], accel=state[..., 2])
+    inv_t = V.inverse(rel_t, torch.tensor(state[..., 0], dtype=dtype), new_t[..., 0],
+                      curvature=torch.tensor(state[..., 1], dtype=dtype),
+                      accel=torch.tensor(state[..., 2], dtype=dtype))
+    np.testing.assert_allclose(inv_t.numpy(), inv_np, atol=10 * tol)
