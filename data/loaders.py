@@ -1,0 +1,238 @@
+"""Webdataset pipelines over fleet-log shards: random single frames and strided windows.
+
+Both pipelines: shard list (``resampled=True``: endless random shards per worker, epoch length
+set with ``with_epoch`` on the WebLoader; otherwise every shard once, split over ranks with
+``wds.split_by_node`` and over DataLoader workers with ``wds.split_by_worker``) -> tar
+samples -> held-out split filter by segment (``split_of``) -> decode -> frames / windows ->
+shuffle buffer. Bad samples raise ``ShardError`` naming the file and key, or with
+``skip_bad=True`` are logged, counted and skipped.
+
+Windows read 20 Hz logs at a ``stride``: kept frames i_k = start + k*stride (k < K), and
+
+- ``rel_pose[k]`` = SE(3) composition of the per-frame relative poses i_k .. i_k+stride-1,
+  i.e. frame i_{k+1} in the ego frame at i_k (so rel_pose[K-1] leads to the frame after
+  the window, which must exist in the log);
+- ``cause[k]`` = cause code of the first disengagement at a frame in (i_k, i_k+stride]
+  (a disengagement on a skipped frame belongs to the interval it falls in);
+- ``targets``/``mask`` [K, H, 3] = the native-rate labels (data.labels) at the kept frames,
+  which count events on skipped frames too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from data.labels import DEFAULT_HORIZONS, disengagement_targets
+from data.poses import strided_rel_poses
+from data.shards import BadInput, ShardError, decode_sample, expand_urls
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "all")
+
+
+def split_of(segment_id: str, val_fraction: float) -> str:
+    """THE held-out split: "val" for a deterministic, hashed ``val_fraction`` of segment ids."""
+    h = int.from_bytes(hashlib.sha256(str(segment_id).encode()).digest()[:8], "big") / 2.0 ** 64
+    return "val" if h < val_fraction else "train"
+
+
+def _keep(split: str, val_fraction: float):
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return lambda sample: split == "all" or split_of(sample["__key__"], val_fraction) == split
+
+
+def _worker_rng(seed: int, counter) -> np.random.Generator:
+    import webdataset as wds
+
+    rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    return np.random.default_rng([seed, rank, worker, next(counter)])
+
+
+def _resize(arr: np.ndarray, size, interp) -> np.ndarray:
+    """[N,H,W(,C)] -> [N,h,w(,C)] with OpenCV (per image)."""
+    h, w = size
+    if arr.shape[1:3] == (h, w):
+        return arr
+    dtype = arr.dtype
+    src = arr.astype(np.uint8) if dtype == np.bool_ else arr
+    out = np.stack([cv2.resize(a, (w, h), interpolation=interp) for a in src])
+    return out.astype(dtype) if dtype == np.bool_ else out
+
+
+def shard_pipeline(urls, split: str = "train", val_fraction: float = 0.1, resampled: bool = False,
+                   shuffle_shards: bool = True, seed: int = 0, skip_bad: bool = False,
+                   stats: dict | None = None) -> tuple[list, BadInput]:
+    """The common head of the pipelines: shard source, node/worker split, tar samples, split filter."""
+    import webdataset as wds
+
+    urls = expand_urls(urls)
+    handler = BadInput(skip_bad, stats)
+    if resampled:
+        stages = [wds.ResampledShards(urls, seed=seed)]
+    else:
+        stages = [wds.SimpleShardList(urls)]
+        if shuffle_shards:  # same permutation on every rank and worker (seed + epoch), then split
+            stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=seed))
+        stages += [wds.split_by_node, wds.split_by_worker]
+    stages += [wds.tarfile_to_samples(handler=handler), wds.select(_keep(split, val_fraction))]
+    return stages, handler
+
+
+def _decoded(src, handler: BadInput, **kw):
+    for sample in src:
+        try:
+            yield decode_sample(sample, **kw)
+        except ShardError as e:
+            handler(e)  # raises unless skip_bad
+    if handler.stats["skipped"]:
+        log.warning("this worker skipped %d bad samples/shards", handler.stats["skipped"])
+
+
+def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle_buffer: int = 1000,
+                  resampled: bool = False, frames_per_segment: int | None = None,
+                  size: Sequence[int] | None = None, skip_bad: bool = False, seed: int = 0,
+                  stats: dict | None = None):
+    """Random single frames: {"frame": uint8 [H,W,3], "lane_mask": bool [H,W] (when the
+    source has it), "segment_id": str, "index": int}. ``frames_per_segment``: a random subset
+    of each segment's frames (all when None); ``size``: (H, W) to resize to."""
+    import webdataset as wds
+
+    stages, handler = shard_pipeline(urls, split, val_fraction, resampled, shuffle_buffer > 0,
+                                     seed, skip_bad, stats)
+    counter = itertools.count()
+
+    def frames(src) -> Iterator[dict]:
+        rng = _worker_rng(seed, counter)
+        for seg in _decoded(src, handler):
+            t = len(seg)
+            idx = np.arange(t)
+            if frames_per_segment is not None and frames_per_segment < t:
+                idx = np.sort(rng.choice(t, frames_per_segment, replace=False))
+            fr = seg.frames[idx]  # [n, H, W, 3] uint8
+            lane = seg.extras.get("lane_mask")
+            lane = None if lane is None else lane[idx]
+            if size is not None:
+                fr = _resize(fr, size, cv2.INTER_AREA)
+                lane = None if lane is None else _resize(lane, size, cv2.INTER_NEAREST)
+            for j, i in enumerate(idx):
+                out = {"frame": fr[j], "segment_id": seg.segment_id, "index": int(i)}
+                if lane is not None:
+                    out["lane_mask"] = lane[j]
+                yield out
+
+    stages.append(frames)
+    if shuffle_buffer > 0:
+        stages.append(wds.detshuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    return wds.DataPipeline(*stages)
+
+
+def window_starts(t: int, context_frames: int, stride: int, step: int | None = None) -> np.ndarray:
+    """Window start frames whose K kept frames and the frame after them lie in a T-frame log."""
+    last = t - 1 - context_frames * stride
+    return np.arange(0, last + 1, step or stride) if last >= 0 else np.zeros(0, np.int64)
+
+
+def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
+                    horizons: Sequence[float] = DEFAULT_HORIZONS, starts: Sequence[int] | None = None,
+                    size: Sequence[int] | None = None) -> Iterator[dict]:
+    """Windows of one decoded Segment (key="frames") or token dict (key="tokens")."""
+    is_seg = not isinstance(item, dict)
+    get = (lambda k: getattr(item, k)) if is_seg else item.__getitem__
+    meta = item.meta if is_seg else item["meta"]
+    rel, speed, engaged, dis, times = (get(k) for k in ("rel_pose", "speed", "engaged", "disengage", "times"))
+    k_, t = context_frames, len(times)
+    if starts is None:
+        starts = window_starts(t, k_, stride)
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) == 0:
+        return
+    if starts.min() < 0 or starts.max() + k_ * stride > t - 1:
+        raise ValueError(f"segment {meta.get('segment_id')!r}: window start out of range for {t} frames")
+    targets, mask = disengagement_targets(dis, engaged, times, horizons)  # [T,H,3] at native rate
+    if key == "frames":
+        data = item.frames
+        if size is not None:
+            data = _resize(data, size, cv2.INTER_AREA)
+    elif key == "tokens":
+        if is_seg or "tokens" not in item:
+            raise ValueError(f"segment {meta.get('segment_id')!r}: key='tokens' needs token shards")
+        data = item["tokens"].astype(np.int64)
+    else:
+        raise ValueError(f"key must be 'frames' or 'tokens', got {key!r}")
+    # per-native-frame: composed pose over the next `stride` frames, cause in (i, i+stride]
+    kept_all = np.arange(0, t - stride)
+    composed = np.zeros((t, 6), np.float64)
+    composed[kept_all] = strided_rel_poses(rel, kept_all, stride)
+    nxt = np.stack([np.pad(dis[j + 1:], (0, j + 1)) for j in range(stride)], axis=1)  # [T, stride]
+    first = np.argmax(nxt != 0, axis=1)
+    cause = nxt[np.arange(t), first].astype(np.int64)
+    for s in starts:
+        idx = s + stride * np.arange(k_)  # kept frames
+        yield {
+            key: data[idx],  # frames uint8 [K,H,W,3] | tokens int64 [K,h,w]
+            "rel_pose": composed[idx].astype(np.float32),  # [K, 6]
+            "speed": speed[idx].astype(np.float32),  # [K]
+            "engaged": engaged[idx].astype(bool),  # [K]
+            "cause": cause[idx],  # [K] int64
+            "targets": targets[idx],  # [K, H, 3] float32
+            "mask": mask[idx],  # [K, H, 3] bool
+            "times": times[idx].astype(np.float64),  # [K]
+            "segment_id": str(meta["segment_id"]),
+            "start": int(s),
+        }
+
+
+def window_dataset(urls, context_frames: int, stride: int, key: str = "frames",
+                   horizons: Sequence[float] = DEFAULT_HORIZONS, split: str = "train",
+                   val_fraction: float = 0.1, shuffle_buffer: int = 1000, resampled: bool = False,
+                   window_step: int | None = None, windows_per_segment: int | None = None,
+                   size: Sequence[int] | None = None, skip_bad: bool = False, seed: int = 0,
+                   stats: dict | None = None):
+    """Windows of K kept frames at ``stride`` (see the module docstring for the fields).
+
+    Starts every ``window_step`` frames (default: stride); ``windows_per_segment``: a random
+    subset of those per segment. ``key="tokens"`` reads token shards (never decodes video).
+    """
+    import webdataset as wds
+
+    if key not in ("frames", "tokens"):
+        raise ValueError(f"key must be 'frames' or 'tokens', got {key!r}")
+    stages, handler = shard_pipeline(urls, split, val_fraction, resampled, shuffle_buffer > 0,
+                                     seed, skip_bad, stats)
+    counter = itertools.count()
+
+    def windows(src) -> Iterator[dict]:
+        rng = _worker_rng(seed, counter)
+        for item in _decoded(src, handler, frames=(key == "frames")):
+            t = len(item["times"] if isinstance(item, dict) else item.times)
+            starts = window_starts(t, context_frames, stride, window_step)
+            if windows_per_segment is not None and windows_per_segment < len(starts):
+                starts = np.sort(rng.choice(starts, windows_per_segment, replace=False))
+            try:
+                yield from segment_windows(item, context_frames, stride, key, horizons, starts, size)
+            except ValueError as e:
+                handler(ShardError(f"{e}"))
+
+    stages.append(windows)
+    if shuffle_buffer > 0:
+        stages.append(wds.detshuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    return wds.DataPipeline(*stages)
+
+
+def make_loader(dataset, batch_size: int, num_workers: int = 0, epoch_samples: int | None = None):
+    """A WebLoader batching ``dataset``; ``epoch_samples`` (per rank) sets the epoch length of
+    a resampled (endless) dataset via ``with_epoch`` on the loader (counted in batches)."""
+    import webdataset as wds
+
+    loader = wds.WebLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                           persistent_workers=num_workers > 0)
+    if epoch_samples:
+        loader = loader.with_epoch(nbatches=max(1, int(epoch_samples) // batch_size))
+    return loader

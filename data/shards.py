@@ -1,0 +1,388 @@
+"""Webdataset shards of fleet logs: deterministic, atomic, resumable writing; validated reading.
+
+One sample per segment, key = ``meta.segment_id`` (no dots). Members:
+
+- ``frames.mp4`` (H.264) or ``frames.jpgs`` (per-frame JPEG) for frame shards (data.video),
+  ``tokens.npy`` int16 [T,h,w] for token shards;
+- one ``<name>.npy`` per per-frame array (rel_pose, world_pose, speed, engaged, disengage,
+  times, extras such as traffic), ``<name>.npy.gz`` when the array is over 64 KiB
+  (lane_mask); arrays round-trip bit-exact;
+- ``meta.json``.
+
+``write_shards`` puts items k*maxcount .. (k+1)*maxcount-1 in shard k, writes each shard to
+a hidden temporary name and renames it into place, and lists finished shards (samples,
+frames, sha256, bytes, segment ids) in ``manifest.json`` (written atomically). Re-running
+skips shards whose file matches the manifest and writes the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from data.schema import ARRAY_FIELDS, SEGMENT_ID_RE, Segment, SegmentError, validate
+from data.video import CODECS, DEFAULT_CODEC, VideoError, decode_frames, encode_frames
+from drivegpt.runs import atomic_path, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "drivegpt-shards/1"
+GZIP_ABOVE = 64 * 1024  # arrays larger than this many bytes are stored as .npy.gz
+LABEL_FIELDS = [k for k in ARRAY_FIELDS if k != "frames"]
+TAR_MTIME = 0  # fixed member mtime: identical inputs give identical shard bytes
+
+
+class ShardError(ValueError):
+    """A shard or one of its samples is unreadable; the message names the file and key."""
+
+
+# ----------------------------------------------------------------------------- encoding
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _token_placeholder(item: dict) -> Segment:
+    """A Segment view of a token sample so data.schema.validate can check its arrays."""
+    t = len(item["tokens"]) if isinstance(item.get("tokens"), np.ndarray) else 0
+    frames = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (t, 1, 1, 3))
+    known = set(LABEL_FIELDS) | {"tokens", "meta", "extras"}
+    extras = dict(item.get("extras") or {})
+    extras.update({k: v for k, v in item.items() if k not in known})
+    return Segment(frames=frames, **{k: item.get(k) for k in LABEL_FIELDS}, meta=item.get("meta"),
+                   extras=extras)
+
+
+def validate_item(item: Segment | dict, where: str = "") -> Segment | dict:
+    """Validate a Segment or a token sample dict (tokens int [T,h,w] + the Segment arrays)."""
+    if isinstance(item, Segment):
+        return validate(item, where=where)
+    if not isinstance(item, dict):
+        raise TypeError(f"{where}: an item must be a Segment or a token dict, got {type(item).__name__}")
+    seg = _token_placeholder(item)
+    sid = seg.meta.get("segment_id", "?") if isinstance(seg.meta, dict) else "?"
+    tok = item.get("tokens")
+    if not isinstance(tok, np.ndarray) or tok.ndim != 3 or tok.dtype.kind not in "iu":
+        raise SegmentError(f"{where}: segment {sid!r}, field 'tokens': must be an integer array "
+                           f"[T,h,w], got {getattr(tok, 'dtype', type(tok).__name__)} "
+                           f"{getattr(tok, 'shape', '')}")
+    validate(seg, where=where)
+    return item
+
+
+def item_to_members(item: Segment | dict, codec: str = DEFAULT_CODEC) -> tuple[str, dict[str, bytes], int]:
+    """Segment / token dict -> (key, {member suffix: bytes}, number of frames)."""
+    validate_item(item)
+    if isinstance(item, Segment):
+        meta, arrays = item.meta, item.arrays()
+        members = {f"frames.{codec}": encode_frames(item.frames, codec, fps=float(meta["fps"]))}
+    else:
+        meta = item["meta"]
+        arrays = {k: item[k] for k in LABEL_FIELDS}
+        arrays.update(item.get("extras") or {})
+        arrays.update({k: v for k, v in item.items() if k not in arrays and k not in ("meta", "extras")})
+        members = {}
+    key = str(meta["segment_id"])
+    for name, arr in arrays.items():
+        if "." in name or not SEGMENT_ID_RE.match(name) or name in ("meta", "frames"):
+            raise ValueError(f"segment {key!r}: array name {name!r} cannot be a shard member")
+        data = _npy_bytes(arr)
+        if len(data) > GZIP_ABOVE:
+            members[f"{name}.npy.gz"] = gzip.compress(data, compresslevel=3, mtime=0)
+        else:
+            members[f"{name}.npy"] = data
+    members["meta.json"] = json.dumps(meta, sort_keys=True).encode()
+    return key, members, len(arrays["times"])
+
+
+# ----------------------------------------------------------------------------- writing
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(make_item, codec):
+    _WORKER["make_item"], _WORKER["codec"] = make_item, codec
+
+
+def _encode_index(i: int) -> tuple[int, str, dict[str, bytes], int]:
+    try:
+        item = _WORKER["make_item"](i)
+        return (i, *item_to_members(item, _WORKER["codec"]))
+    except Exception as e:
+        raise type(e)(f"item {i}: {e}") if isinstance(e, (ValueError, TypeError)) else e
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """``directory/manifest.json`` as a dict (FileNotFoundError / ValueError naming the file)."""
+    return read_json(Path(directory) / MANIFEST)
+
+
+def shard_name(prefix: str, k: int) -> str:
+    return f"{prefix}-{k:06d}.tar"
+
+
+def write_shards(out_dir: str | os.PathLike, n_items: int, make_item: Callable[[int], Segment | dict],
+                 maxcount: int, workers: int = 1, prefix: str = "shard", codec: str = DEFAULT_CODEC,
+                 progress: bool = True) -> dict:
+    """Write items 0..n_items-1 (``make_item(i)``) into shards of ``maxcount``; return the manifest.
+
+    ``make_item`` runs in ``workers`` processes (forked, so closures work on Linux; pass a
+    picklable function where the start method is spawn). Finished shards already in the
+    manifest with a matching sha256 are kept; the rest are (re)written.
+    """
+    from tqdm.auto import tqdm
+    import webdataset as wds
+
+    if codec not in CODECS:
+        raise ValueError(f"unknown frame codec {codec!r}; choose one of {CODECS}")
+    if maxcount < 1 or n_items < 0:
+        raise ValueError(f"need maxcount >= 1 and n_items >= 0 (got {maxcount}, {n_items})")
+    if "." in prefix or "/" in prefix:
+        raise ValueError(f"shard prefix {prefix!r} must not contain '.' or '/'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(str(out / f".{prefix}-*.tar.*.tmp")):  # left by a killed writer
+        os.unlink(stale)
+
+    n_shards = -(-n_items // maxcount)
+    manifest = {"format": FORMAT, "prefix": prefix, "maxcount": maxcount, "n_items": n_items,
+                "codec": codec, "kind": None, "complete": False, "shards": []}
+    done: dict[int, dict] = {}
+    if (out / MANIFEST).exists():
+        old = read_manifest(out)
+        if old.get("prefix") != prefix or old.get("maxcount") != maxcount or old.get("codec") != codec:
+            raise ValueError(f"{out / MANIFEST}: written with prefix={old.get('prefix')!r} "
+                             f"maxcount={old.get('maxcount')} codec={old.get('codec')!r}; "
+                             f"refusing to mix with prefix={prefix!r} maxcount={maxcount} codec={codec!r} "
+                             "(use another directory)")
+        manifest["kind"] = old.get("kind")
+        for entry in old.get("shards", []):
+            k = int(entry["index"])
+            path = out / entry["name"]
+            expected = min(maxcount, n_items - k * maxcount)
+            if k < n_shards and entry["samples"] == expected and path.exists() \
+                    and path.stat().st_size == entry["bytes"] and _sha256(path) == entry["sha256"]:
+                done[k] = entry
+    todo = [k for k in range(n_shards) if k not in done]
+    indices = [i for k in todo for i in range(k * maxcount, min(n_items, (k + 1) * maxcount))]
+
+    def save():
+        manifest["shards"] = [done[k] for k in sorted(done)]
+        manifest["samples"] = sum(e["samples"] for e in manifest["shards"])
+        manifest["frames"] = sum(e["frames"] for e in manifest["shards"])
+        manifest["complete"] = len(done) == n_shards
+        atomic_write_json(out / MANIFEST, manifest)
+
+    pool = None
+    if workers > 1 and len(indices) > 1:
+        pool = multiprocessing.Pool(min(workers, len(indices)), initializer=_init_worker,
+                                    initargs=(make_item, codec))
+        results = pool.imap(_encode_index, indices, chunksize=1)
+    else:
+        _init_worker(make_item, codec)
+        results = map(_encode_index, indices)
+    bar = tqdm(total=n_items, initial=n_items - len(indices), desc=f"shards -> {out}",
+               unit="item", disable=not progress)
+    try:
+        for k in todo:
+            name = shard_name(prefix, k)
+            count = min(maxcount, n_items - k * maxcount)
+            ids, frames = [], 0
+            with atomic_path(out / name) as tmp:
+                with open(tmp, "wb") as f:
+                    with wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as sink:
+                        for _ in range(count):
+                            i, key, members, t = next(results)
+                            kind = "tokens" if "tokens.npy" in members else "frames"
+                            if manifest["kind"] not in (None, kind):
+                                raise ValueError(f"item {i}: a {kind} sample in {manifest['kind']} shards")
+                            manifest["kind"] = kind
+                            sink.write({"__key__": key, **members})
+                            ids.append(key)
+                            frames += t
+                            bar.update(1)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are meant to be shared
+                done[k] = {"index": k, "name": name, "samples": count, "frames": frames,
+                           "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "segment_ids": ids}
+            save()
+        save()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return manifest
+
+
+# ----------------------------------------------------------------------------- reading
+def expand_urls(spec: str | os.PathLike | Iterable) -> list[str]:
+    """Shard URLs from a file, a directory (its *.tar, sorted), a brace pattern
+    (``shard-{000000..000009}.tar``), a glob, a ``pipe:`` command, or a list of those."""
+    from braceexpand import braceexpand
+
+    if spec is None or (isinstance(spec, str) and spec.strip() in ("", "???")):
+        raise ValueError("no shards given (set data.shards=...)")
+    if not isinstance(spec, (str, os.PathLike)):
+        return [u for s in spec for u in expand_urls(s)]
+    spec = os.fspath(spec)
+    if spec.startswith("pipe:") or "://" in spec:
+        return list(braceexpand(spec))
+    if os.path.isdir(spec):
+        urls = sorted(str(p) for p in Path(spec).glob("*.tar") if not p.name.startswith("."))
+        if not urls:
+            raise FileNotFoundError(f"{spec}: directory holds no .tar shards")
+        return urls
+    if os.path.isfile(spec):
+        return [spec]
+    urls = []
+    for part in braceexpand(spec):
+        matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
+        urls += matches
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if not urls or missing:
+        raise FileNotFoundError(f"{spec}: no such shard file(s): {', '.join(missing[:3]) or spec}"
+                                f" ({len(missing)} missing)")
+    return urls
+
+
+def _load_npy(data: bytes, gz: bool) -> np.ndarray:
+    if gz:
+        data = gzip.decompress(data)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_sample(sample: dict, url: str | None = None, frames: bool = True,
+                  frame_indices=None) -> Segment | dict:
+    """A raw webdataset sample ({suffix: bytes}) -> validated Segment (frame shards) or token dict.
+
+    ``frames=False`` skips video decoding (the Segment then holds a zero-size frames view);
+    ``frame_indices`` decodes only those frames (random access with the jpgs codec).
+    Raises ShardError naming the file and key.
+    """
+    url = url or sample.get("__url__", "?")
+    key = sample.get("__key__", "?")
+    where = f"{url}: sample {key!r}"
+    try:
+        if "meta.json" not in sample:
+            raise ShardError("missing member 'meta.json'")
+        try:
+            meta = json.loads(sample["meta.json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"member 'meta.json' is not valid JSON ({e})") from None
+        arrays: dict[str, np.ndarray] = {}
+        for suffix, data in sample.items():
+            if suffix.startswith("__") or suffix == "meta.json":
+                continue
+            name, _, ext = suffix.partition(".")
+            if ext in ("npy", "npy.gz"):
+                try:
+                    arrays[name] = _load_npy(data, ext == "npy.gz")
+                except Exception as e:
+                    raise ShardError(f"member {suffix!r} is not a readable .npy ({e})") from None
+        missing = [f"{k}.npy" for k in LABEL_FIELDS if k not in arrays]
+        if missing:
+            raise ShardError(f"missing member(s) {missing}")
+        video = [s for s in sample if s.startswith("frames.")]
+        if "tokens" in arrays:
+            item = {k: arrays.pop(k) for k in LABEL_FIELDS}
+            item["tokens"] = arrays.pop("tokens")
+            item.update(arrays)
+            item["meta"] = meta
+            return validate_item(item, where=url)
+        if not video:
+            raise ShardError("missing member 'frames.mp4' (or 'frames.jpgs'/'tokens.npy')")
+        t = len(arrays["times"])
+        if frames:
+            codec = video[0].partition(".")[2]
+            try:
+                fr = decode_frames(sample[video[0]], codec, indices=frame_indices)
+            except VideoError as e:
+                raise ShardError(f"member {video[0]!r}: {e}") from None
+            if frame_indices is None and len(fr) != t:
+                raise ShardError(f"member {video[0]!r} has {len(fr)} frames but 'times.npy' has {t}")
+        else:
+            fr = np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (t, 1, 1, 3))
+        seg = Segment(frames=fr, meta=meta, **{k: arrays.pop(k) for k in LABEL_FIELDS}, extras=arrays)
+        if frame_indices is not None:  # partial decode: check the arrays only
+            validate(Segment(**{**seg.__dict__, "frames": np.broadcast_to(
+                np.zeros((1, 1, 1, 3), np.uint8), (t, 1, 1, 3))}), where=url)
+            return seg
+        if str(meta.get("segment_id")) != key:
+            raise ShardError(f"meta.segment_id {meta.get('segment_id')!r} != sample key")
+        return validate(seg, where=url)
+    except ShardError as e:
+        raise ShardError(f"{where}: {e}") from None
+    except SegmentError as e:
+        raise ShardError(f"{e} (sample {key!r})") from None
+
+
+class BadInput:
+    """Webdataset exception handler: raise a ShardError naming the shard, or count and skip."""
+
+    def __init__(self, skip_bad: bool = False, stats: dict | None = None):
+        self.skip_bad = skip_bad
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("skipped", 0)
+        self.stats.setdefault("errors", [])
+
+    def describe(self, exn: Exception) -> str:
+        if isinstance(exn, ShardError):
+            return str(exn)
+        urls = [a for a in exn.args[1:] if isinstance(a, str)]
+        msg = str(exn.args[0]) if exn.args else type(exn).__name__
+        where = urls[-1] if urls else "shard"
+        return f"{where}: corrupt or truncated tar ({type(exn).__name__}: {msg})"
+
+    def __call__(self, exn: Exception) -> bool:
+        msg = self.describe(exn)
+        if not self.skip_bad:
+            raise ShardError(msg) from None
+        self.stats["skipped"] += 1
+        self.stats["errors"].append(msg)
+        log.warning("skipping bad input (%d so far): %s", self.stats["skipped"], msg)
+        return True
+
+
+def raw_samples(urls: list[str], handler: BadInput) -> Iterator[dict]:
+    """Undecoded samples ({suffix: bytes, __key__, __url__}) of the shards, in order."""
+    import webdataset as wds
+
+    return iter(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler)))
+
+
+def iter_samples(urls, skip_bad: bool = False, stats: dict | None = None,
+                 frames: bool = True) -> Iterator[Segment | dict]:
+    """Decoded, validated samples of ``urls`` (anything ``expand_urls`` takes), in shard order.
+
+    Bad input raises ShardError naming the file and key; with ``skip_bad`` it is logged,
+    counted in ``stats["skipped"]`` (messages in ``stats["errors"]``) and skipped.
+    """
+    handler = BadInput(skip_bad, stats)
+    for sample in raw_samples(expand_urls(urls), handler):
+        try:
+            yield decode_sample(sample, frames=frames)
+        except ShardError as e:
+            handler(e)
+    if handler.stats["skipped"]:
+        log.warning("skipped %d bad samples/shards", handler.stats["skipped"])

@@ -1,0 +1,1 @@
+"""The procedural road world: DriveGPT's embedded data source and ground truth."""
