@@ -4,8 +4,8 @@ set at 128x256, quantized action error (QDQ on the CPU EP, EPContext on the QNN 
     python benchmarks/export.py [--checkpoint runs/.../policy.ckpt] [--target sm8550]
 
 Prints ONE JSON line. Targets: ort_vs_torch <= 0.5, gflops_per_frame <= 2.5 at 128x256,
-quantized p95 error <= 2% of the action range. Without --checkpoint a reference-sized conv
-policy with the export signature stands in (rl.policy's trained policy is the real thing).
+quantized p95 error <= 2% of the action range. Without --checkpoint: rl.policy.Policy built
+from configs/rl/default.yaml at 128x256, untrained (same graph and FLOPs as a trained one).
 """
 
 from __future__ import annotations
@@ -20,29 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from einops import rearrange  # noqa: E402
-from torch import nn  # noqa: E402
 
 from drivegpt.config import compose  # noqa: E402
 from export.export import export_module, load_export_module  # noqa: E402
-
-
-class ReferencePolicy(nn.Module):
-    """Stand-in: uint8 frames [1,K,H,W,3] + speed [1,1] -> action [1,2]; 5 stride-2 conv stages."""
-
-    def __init__(self, k: int, widths=(32, 64, 96, 128, 160)):
-        super().__init__()
-        layers, c = [], 3 * k
-        for w in widths:
-            layers += [nn.Conv2d(c, w, 3, 2, 1), nn.BatchNorm2d(w), nn.ReLU()]
-            c = w
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(c + 1, 256), nn.ReLU(), nn.Linear(256, 2))
-
-    def forward(self, frames, speed):
-        x = rearrange(frames, "b k h w c -> b (k c) h w").float() / 127.5 - 1.0
-        feat = self.trunk(x).mean(dim=(2, 3))  # b c
-        return torch.tanh(self.head(torch.cat([feat, speed / 30.0], dim=1)))
 
 
 def main() -> None:
@@ -51,7 +31,7 @@ def main() -> None:
     ap.add_argument("--target", default="sm8550")
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--frames", type=int, default=None, help="K (default: data.context_frames)")
+    ap.add_argument("--frames", type=int, default=None, help="K (default: rl.policy.context_frames)")
     ap.add_argument("--count", type=int, default=32, help="calibration and held-out windows")
     ap.add_argument("--runs", type=int, default=50, help="timed batch-1 calls")
     args = ap.parse_args()
@@ -62,16 +42,19 @@ def main() -> None:
                      f"export.calibration.count={args.count}", f"export.verify.count={args.count}",
                      f"export.timing_runs={args.runs}"]
         if args.frames:
-            overrides.append(f"data.context_frames={args.frames}")
+            overrides.append(f"rl.policy.context_frames={args.frames}")
         cfg = compose("export_policy", overrides)
         if args.checkpoint:
             module, shape = load_export_module(args.checkpoint, cfg)
             policy = "checkpoint"
         else:
+            from rl.policy import Policy, policy_config_from_cfg
+
             torch.manual_seed(0)
-            k = int(cfg.data.context_frames)
-            module, shape = ReferencePolicy(k).eval(), (k, args.height, args.width, 3)
-            policy = "reference stand-in (no checkpoint)"
+            pol = Policy(policy_config_from_cfg(cfg)).eval()
+            torch.nn.init.normal_(pol.actor[-1].weight, std=0.3)  # untrained actor starts near 0
+            module, shape = pol.export_module(), pol.obs_shape
+            policy = "rl.policy.Policy, untrained (configs/rl/default.yaml)"
         t0 = time.perf_counter()
         rep = export_module(module, shape, cfg, Path(tmp) / "export", checkpoint=str(args.checkpoint))
         wall = time.perf_counter() - t0

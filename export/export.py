@@ -30,36 +30,24 @@ class NotAPolicyError(ValueError):
     """The checkpoint given to the export stage is not a DriveGPT policy."""
 
 
-def read_checkpoint_kind(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={path}: no such file")
+def load_export_module(path: str | Path, cfg: DictConfig | None = None):
+    """(export module, frames_shape (K,H,W,3)) from a policy checkpoint (file or run directory).
+
+    A checkpoint of another kind (tokenizer, world model, ...) or an unreadable file raises
+    ``NotAPolicyError`` naming the file and the key.
+    """
+    from rl.policy import load_policy, read_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise NotAPolicyError(f"checkpoint={path}: not a torch checkpoint ({type(e).__name__}: {e})") from None
-    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
-    if kind != POLICY_KIND:
-        raise NotAPolicyError(f"checkpoint={path}: key 'kind' is {kind!r}, expected {POLICY_KIND!r} "
-                              "(export needs a policy checkpoint from `drivegpt train policy`)")
-    return ckpt
-
-
-def load_export_module(path: str | Path, cfg: DictConfig):
-    """(export module, frames_shape (K,H,W,3)) from a policy checkpoint."""
-    ckpt = read_checkpoint_kind(path)
-    from rl.policy import load_policy
-
+        ckpt = read_checkpoint(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"checkpoint={path}: {e}") from None
+    except ValueError as e:
+        raise NotAPolicyError(f"checkpoint={path}: {e} (export needs a policy checkpoint from "
+                              "`drivegpt train policy`)") from None
     policy = load_policy(path)
-    module = policy.export_module().eval()
-    shape = None
-    for key in ("obs_shape", "observation_shape", "frames_shape"):
-        if ckpt.get(key) is not None:
-            shape = tuple(int(x) for x in ckpt[key])
-            break
-    if shape is None:
-        shape = (int(cfg.data.context_frames), int(cfg.data.frame_height), int(cfg.data.frame_width), 3)
-    return module, tuple(shape[-4:]) if len(shape) >= 4 else (*shape, 3)
+    shape = tuple(int(x) for x in ckpt["obs_shape"])
+    return policy.export_module().eval(), shape
 
 
 def _ms(fn, n: int) -> float:

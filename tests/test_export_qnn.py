@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from drivegpt.config import compose
 from export import onnx_export as ox
 from export import qnn
-from export.export import NotAPolicyError, export_module, read_checkpoint_kind, run
+from export.export import NotAPolicyError, export_module, load_export_module, run
 from export.report import verify_manifest
 from export.verify import action_errors
 
@@ -62,14 +62,27 @@ def _cfg(tmp_path, *extra):
     return compose("export_policy", ["experiment=tiny", f"run_dir={tmp_path}", "checkpoint=none", *extra])
 
 
+@pytest.fixture(scope="module")
+def policy_ckpt(tmp_path_factory):
+    from rl.policy import Policy, PolicyConfig, save_policy
+
+    torch.manual_seed(0)
+    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
+                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32))
+    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
+    return save_policy(p, tmp_path_factory.mktemp("policy") / "policy.pt")
+
+
 @needs_qnn
-def test_export_stage_artifacts_manifest_report(policy, tmp_path):
+def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
+    metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sm8550"))
+    assert metrics["export/failed_checks"] == [] and (tmp_path / "DONE").exists()
     out = tmp_path / "export"
-    rep = export_module(policy, SHAPE, _cfg(tmp_path, "target=sm8550"), out)
+    rep = json.loads((out / "report.json").read_text())
     files = {a["file"] for a in rep["artifacts"]}
     assert files == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx", "policy_sm8550_ctx.onnx"}
-    assert all(c["passed"] for c in rep["checks"].values()), rep["checks"]
     assert len(rep["checks"]) == 5 and rep["frames"]["heldout_split"] == "val"
+    assert rep["checks"]["fp32 ONNX (ORT CPU) vs PyTorch fp32"]["errors"]["max"] <= 1e-4
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"][0] == {**manifest["inputs"][0], "name": "frames", "dtype": "uint8",
                                      "shape": [1, *SHAPE]}
@@ -79,13 +92,31 @@ def test_export_stage_artifacts_manifest_report(policy, tmp_path):
     data[-1] ^= 0xFF
     ctx.write_bytes(bytes(data))
     assert verify_manifest(out) == [f"{ctx}: sha256 differs from manifest.json"]
-    # figures a person reads: FLOPs match a hand count of the convs + linears
-    convs = [(9, 12, 16 * 32), (12, 12, 8 * 16), (12, 16, 4 * 8)]
-    macs = sum(ci * co * 9 * px for ci, co, px in convs) + 17 * 32 + 32 * 2
-    assert rep["macs"] == macs and rep["flops"] == 2 * macs
     assert rep["latency"]["sdm845"]["has_htp"] is False and "htp_int8" not in rep["latency"]["sdm845"]
     md = (out / "report.md").read_text()
     assert "18 ms" in md and "policy_sm8550_ctx.onnx" in md and "FAIL" not in md
+
+
+def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "drivegpt", "export", "policy", "experiment=tiny",
+                          f"run_dir={tmp_path}", f"checkpoint={policy_ckpt}", "target=sdm845",
+                          "export.verify.count=4", "export.calibration.count=4"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
+    assert "no Hexagon HTP" in rep["htp_note"]
+
+
+def test_flops_match_a_hand_count(policy):
+    from export.report import count_flops
+
+    convs = [(9, 12, 16 * 32), (12, 12, 8 * 16), (12, 16, 4 * 8)]  # (c_in, c_out, output pixels), 3x3
+    macs = sum(ci * co * 9 * px for ci, co, px in convs) + 17 * 32 + 32 * 2
+    assert count_flops(policy, ox.example_inputs(SHAPE)) == 2 * macs
 
 
 def test_non_policy_checkpoint_is_refused(tmp_path):
@@ -95,10 +126,10 @@ def test_non_policy_checkpoint_is_refused(tmp_path):
         run(_cfg(tmp_path, f"checkpoint={bad}"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(NotAPolicyError, match="junk.ckpt: not a torch checkpoint"):
-        read_checkpoint_kind(junk)
+    with pytest.raises(NotAPolicyError, match="junk.ckpt: not a readable torch checkpoint"):
+        load_export_module(junk)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        read_checkpoint_kind(tmp_path / "missing.ckpt")
+        load_export_module(tmp_path / "missing.ckpt")
 
 
 def test_unknown_target_is_refused(policy, tmp_path):
