@@ -86,10 +86,11 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     held = get_windows(cfg, "val", int(e.verify.count), frames_shape)
     ref = ox.torch_actions(module, held.frames, held.speed)
 
-    artifacts, checks = [], {}
+    artifacts, checks, raw = [], {}, {}
 
     def check(name, pred, against, bound_key, bound, criterion):
         errs = action_errors(pred, against, action_range)
+        raw[name] = np.abs(pred - against).reshape(-1)
         checks[name] = {"errors": errs, "passed": bool(errs[bound_key] <= bound), "criterion": criterion}
 
     fp32 = ox.export_onnx(module, frames_shape, out_dir / "policy_fp32.onnx", opset=int(e.opset))
@@ -168,6 +169,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                                             OmegaConf.to_container(e.utilisation, resolve=True), float(e.budget_ms)),
         "ort_cpu_ms": ort_ms, "torch_cpu_ms": torch_ms,
     }
+    report.plot_errors(raw, action_range, float(e.verify.p95_frac_of_range), out_dir / "errors.png")
     report.write_report(out_dir, rep)
     return rep
 

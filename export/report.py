@@ -149,6 +149,7 @@ def markdown(r: dict) -> str:
         e = c["errors"]
         L.append(f"| {name} | {e['n']} | {_fmt(e['mean'])} | {_fmt(e['p50'])} | {_fmt(e['p95'])} | {_fmt(e['p99'])} "
                  f"| {_fmt(e['max'])} | {100 * e['p95_frac']:.2f}% | {'pass' if c['passed'] else 'FAIL'} ({c['criterion']}) |")
+    L += ["", "![action error CDF](errors.png)"]
     if r.get("htp_note"):
         L += ["", f"QNN HTP: {r['htp_note']}"]
     ref = r["reference"]
@@ -172,6 +173,36 @@ def markdown(r: dict) -> str:
     L += ["", f"Measured CPU latency here (x86, batch 1, 1 thread each, contended host): "
           f"{_fmt(r.get('ort_cpu_ms'))} ms fp32 ONNX vs {_fmt(r.get('torch_cpu_ms'))} ms PyTorch eager.", ""]
     return "\n".join(L)
+
+
+def plot_errors(errors: dict[str, np.ndarray], action_range: float, bound_frac: float,
+                path: str | os.PathLike) -> Path:
+    """errors.png: CDF of |action error| (as % of the action range) per comparison, with the bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drivegpt.runs import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, err in errors.items():
+        x = np.sort(100 * np.maximum(err, 1e-9) / action_range)
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=name)
+    ax.axvline(100 * bound_frac, color="k", ls="--", lw=1, label=f"bound {100 * bound_frac:g}% (at p95)")
+    ax.axhline(0.95, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("|action error| (% of action range, log)")
+    ax.set_ylabel("fraction of held-out actions")
+    ax.set_title("Device artifacts vs PyTorch fp32 on held-out frames")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.chmod(path, 0o644)
+    return path
 
 
 def write_report(export_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:

@@ -120,3 +120,25 @@ def test_calibration_set_errors(fp32, windows):
     with pytest.raises(CalibrationError, match="'frames': dtype float32"):
         quantize_qdq(fp32, fp32.parent / "x.onnx", calib.frames.astype(np.float32), calib.speed)
     assert not (fp32.parent / "x.onnx").exists()
+
+
+def test_fleet_windows_respect_the_held_out_split(tmp_path):
+    from data.loaders import split_of
+    from data.shards import iter_samples, write_shards
+    from export.frames import fleet_windows
+    from synth_fleet import make_segment
+
+    write_shards(tmp_path, 8, lambda i: make_segment(seed=i, t=12), maxcount=4, progress=False)
+    segs = {s.segment_id: s for s in iter_samples(str(tmp_path))}
+    split = {sid: split_of(sid, 0.5) for sid in segs}
+    assert set(split.values()) == {"train", "val"}  # both splits present for these ids
+    for which in ("train", "val"):
+        win = fleet_windows(str(tmp_path), which, 100, SHAPE, stride=2, val_fraction=0.5, per_segment=3)
+        assert win.frames.shape[1:] == SHAPE and len(win.frames) == 3 * list(split.values()).count(which)
+        for frames, speed in zip(win.frames, win.speed[:, 0]):
+            (sid,) = [s for s, seg in segs.items() if (seg.frames == frames[0]).all(axis=(1, 2, 3)).any()]
+            assert split[sid] == which
+            i = int(np.flatnonzero((segs[sid].frames == frames[-1]).all(axis=(1, 2, 3)))[0])
+            assert speed == segs[sid].speed[i]  # the speed at the window's last frame
+    with pytest.raises(ValueError, match="no val-split windows"):
+        fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
