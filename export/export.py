@@ -51,11 +51,14 @@ def load_export_module(path: str | Path, cfg: DictConfig | None = None):
 
 
 def _ms(fn, n: int) -> float:
+    """Median wall time of one call in ms (median: robust to other jobs on a shared host)."""
     fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
+    times = []
+    for _ in range(max(n, 1)):
+        t0 = time.perf_counter()
         fn()
-    return 1e3 * (time.perf_counter() - t0) / n
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
 
 
 def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, float]:

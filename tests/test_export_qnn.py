@@ -98,17 +98,12 @@ def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
 
 
 def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "drivegpt", "export", "policy", "experiment=tiny",
-                          f"run_dir={tmp_path}", f"checkpoint={policy_ckpt}", "target=sdm845",
-                          "export.verify.count=4", "export.calibration.count=4"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sdm845", "export.verify.count=4",
+             "export.calibration.count=4", "export.timing_runs=1"))
     rep = json.loads((tmp_path / "export" / "report.json").read_text())
     assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
-    assert "no Hexagon HTP" in rep["htp_note"]
+    assert "no Hexagon HTP" in rep["htp_note"] and rep["target"]["name"] == "sdm845"
+    assert verify_manifest(tmp_path / "export") == []
 
 
 def test_flops_match_a_hand_count(policy):
