@@ -23,9 +23,6 @@ from export.frames import get_windows
 from export.quantize import check_inputs, quantize_qdq
 from export.verify import action_errors
 
-POLICY_KIND = "drivegpt-policy"
-
-
 class NotAPolicyError(ValueError):
     """The checkpoint given to the export stage is not a DriveGPT policy."""
 

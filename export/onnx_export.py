@@ -7,7 +7,6 @@ batch 1, opset 21 (QNN's 16-bit Q/DQ needs it), IR version pinned to one onnxrun
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -67,9 +66,7 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     half.ir_version = min(half.ir_version, IR_VERSION)
     _toposort(half.graph)  # the converter appends its I/O casts at the end of the node list
     onnx.checker.check_model(half, full_check=True)
-    buf = io.BytesIO()
-    buf.write(half.SerializeToString())
-    return atomic_write_bytes(dst, buf.getvalue())
+    return atomic_write_bytes(dst, half.SerializeToString())
 
 
 LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}

@@ -11,7 +11,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from drivegpt.config import compose
 from export import onnx_export as ox
 from export.frames import synthetic_windows
 from export.quantize import CalibrationError, quantize_qdq

@@ -3,7 +3,6 @@ unsupported ops fail loudly; the whole export stage writes a manifest matching i
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,7 +15,7 @@ from export.export import NotAPolicyError, export_module, load_export_module, ru
 from export.report import verify_manifest
 from export.verify import action_errors
 
-from test_export import SHAPE, StandInPolicy, fp32, policy, qdq, windows  # noqa: F401 (fixtures)
+from test_export import SHAPE, fp32, policy, qdq, windows  # noqa: F401 (fixtures)
 
 OK, WHY = qnn.qnn_status()
 needs_qnn = pytest.mark.skipif(not OK, reason=f"QNN HTP backend unavailable here: {WHY}")
