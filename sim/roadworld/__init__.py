@@ -1,1 +1,22 @@
-"""The procedural road world: DriveGPT's embedded data source and ground truth."""
+"""The procedural road world: DriveGPT's embedded data source and ground truth.
+
+Public surface:
+- ``RoadWorldEnv`` (gym id ``drivegpt/RoadWorld-v0``), ``RoadWorldConfig``
+- ``drive_segment(seed, seconds, cfg_sim, height, width) -> data.schema.Segment``
+- ``replay(meta, world_pose0, rel_poses, start_index, traffic=None) -> frames``
+- controllers ``Autopilot``, ``HumanDriver`` (``act(env) -> normalized action``)
+- building blocks: ``World`` (one drive), ``Camera``/``Renderer``, ``SafetyDriver``
+"""
+
+from .config import RoadWorldConfig
+from .controllers import Autopilot, HumanDriver
+from .env import RoadWorldEnv
+from .fleet import TRAFFIC_COLUMNS, drive_segment, make_config, segment_id
+from .render import Camera, Renderer
+from .replay import replay, world_from_meta
+from .safety import SafetyDriver
+from .world import World
+
+__all__ = ["RoadWorldEnv", "RoadWorldConfig", "drive_segment", "replay", "world_from_meta",
+           "Autopilot", "HumanDriver", "World", "Camera", "Renderer", "SafetyDriver",
+           "TRAFFIC_COLUMNS", "make_config", "segment_id"]

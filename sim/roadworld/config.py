@@ -87,7 +87,7 @@ class AutopilotConfig:
     accel_noise: float = 1.2  # m/s^2 white noise std at quality 0
     max_delay: float = 0.4  # s command delay at quality 0
     min_time_gap: float = 0.5  # s following time gap at quality 0 (1.6 at quality 1)
-    slowdown_rate: float = 0.03  # 1/s phantom slow-downs at quality 0
+    slowdown_rate: float = 0.04  # 1/s phantom slow-downs at quality 0
     takeover_seconds: float = 3.0  # human drives this long after a disengagement
 
 

@@ -19,7 +19,8 @@ DS = 1.0  # m, arc-length resolution of the precomputed centerline
 class Road:
     """Centerline ``x, y, heading, curvature`` sampled every ``DS`` metres from s = 0."""
 
-    def __init__(self, rng: np.random.Generator, cfg: RoadConfig, length: float):
+    def __init__(self, rng: np.random.Generator, cfg: RoadConfig, length: float, nodes=None):
+        """``nodes``: optional (s, curvature) arrays replacing the random profile (tests)."""
         self.cfg = cfg
         self.n_lanes = int(rng.integers(cfg.lanes[0], cfg.lanes[1] + 1))
         self.lane_width = cfg.lane_width
@@ -28,7 +29,7 @@ class Road:
         self.left_yellow = bool(rng.random() < 0.5)
         n = int(math.ceil(length / DS)) + 2
         self.s = np.arange(n) * DS
-        node_s, node_k = _curvature_nodes(rng, cfg, self.s[-1])
+        node_s, node_k = _curvature_nodes(rng, cfg, self.s[-1]) if nodes is None else nodes
         self.k = np.interp(self.s, node_s, node_k)
         # heading: exact integral of a piecewise-linear curvature (trapezoid is exact)
         self.heading = np.concatenate([[0.0], np.cumsum(0.5 * (self.k[1:] + self.k[:-1]) * DS)])

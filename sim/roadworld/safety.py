@@ -27,12 +27,14 @@ class SafetyDriver:
     def __init__(self, cfg: SafetyConfig, dt: float):
         self.cfg, self.dt = cfg, dt
         self.window = max(1, round(cfg.jerk_window / dt))
+        self.slow_steps = max(1, round(cfg.slow_seconds / dt))
+        self.grace_steps = round(cfg.grace_seconds / dt)
         self.reset()
 
     def reset(self):
         """Call on (re-)engagement."""
-        self.slow_time = 0.0
-        self.since_engaged = 0.0
+        self.slow_count = 0  # consecutive slow frames
+        self.count = 0  # frames checked since (re-)engagement
         self.accels: deque = deque(maxlen=self.window + 1)
         self.reason = ""
 
@@ -42,11 +44,11 @@ class SafetyDriver:
         ``self.reason`` says which rule fired."""
         c = self.cfg
         self.accels.append(m["accel"])
-        self.since_engaged += self.dt
+        self.count += 1
         v = m["speed"]
         slow = v < c.slow_fraction * m["flow_speed"] and m["flow_speed"] > c.min_flow_speed
-        self.slow_time = self.slow_time + self.dt if slow else 0.0
-        if self.since_engaged <= c.grace_seconds:
+        self.slow_count = self.slow_count + 1 if slow else 0
+        if self.count <= self.grace_steps:
             self.reason = ""
             return Cause.NONE
         gap, closing = m["lead_gap"], v - m["lead_speed"]
@@ -60,7 +62,7 @@ class SafetyDriver:
             (Cause.STEER, "lane_offset", abs(m["lane_offset"]) > c.max_lane_offset),
             (Cause.STEER, "heading", abs(m["heading_error"]) > c.max_heading_error),
             (Cause.STEER, "lat_accel", lat > c.max_lat_accel),
-            (Cause.GAS, "slow", self.slow_time >= c.slow_seconds),
+            (Cause.GAS, "slow", self.slow_count >= self.slow_steps),
         ]
         for cause, reason, fired in rules:
             if fired:

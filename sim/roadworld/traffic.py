@@ -109,7 +109,7 @@ class Traffic:
             self.v * (self.v - np.where(np.isfinite(lead_v), lead_v, self.v)) / (2 * np.sqrt(c.idm_accel * c.idm_decel))
         inter = np.where(np.isfinite(gap), (np.maximum(s_star, 0) / np.maximum(gap, 0.1)) ** 2, 0.0)
         acc = c.idm_accel * (1 - (self.v / v0) ** 4 - inter)
-        acc = np.clip(acc, -8.0, c.idm_accel)
+        acc = np.clip(acc, -6.0, c.idm_accel)
         v_new = np.maximum(self.v + acc * dt, 0.0)
         self.s = self.s + 0.5 * (self.v + v_new) * dt
         self.v = v_new

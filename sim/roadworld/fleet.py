@@ -1,0 +1,110 @@
+"""One synthetic-fleet segment: ``drive_segment(seed, ...) -> data.schema.Segment``.
+
+The randomized autopilot drives; the ground-truth safety driver disengages it (cause
+logged on that frame, which is still engaged); the competent human drives for
+``takeover_seconds`` and re-engages once the car is centered and the lead is at a safe
+distance. Deterministic per seed (road, traffic, lighting and autopilot all derive from it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from data.schema import Cause, Segment, validate
+
+from .config import RoadWorldConfig
+from .controllers import Autopilot, HumanDriver
+from .safety import SafetyDriver
+from .world import World
+
+TRAFFIC_COLUMNS = ["s", "lateral", "speed", "length"]
+
+
+def make_config(cfg_sim: Any = None, **overrides) -> RoadWorldConfig:
+    if isinstance(cfg_sim, RoadWorldConfig):
+        return cfg_sim.replace(**overrides) if overrides else cfg_sim
+    return RoadWorldConfig.from_dict(cfg_sim, **overrides)
+
+
+def segment_id(seed: int) -> str:
+    return f"proc_{int(seed):06d}"
+
+
+def _safe_to_engage(m: dict) -> bool:
+    closing = m["speed"] - m["lead_speed"]
+    ttc_ok = closing <= 0 or m["lead_gap"] / closing > 4.0
+    return (abs(m["lane_offset"]) < 0.35 and abs(m["heading_error"]) < 0.04 and ttc_ok
+            and m["lead_gap"] > max(8.0, 1.0 * m["speed"]))
+
+
+def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height: int | None = None,
+                  width: int | None = None, quality: float | None = None) -> Segment:
+    """Drive ``seconds`` of road ``seed``; returns a validated Segment with extras
+    ``lane_mask`` bool [T, H, W] and ``traffic`` float32 [T, N, 4] (columns TRAFFIC_COLUMNS).
+    ``quality`` fixes the autopilot's quality (else drawn from the seed)."""
+    sizes = {k: v for k, v in dict(height=height, width=width).items() if v is not None}
+    cfg = make_config(cfg_sim, seconds=float(seconds), **sizes)
+    world = World(cfg, seed)
+    ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality)
+    human = HumanDriver()
+    safety = SafetyDriver(cfg.safety, cfg.dt)
+    T = int(round(seconds * cfg.fps))
+    H, W = world.camera.height, world.camera.width
+    frames = np.empty((T, H, W, 3), np.uint8)
+    lane_mask = np.empty((T, H, W), bool)
+    traffic = np.empty((T, cfg.traffic.vehicles, 4), np.float32)
+    world_pose = np.empty((T, 6), np.float64)
+    rel_pose = np.zeros((T, 6), np.float64)
+    speed = np.empty(T, np.float64)
+    engaged = np.zeros(T, bool)
+    disengage = np.zeros(T, np.int8)
+    events = []
+    on, takeover_left = True, 0
+    takeover = int(round(cfg.autopilot.takeover_seconds * cfg.fps))
+    for t in range(T):
+        frames[t], lane_mask[t] = world.render(mask=True)
+        traffic[t] = world.traffic_array()
+        world_pose[t] = world.world_pose6()
+        speed[t] = world.state[0]
+        m = world.metrics()
+        if not on and takeover_left <= 0 and _safe_to_engage(m):
+            on = True
+            safety.reset()
+            ap.reset()
+        if on:
+            engaged[t] = True
+            cause = safety.check(m)
+            if cause != Cause.NONE:
+                disengage[t] = int(cause)
+                events.append(dict(frame=t, cause=cause.name, reason=safety.reason,
+                                   speed=float(m["speed"]), lane_offset=float(m["lane_offset"])))
+                on, takeover_left = False, takeover
+                human.reset()
+        if on:
+            action = ap.act(world)
+        else:
+            action = human.act(world)
+            takeover_left -= 1
+        if t < T - 1:  # the last frame has no next frame: its rel_pose stays zero
+            rel_pose[t] = world.step(action)
+    meta = dict(
+        source="procedural",
+        segment_id=segment_id(seed),
+        fps=cfg.fps,
+        camera=world.camera.intrinsics(),
+        vehicle=world.params.to_dict(),
+        traffic_columns=TRAFFIC_COLUMNS,
+        disengagements=events,
+        sim=dict(seed=int(seed), config=cfg.to_dict(), height=H, width=W, seconds=float(seconds),
+                 lane=world.lane, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
+                 s0=float(world.road.project(world_pose[0, 0], world_pose[0, 1], 40.0)[0]),
+                 autopilot=ap.params, brightness=world.look.brightness,
+                 fog_distance=world.look.fog_distance),
+    )
+    seg = Segment(frames=frames, rel_pose=rel_pose.astype(np.float32),
+                  world_pose=world_pose.astype(np.float32), speed=speed.astype(np.float32),
+                  engaged=engaged, disengage=disengage, times=np.arange(T, dtype=np.float64) / cfg.fps,
+                  meta=meta, extras=dict(lane_mask=lane_mask, traffic=traffic))
+    return validate(seg, fps=cfg.fps)

@@ -1,0 +1,73 @@
+"""Renderer geometry against the pinhole math, on a straight road."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sim.roadworld import Camera, Renderer, RoadWorldConfig
+from sim.roadworld.road import Look, Road, Scenery
+
+
+@pytest.fixture(scope="module")
+def straight():
+    cfg = RoadWorldConfig()
+    rng = np.random.default_rng(1)
+    road = Road(rng, cfg.road, 600.0, nodes=(np.array([0.0, 600.0]), np.zeros(2)))
+    cam = Camera(cfg.camera, 128, 256)
+    r = Renderer(cam, road, Scenery(rng, cfg.scenery, road), Look(rng, cfg.scenery), cfg.road)
+    return cfg, road, cam, r
+
+
+def _ego(road, lane, s=100.0, yaw=0.0):
+    return np.array([s, float(road.lane_center(lane)), yaw])  # straight road along +x
+
+
+def test_edge_line_lands_where_pinhole_math_says(straight):
+    cfg, road, cam, r = straight
+    pose = _ego(road, 0)
+    img, mask = r.render(pose, 100.0, None, mask=True)
+    assert img.shape == (128, 256, 3) and img.dtype == np.uint8 and mask.dtype == bool
+    fx = 256 / 2 / math.tan(math.radians(cfg.camera.hfov_deg) / 2)
+    p, h = math.radians(cfg.camera.pitch_down_deg), cfg.camera.mount_height
+    b = -road.half_width + cfg.road.line_width / 2  # centre of the solid right edge line
+    left_of_cam = b - pose[1]
+    for row in (80, 95, 110):
+        yn = (row - 64) / fx  # normalized image coordinate of the row (pixel centres at integers)
+        depth = h / (math.sin(p) + yn * math.cos(p))  # camera z of the ground point on this row
+        u_pred = 128 - fx * left_of_cam / depth
+        cols = np.flatnonzero(mask[row])
+        near = cols[np.abs(cols - u_pred) < 4]
+        assert len(near), (row, u_pred, cols)
+        assert abs(near.mean() - u_pred) < 1.0, (row, near.mean(), u_pred)
+    # lane markings are white-ish in the frame, asphalt between them is not
+    assert img[100][mask[100]].mean() > img[100][~mask[100]].mean()
+
+
+def test_yaw_left_moves_vanishing_point_right(straight):
+    cfg, road, cam, r = straight
+    fx = cam.fx
+
+    def far_marking_column(yaw):
+        _, mask = r.render(_ego(road, 0, yaw=yaw), 100.0, None, mask=True)
+        rows = mask[r.hz + 2: r.hz + 8]
+        return np.argwhere(rows)[:, 1].mean()
+
+    yaw = math.radians(4)
+    shift = far_marking_column(yaw) - far_marking_column(0.0)
+    assert shift > 0  # yaw left -> the scene (and the vanishing point) moves right
+    assert abs(shift - fx * math.tan(yaw)) < 3.0
+
+
+def test_vehicle_ahead_is_drawn_and_occludes_markings(straight):
+    cfg, road, cam, r = straight
+    pose = _ego(road, 1)
+    lane_lat = float(road.lane_center(1))
+    veh = np.array([[100.0 + 15.0, lane_lat, 20.0, 4.5]], np.float32)
+    img0, m0 = r.render(pose, 100.0, None, mask=True)
+    img1, m1 = r.render(pose, 100.0, veh, mask=True)
+    diff = np.abs(img1.astype(int) - img0.astype(int)).sum(-1) > 0
+    cols = np.flatnonzero(diff.any(0))
+    # the car (1.84 m wide, rear face ~15 m ahead of the camera) is centred on the camera axis
+    assert abs(cols.mean() - 128) < 6
+    assert m1.sum() <= m0.sum()
