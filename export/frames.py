@@ -70,23 +70,25 @@ def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_f
 
 
 def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_fraction: float,
-                      seconds: float = 6.0, per_segment: int = 8, seed: int = 0) -> Windows:
-    """Drive segments in the procedural road world; seeds split train/val like segment ids."""
-    from sim.roadworld import drive_segment
+                      seconds: float = 10.0, per_segment: int = 8, seed: int = 0) -> Windows:
+    """Drive road-world segments of ``split`` only (chosen by ``split_of(segment_id(seed))`` before
+    driving, the same split the fleet shards of those seeds get)."""
+    from sim.roadworld import drive_segment, segment_id
 
     try:
         from data.loaders import split_of
     except ImportError:  # same idea: a stable hash of the id decides the split
         split_of = _hash_split
     _, h, w, _ = shape
+    seeds = (i for i in range(seed, seed + 100_000) if split_of(segment_id(i), val_fraction) == split)
 
     def segments():
-        for i in range(10_000):
-            yield drive_segment(seed + i, seconds, cfg_sim, h, w)
+        for i in seeds:
+            yield drive_segment(i, seconds, cfg_sim, h, w)
 
     f, s = _collect(segments(), lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
                     per_segment, seed)
-    return _pack(f, s, "roadworld", split)
+    return _pack(f, s, "roadworld (sim.roadworld.drive_segment)", split)
 
 
 def _hash_split(segment_id: str, val_fraction: float) -> str:
@@ -149,15 +151,16 @@ def get_windows(cfg, split: str, count: int, shape) -> Windows:
         and cfg.data.shards is not None
     shards = cfg.data.shards if has_shards else None
     seed = int(cfg.export.frames.seed)
+    per_segment = int(cfg.export.frames.per_segment)
     common = dict(split=split, count=count, shape=shape, stride=int(cfg.data.stride),
-                  val_fraction=float(cfg.data.val_fraction), seed=seed)
+                  val_fraction=float(cfg.data.val_fraction), seed=seed, per_segment=per_segment)
     if source == "fleet" or (source == "auto" and has_shards):
         if not has_shards:
             raise ValueError("export.frames.source=fleet but data.shards is not set")
         return fleet_windows(str(shards), **common)
     if source in ("roadworld", "auto"):
         try:
-            return roadworld_windows(cfg.sim, **common)
+            return roadworld_windows(cfg.sim, seconds=float(cfg.export.frames.seconds), **common)
         except ImportError:
             if source == "roadworld":
                 raise

@@ -141,3 +141,19 @@ def test_fleet_windows_respect_the_held_out_split(tmp_path):
             assert speed == segs[sid].speed[i]  # the speed at the window's last frame
     with pytest.raises(ValueError, match="no val-split windows"):
         fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
+
+
+def test_roadworld_windows_come_from_held_out_segments():
+    from data.loaders import split_of
+    from export.frames import roadworld_windows
+    from sim.roadworld import drive_segment, segment_id
+
+    from drivegpt.config import compose
+
+    cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x"])
+    win = roadworld_windows(cfg.sim, "val", 6, SHAPE, stride=2, val_fraction=0.1, seconds=3.0, per_segment=3)
+    assert win.frames.shape == (6, *SHAPE) and win.split == "val"
+    first_val = next(i for i in range(1000) if split_of(segment_id(i), 0.1) == "val")
+    seg = drive_segment(first_val, 3.0, cfg.sim, 32, 64)
+    assert split_of(seg.segment_id, 0.1) == "val"
+    assert any((seg.frames == win.frames[0, 0]).all(axis=(1, 2, 3)))  # drawn from that held-out drive
