@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None, help="K (default: rl.policy.context_frames)")
     ap.add_argument("--count", type=int, default=32, help="calibration and held-out windows")
     ap.add_argument("--runs", type=int, default=50, help="timed batch-1 calls")
+    ap.add_argument("overrides", nargs="*", help="extra hydra overrides, e.g. export.quantization.per_channel=true")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,6 +42,7 @@ def main() -> None:
                      f"data.frame_height={args.height}", f"data.frame_width={args.width}",
                      f"export.calibration.count={args.count}", f"export.verify.count={args.count}",
                      f"export.timing_runs={args.runs}"]
+        overrides += args.overrides
         if args.frames:
             overrides.append(f"rl.policy.context_frames={args.frames}")
         cfg = compose("export_policy", overrides)

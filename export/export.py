@@ -109,7 +109,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     q = e.quantization
     qdq = quantize_qdq(fp32, out_dir / "policy_qdq.onnx", calib.frames, calib.speed,
                        activation_type=str(q.activation_type), weight_type=str(q.weight_type),
-                       calibrate_method=str(q.calibrate_method))
+                       calibrate_method=str(q.calibrate_method), per_channel=bool(q.per_channel))
     artifacts.append({"file": qdq.name, "kind": f"qdq a{q.activation_type[-2:]}w{q.weight_type[-1:]}",
                       "runtime": "QNN EP (compiles on device) / ORT CPU"})
     qdq_actions = ox.run_session(ox.cpu_session(qdq), held.frames, held.speed)

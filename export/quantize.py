@@ -58,7 +58,7 @@ def check_inputs(path: str | os.PathLike, frames: np.ndarray, speed: np.ndarray,
 
 def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, frames: np.ndarray,
                  speed: np.ndarray, activation_type: str = "uint16", weight_type: str = "uint8",
-                 calibrate_method: str = "MinMax") -> Path:
+                 calibrate_method: str = "MinMax", per_channel: bool = False) -> Path:
     """Write the QDQ model for the HTP to ``out_path``, calibrated on (frames, speed).
 
     frames uint8 [N,K,H,W,3], speed float32 [N,1]: N calibration samples fed one at a time.
@@ -89,6 +89,7 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, fram
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
             activation_type=getattr(QuantType, QUANT_TYPES[activation_type]),
             weight_type=getattr(QuantType, QUANT_TYPES[weight_type]),
+            per_channel=bool(per_channel),
         )
         config.extra_options = {**(config.extra_options or {}), "CalibTensorRangeSymmetric": False}
         with atomic_path(out_path) as tmp_out:
