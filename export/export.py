@@ -9,6 +9,7 @@ run_dir/metrics.json. Verification failures are reported and then raised.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from export import qnn, report
 from export.frames import get_windows
 from export.quantize import check_inputs, quantize_qdq
 from export.verify import action_errors
+
+log = logging.getLogger(__name__)
+
 
 class NotAPolicyError(ValueError):
     """The checkpoint given to the export stage is not a DriveGPT policy."""
@@ -58,6 +62,21 @@ def _ms(fn, n: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def toolchain_versions() -> dict:
+    """Versions that built the artifacts (a QNN context binary must match the device's QNN runtime)."""
+    import onnx
+    import onnxruntime
+
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        from onnxruntime_qnn import build_and_package_info as qnn_info
+
+        out.update({"onnxruntime_qnn": qnn_info.__version__, "qnn_sdk": getattr(qnn_info, "qnn_version", None)})
+    except ImportError:
+        out["onnxruntime_qnn"] = None
+    return out
+
+
 def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, float]:
     """(PyTorch eager ms, ORT CPU ms) per batch-1 call, both on one thread."""
     threads = torch.get_num_threads()
@@ -82,8 +101,11 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     target = {"name": tname, **OmegaConf.to_container(e.targets[tname], resolve=True)}
     action_range = float(e.action_range)
 
+    log.info("export: frames %s, target %s -> %s", list(frames_shape), tname, out_dir)
     calib = get_windows(cfg, "train", int(e.calibration.count), frames_shape)
     held = get_windows(cfg, "val", int(e.verify.count), frames_shape)
+    log.info("frames: %d calibration (%s), %d held-out (%s)", len(calib.frames), calib.source,
+             len(held.frames), held.source)
     ref = ox.torch_actions(module, held.frames, held.speed)
 
     artifacts, checks, raw = [], {}, {}
@@ -93,6 +115,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         raw[name] = np.abs(pred - against).reshape(-1)
         checks[name] = {"errors": errs, "passed": bool(errs[bound_key] <= bound), "criterion": criterion}
 
+    log.info("[1/4] ONNX export (opset %s) + fp16", e.opset)
     fp32 = ox.export_onnx(module, frames_shape, out_dir / "policy_fp32.onnx", opset=int(e.opset))
     artifacts.append({"file": fp32.name, "kind": "fp32", "runtime": "ONNX Runtime CPU (any CPU, incl. 845 Kryo)"})
     check_inputs(fp32, held.frames, held.speed, what="held-out set")
@@ -107,6 +130,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
               ref, "p95_frac", float(e.verify.p95_frac_of_range), f"p95 <= {e.verify.p95_frac_of_range:.0%} of range")
 
     q = e.quantization
+    log.info("[2/4] QDQ quantization a=%s w=%s", q.activation_type, q.weight_type)
     qdq = quantize_qdq(fp32, out_dir / "policy_qdq.onnx", calib.frames, calib.speed,
                        activation_type=str(q.activation_type), weight_type=str(q.weight_type),
                        calibrate_method=str(q.calibrate_method), per_channel=bool(q.per_channel))
@@ -125,6 +149,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         if not ok:
             htp_note = f"not compiled: {why}"
         else:
+            log.info("[3/4] QNN HTP compile: htp_arch v%s soc_model %s", target["htp_arch"], target["soc_model"])
             ctx = qnn.compile_epcontext(qdq, out_dir / f"policy_{tname}_ctx.onnx", target)
             artifacts.append({"file": ctx.name, "kind": "EPContext (embedded QNN HTP context binary)",
                               "runtime": f"QNN HTP v{target['htp_arch']} (soc_model {target['soc_model']})"})
@@ -136,6 +161,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
             htp_note = ("compiled and run on the QNN HTP backend shipped in onnxruntime-qnn "
                         "(on x86 a simulator: accuracy is real, speed is not)")
 
+    log.info("[4/4] report: FLOPs, activation peak, latency")
     example = ox.example_inputs(frames_shape)
     flops = report.count_flops(module, example)
     one = {"frames": held.frames[:1], "speed": held.speed[:1]}
@@ -151,6 +177,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                                       "sim.vehicle.denormalize_action gives 1/m and m/s^2"}],
     }
     manifest_extra = {"opset": int(e.opset), "target": target, "checkpoint": checkpoint,
+                      "toolchain": toolchain_versions(),
                       "frame_rate_hz": float(cfg.data.fps) / float(cfg.data.stride)}
     manifest = report.write_manifest(out_dir, artifacts, io_spec, manifest_extra)
     rows = report.read_json(manifest)["artifacts"]
@@ -171,6 +198,9 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     }
     report.plot_errors(raw, action_range, float(e.verify.p95_frac_of_range), out_dir / "errors.png")
     report.write_report(out_dir, rep)
+    for name, c in checks.items():
+        log.info("%-48s p95 %.3g%% of range, max %.3g  %s", name, 100 * c["errors"]["p95_frac"],
+                 c["errors"]["max"], "pass" if c["passed"] else "FAIL")
     return rep
 
 

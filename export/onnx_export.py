@@ -7,6 +7,7 @@ batch 1, opset 21 (QNN's 16-bit Q/DQ needs it), IR version pinned to one onnxrun
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def export_onnx(module: nn.Module, frames_shape: tuple[int, int, int, int], path
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 2):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"export module must return an action tensor [1, 2], got {got}")
+    for name in ("onnx_ir", "onnxscript", "torch.onnx"):  # per-pass INFO chatter under hydra's logging
+        logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad():
         program = torch.onnx.export(
             module, args, None, dynamo=True, external_data=False, opset_version=opset,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -56,6 +57,11 @@ def check_inputs(path: str | os.PathLike, frames: np.ndarray, speed: np.ndarray,
         raise CalibrationError(f"{what}: {len(frames)} frame windows but {len(speed)} speeds")
 
 
+def _drop_preprocess_hint(record: logging.LogRecord) -> bool:
+    """onnxruntime.quantization suggests generic pre-processing; qnn_preprocess_model already ran."""
+    return "pre-processing" not in record.getMessage()
+
+
 def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, frames: np.ndarray,
                  speed: np.ndarray, activation_type: str = "uint16", weight_type: str = "uint8",
                  calibrate_method: str = "MinMax", per_channel: bool = False) -> Path:
@@ -92,7 +98,12 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, fram
             per_channel=bool(per_channel),
         )
         config.extra_options = {**(config.extra_options or {}), "CalibTensorRangeSymmetric": False}
-        with atomic_path(out_path) as tmp_out:
-            quantize(str(src), str(tmp_out), config)
+        root = logging.getLogger()
+        root.addFilter(_drop_preprocess_hint)
+        try:
+            with atomic_path(out_path) as tmp_out:
+                quantize(str(src), str(tmp_out), config)
+        finally:
+            root.removeFilter(_drop_preprocess_hint)
     onnx.checker.check_model(str(out_path))
     return out_path

@@ -86,6 +86,7 @@ def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
     assert manifest["inputs"][0] == {**manifest["inputs"][0], "name": "frames", "dtype": "uint8",
                                      "shape": [1, *SHAPE]}
     assert verify_manifest(out) == []
+    assert manifest["toolchain"]["qnn_sdk"] and manifest["target"]["soc_model"] == 43
     ctx = out / "policy_sm8550_ctx.onnx"
     data = bytearray(ctx.read_bytes())
     data[-1] ^= 0xFF
