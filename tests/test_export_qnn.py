@@ -75,7 +75,10 @@ def policy_ckpt(tmp_path_factory):
 @needs_qnn
 def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
     metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sm8550"))
-    assert metrics["export/failed_checks"] == [] and (tmp_path / "DONE").exists()
+    assert metrics["failed_checks"] == [] and (tmp_path / "DONE").exists()
+    assert 0 < metrics["qnn"]["action_err_p95"] <= 0.04 and metrics["fp32"]["action_err_max"] <= 1e-4
+    assert json.loads((tmp_path / "metrics.json").read_text())["qnn"]["passed"] is True
+    assert (tmp_path / "device_report.md").read_text() == (tmp_path / "export" / "report.md").read_text()
     out = tmp_path / "export"
     rep = json.loads((out / "report.json").read_text())
     files = {a["file"] for a in rep["artifacts"]}
