@@ -77,6 +77,11 @@ def shard_pipeline(urls, split: str = "train", val_fraction: float = 0.1, resamp
     if resampled:
         stages = [wds.ResampledShards(urls, seed=seed)]
     else:
+        _, world, _, _ = wds.utils.pytorch_worker_info()
+        if world > len(urls) and split != "val":
+            raise ValueError(f"{len(urls)} shard(s) for {world} ranks: every rank needs at least one "
+                             "shard (DDP hangs otherwise); write smaller shards (data.shard_maxcount) "
+                             "or use data.resampled=true with data.epoch_samples")
         stages = [wds.SimpleShardList(urls)]
         if shuffle_shards:  # same permutation on every rank and worker (seed + epoch), then split
             stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=seed))

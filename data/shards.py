@@ -5,8 +5,8 @@ One sample per segment, key = ``meta.segment_id`` (no dots). Members:
 - ``frames.mp4`` (H.264) or ``frames.jpgs`` (per-frame JPEG) for frame shards (data.video),
   ``tokens.npy`` int16 [T,h,w] for token shards;
 - one ``<name>.npy`` per per-frame array (rel_pose, world_pose, speed, engaged, disengage,
-  times, extras such as traffic), ``<name>.npy.gz`` when the array is over 64 KiB
-  (lane_mask); arrays round-trip bit-exact;
+  times, extras such as traffic); arrays over 64 KiB are ``<name>.npy.gz``, or for bool
+  arrays (lane_mask) ``<name>.bits.npz`` (packed bits + shape, deflated); all bit-exact;
 - ``meta.json``.
 
 ``write_shards`` puts items k*maxcount .. (k+1)*maxcount-1 in shard k, writes each shard to
@@ -54,6 +54,25 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _bits_bytes(arr: np.ndarray) -> bytes:
+    """bool array -> npz (deflated) of its packed bits and shape; fixed zip timestamps."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in (("bits", np.packbits(arr.ravel())), ("shape", np.asarray(arr.shape, np.int64))):
+            info = zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, _npy_bytes(v))
+    return buf.getvalue()
+
+
+def _load_bits(data: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        shape = tuple(int(x) for x in z["shape"])
+        return np.unpackbits(z["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
 def _token_placeholder(item: dict) -> Segment:
     """A Segment view of a token sample so data.schema.validate can check its arrays."""
     t = len(item["tokens"]) if isinstance(item.get("tokens"), np.ndarray) else 0
@@ -99,7 +118,9 @@ def item_to_members(item: Segment | dict, codec: str = DEFAULT_CODEC) -> tuple[s
         if "." in name or not SEGMENT_ID_RE.match(name) or name in ("meta", "frames"):
             raise ValueError(f"segment {key!r}: array name {name!r} cannot be a shard member")
         data = _npy_bytes(arr)
-        if len(data) > GZIP_ABOVE:
+        if len(data) > GZIP_ABOVE and arr.dtype == np.bool_:  # masks: 1 bit per pixel, then deflate
+            members[f"{name}.bits.npz"] = _bits_bytes(arr)
+        elif len(data) > GZIP_ABOVE:
             members[f"{name}.npy.gz"] = gzip.compress(data, compresslevel=3, mtime=0)
         else:
             members[f"{name}.npy"] = data
@@ -119,8 +140,12 @@ def _encode_index(i: int) -> tuple[int, str, dict[str, bytes], int]:
     try:
         item = _WORKER["make_item"](i)
         return (i, *item_to_members(item, _WORKER["codec"]))
-    except Exception as e:
-        raise type(e)(f"item {i}: {e}") if isinstance(e, (ValueError, TypeError)) else e
+    except (SegmentError, ValueError, TypeError) as e:
+        try:
+            err = type(e)(f"item {i}: {e}")
+        except Exception:  # exception types with other constructors: keep the original
+            raise e from None
+        raise err from None
 
 
 def _sha256(path: Path) -> str:
@@ -295,9 +320,9 @@ def decode_sample(sample: dict, url: str | None = None, frames: bool = True,
             if suffix.startswith("__") or suffix == "meta.json":
                 continue
             name, _, ext = suffix.partition(".")
-            if ext in ("npy", "npy.gz"):
+            if ext in ("npy", "npy.gz", "bits.npz"):
                 try:
-                    arrays[name] = _load_npy(data, ext == "npy.gz")
+                    arrays[name] = _load_bits(data) if ext == "bits.npz" else _load_npy(data, ext == "npy.gz")
                 except Exception as e:
                     raise ShardError(f"member {suffix!r} is not a readable .npy ({e})") from None
         missing = [f"{k}.npy" for k in LABEL_FIELDS if k not in arrays]

@@ -7,10 +7,15 @@ Trainer by hand. Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` always
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+
+from drivegpt.runs import atomic_write_json
+from drivegpt.tracking import wandb_mode
 
 
 def resolve_precision(cfg_trainer: DictConfig) -> str:
@@ -23,20 +28,6 @@ def resolve_precision(cfg_trainer: DictConfig) -> str:
         cfg_trainer.accelerator == "auto" and torch.cuda.is_available()
     )
     return "bf16-mixed" if wants_gpu else "32-true"
-
-
-def wandb_mode(cfg_logger: DictConfig) -> str:
-    """$WANDB_MODE wins; else online when logged in (API key or netrc), else offline."""
-    if cfg_logger.get("mode"):
-        return str(cfg_logger.mode)
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
 
 
 def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
@@ -60,11 +51,34 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
     return loggers
 
 
+class DataAuditCallback(Callback):
+    """Per-rank audit of a distributed run: which samples each rank trained on, and a hash of
+    its final weights, written to ``run_dir/audit/rank<r>.json``. Enabled by
+    ``trainer.audit=true``; used to check that ranks read disjoint data and end identical."""
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self.seen: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not isinstance(batch, dict) or batch.get("segment_id") is None:
+            return
+        ids, starts = batch["segment_id"], batch.get("start")
+        starts = starts.tolist() if hasattr(starts, "tolist") else (starts or [None] * len(ids))
+        self.seen += [f"{i}@{s}" for i, s in zip(ids, starts)]
+
+    def on_train_end(self, trainer, pl_module):
+        h = hashlib.sha256()
+        for name, p in sorted(pl_module.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        atomic_write_json(self.run_dir / "audit" / f"rank{trainer.global_rank}.json",
+                          {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                           "seen": self.seen, "weights_sha256": h.hexdigest()})
+
+
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
     """Build the Trainer for a stage from ``cfg.trainer`` (+ keyword overrides for tests)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     t = cfg.trainer
     run_dir = Path(run_dir)
     ckpt = ModelCheckpoint(
@@ -89,7 +103,7 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir),
         logger=make_logger(cfg, run_dir, name),
-        callbacks=[ckpt, *callbacks],
+        callbacks=[ckpt, *callbacks] + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

@@ -1,5 +1,6 @@
 """Road world: config, determinism, env API, fleet segments, counterfactual replay."""
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -58,7 +59,7 @@ def test_drive_segment_is_deterministic_per_seed(seg):
 
 
 def test_poor_autopilot_disengages_and_human_reengages():
-    s = drive_segment(3, 30.0, None, 16, 32, quality=0.0)
+    s = drive_segment(3, 20.0, None, 16, 32, quality=0.0)
     events = np.flatnonzero(s.disengage)
     assert len(events) >= 1
     assert set(s.disengage[events].tolist()) <= {int(c) for c in Cause if c}
@@ -70,7 +71,8 @@ def test_poor_autopilot_disengages_and_human_reengages():
 
 def test_replay_of_logged_poses_reproduces_logged_frames(seg):
     k, n = 10, 40
-    frames = replay(seg.meta, seg.world_pose[k], seg.rel_pose[k:k + n], k, seg.extras["traffic"])
+    meta = json.loads(json.dumps(seg.meta))  # as read back from a shard's meta.json
+    frames = replay(meta, seg.world_pose[k], seg.rel_pose[k:k + n], k, seg.extras["traffic"])
     ref = seg.frames[k + 1:k + 1 + n]
     assert frames.shape == ref.shape and frames.dtype == np.uint8
     diff = np.abs(frames.astype(int) - ref.astype(int))
@@ -112,3 +114,11 @@ def test_env_is_deterministic_under_reset_seed():
 
     a, b, c = rollout(5), rollout(5), rollout(6)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_composed_hydra_config_builds_the_world_config():
+    from drivegpt.config import compose
+
+    cfg = compose("fleet_generate", ["experiment=tiny", "sim.safety.min_ttc=1.5"])
+    rw = RoadWorldConfig.from_dict(cfg.sim)
+    assert (rw.height, rw.width, rw.seconds, rw.safety.min_ttc) == (32, 64, 10.0, 1.5)

@@ -68,10 +68,10 @@ def test_env_steering_off_the_lane_disengages_with_steer():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_human_driver_drives_cleanly(seed):
-    env = RoadWorldEnv(height=32, width=64, seconds=25)
+    env = RoadWorldEnv(height=32, width=64, seconds=15)
     env.reset(seed=seed)
     human = HumanDriver()
-    for _ in range(500):
+    for _ in range(300):
         _, r, term, trunc, info = env.step(human.act(env))
         assert not term, info
         if trunc:

@@ -213,3 +213,15 @@ def test_corrupt_or_truncated_tar_named_and_skippable(tmp_path, damage):
     got = [s.segment_id for s in iter_samples([str(bad), str(good)], skip_bad=True, stats=stats)]
     assert "seg0000" in got and "seg0002" not in got
     assert stats["skipped"] >= 1
+
+
+def test_large_arrays_are_compressed_and_bit_exact(tmp_path):
+    seg = make_segment(seed=5, t=40)  # lane_mask 40x32x64 bool = 80 KiB
+    seg.extras["depth"] = np.random.default_rng(0).random((40, 32, 64)).astype(np.float32)
+    key, members, n = item_to_members(seg, codec="jpgs")
+    assert {"lane_mask.bits.npz", "depth.npy.gz", "speed.npy", "frames.jpgs"} <= set(members)
+    assert len(members["lane_mask.bits.npz"]) < seg.extras["lane_mask"].nbytes / 4
+    write_shards(tmp_path, 1, lambda i: seg, maxcount=1, codec="jpgs", progress=False)
+    (got,) = list(iter_samples(tmp_path))
+    for k in ("lane_mask", "depth"):
+        assert got.extras[k].dtype == seg.extras[k].dtype and np.array_equal(got.extras[k], seg.extras[k])

@@ -81,10 +81,10 @@ class SafetyConfig:
 @dataclass
 class AutopilotConfig:
     quality: tuple = (2.2, 1.4)  # Beta(a, b) of per-segment quality (1 = good)
-    curvature_noise: float = 0.0035  # 1/m AR(1) noise std at quality 0
+    curvature_noise: float = 0.0025  # 1/m AR(1) noise std at quality 0
     noise_time: float = 1.0  # s correlation time of the noise
-    curvature_bias: float = 0.0025  # 1/m bias std at quality 0
-    accel_noise: float = 1.2  # m/s^2 white noise std at quality 0
+    curvature_bias: float = 0.004  # 1/m bias std at quality 0
+    accel_noise: float = 0.4  # m/s^2 white noise std at quality 0
     max_delay: float = 0.4  # s command delay at quality 0
     min_time_gap: float = 0.5  # s following time gap at quality 0 (1.6 at quality 1)
     slowdown_rate: float = 0.04  # 1/s phantom slow-downs at quality 0

@@ -151,7 +151,7 @@ class Renderer:
             cv2.multiply(g, self.fog_keep, dst=g, scale=1 / 255)
             cv2.add(g, self.fog_add, dst=g)
         self._boxes(img, m, pose, s0, vehicles)
-        return (img, m.astype(bool)) if mask else img
+        return (img, m.view(bool)) if mask else img
 
     def _hills(self, img, yaw):
         n = len(self.hill_v)
@@ -257,7 +257,8 @@ class Renderer:
         front = (rgb[order] * (1 - a) + fog).tolist()
         side = (0.72 * rgb[order] * (1 - a) + fog).tolist()
         faces = np.ascontiguousarray(P[:, [0, 1, 5, 4]])
-        wide = ((u[order, 1] - u[order, 0]) > 1.5).tolist()
+        # the near face in its own shade only where it is visible (wide) and fog leaves contrast
+        wide = (((u[order, 1] - u[order, 0]) > 1.5) & (a[:, 0] < 0.6)).tolist()
         car = ((kind[order] == 1) & (depth[order] < 60)).tolist()
         for i in range(len(order)):
             hull = cv2.convexHull(P[i])

@@ -27,7 +27,7 @@ class World:
         self.params = V.VehicleParams()
         g_road, g_scen, g_look, g_traf, g_ego = (np.random.default_rng(s) for s in
                                                   np.random.SeedSequence(self.seed).spawn(5))
-        length = cfg.seconds * 42.0 + 400.0
+        length = min(cfg.seconds, 1800.0) * 42.0 + 400.0  # longer episodes end with the road
         self.road = Road(g_road, cfg.road, length)
         self.scenery = Scenery(g_scen, cfg.scenery, self.road)
         self.look = Look(g_look, cfg.scenery)
@@ -45,6 +45,7 @@ class World:
         self.t = 0
         self.traffic = Traffic(g_traf, cfg.traffic, self.road, s0, self.lane) if traffic else None
         self.last_rel = np.zeros(6)
+        self._metrics = None  # cache of metrics() for the current state
 
     # ---------------------------------------------------------------- dynamics
     def step(self, action) -> np.ndarray:
@@ -60,6 +61,7 @@ class World:
             self.traffic.step(self.dt, ego_s, self.ego_lane_now(), ego_v, self.params.length)
         self.t += 1
         self.last_rel = rel
+        self._metrics = None
         return rel
 
     def set_pose(self, x: float, y: float, yaw: float, s_hint: float | None = None):
@@ -69,6 +71,7 @@ class World:
             d2 = (self.road.x - x) ** 2 + (self.road.y - y) ** 2
             s_hint = float(self.road.s[int(np.argmin(d2))])
         self.s, _, _, _ = self.road.project(x, y, s_hint)
+        self._metrics = None
 
     @property
     def done_road(self) -> bool:
@@ -80,7 +83,13 @@ class World:
         return int(self.road.lane_of(lat))
 
     def metrics(self) -> dict:
-        """Everything the safety driver and the controllers look at (SI units)."""
+        """Everything the safety driver and the controllers look at (SI units); cached
+        until the next step (callers must not modify the returned dict)."""
+        if self._metrics is None:
+            self._metrics = self._compute_metrics()
+        return self._metrics
+
+    def _compute_metrics(self) -> dict:
         s, lat, rh, rk = self.road.project(self.pose[0], self.pose[1], self.s)
         center = float(self.road.lane_center(self.lane))
         heading_error = (self.pose[2] - rh + math.pi) % (2 * math.pi) - math.pi

@@ -1,0 +1,66 @@
+"""``drivegpt data ingest source=procedural|comma2k19|csv_video|gym path=... out=...``.
+
+Builds the source named by ``source`` (data.sources.SOURCES) from its config block, writes
+its segments to webdataset shards under ``out`` with ``data.shards.write_shards`` (``workers``
+processes, resumable: finished shards are skipped on a re-run) and writes the fleet summary
+(data.inspect) to ``run_dir/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from data.sources import SOURCES
+from data.sources.common import SourceError, import_path
+
+
+def _plain(node) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def make_source(cfg):
+    """The source object for ``cfg.source`` (n_items + make_item)."""
+    name = str(cfg.source)
+    if name not in SOURCES:
+        raise SourceError(f"data ingest: unknown source={name!r}; choose one of {', '.join(SOURCES)}")
+    cls = import_path(SOURCES[name])
+    size = dict(height=int(cfg.data.frame_height), width=int(cfg.data.frame_width))
+    block = _plain(cfg.get(name))
+    if name == "procedural":
+        return cls(segments=cfg.segments, seconds=cfg.seconds, sim=_plain(cfg.sim),
+                   first_seed=cfg.first_seed, **size)
+    if name == "gym":
+        return cls(episodes=cfg.segments, seconds=cfg.seconds, first_seed=cfg.first_seed, **size, **block)
+    if cfg.path is None:
+        raise SourceError(f"data ingest: source={name} needs path=... (the input files)")
+    return cls(str(cfg.path), **size, **block)
+
+
+def run(cfg) -> dict:
+    from data.inspect import format_summary, inspect_shards
+    from data.shards import write_shards
+    from data.video import DEFAULT_CODEC
+    from drivegpt.runs import write_metrics
+
+    src = make_source(cfg)
+    out = Path(cfg.out)
+    if src.n_items == 0:
+        raise SourceError(f"data ingest: source={cfg.source} path={cfg.path} has no items")
+    t0 = time.perf_counter()
+    manifest = write_shards(out, src.n_items, src.make_item, maxcount=int(cfg.data.shard_maxcount),
+                            workers=int(cfg.workers), prefix=str(cfg.source),
+                            codec=str(cfg.data.get("codec", DEFAULT_CODEC)))
+    elapsed = time.perf_counter() - t0
+    summary = inspect_shards(out, sheet_path=None)
+    summary.update(source=str(cfg.source), path=None if cfg.path is None else str(cfg.path), out=str(out),
+                   shards=len(manifest["shards"]), complete=bool(manifest["complete"]),
+                   ingest_seconds=elapsed)
+    print(format_summary(summary))
+    print(f"wrote {summary['shards']} shards to {out} in {elapsed:.1f} s")
+    write_metrics(Path(cfg.run_dir), summary)
+    return summary

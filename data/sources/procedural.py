@@ -1,0 +1,103 @@
+"""The synthetic fleet: ``drivegpt fleet generate out=DIR segments=N seconds=S``.
+
+Segment i is ``sim.roadworld.drive_segment(seed=first_seed + i, seconds, cfg.sim, height,
+width)``: a road/traffic/weather draw, a randomized-quality autopilot, the ground-truth safety
+driver and the human takeover (see the road-world README section). Segments are driven in
+``workers`` processes by ``data.shards.write_shards`` (one per core), written as shards plus
+``manifest.json`` under ``out``; a re-run skips finished shards (resumable), and refuses to
+extend a directory generated with different settings (``fleet.json`` records them). The
+fleet summary (data.inspect.fleet_summary: hours, km, disengagements per 100 km by cause,
+engaged fraction) is printed and written to ``run_dir/metrics.json`` with the timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from data.schema import Segment
+
+FLEET_FILE = "fleet.json"
+
+
+class ProceduralSource:
+    """Indexed source over road-world segments; picklable (plain-dict sim config)."""
+
+    def __init__(self, segments: int, seconds: float, sim: dict | None = None, first_seed: int = 0,
+                 height: int = 128, width: int = 256):
+        self.n_items = int(segments)
+        self.seconds = float(seconds)
+        self.sim = dict(sim or {})
+        self.first_seed = int(first_seed)
+        self.height, self.width = int(height), int(width)
+
+    def settings(self) -> dict:
+        return dict(seconds=self.seconds, first_seed=self.first_seed, height=self.height,
+                    width=self.width, sim=self.sim)
+
+    def make_item(self, i: int) -> Segment:
+        from sim.roadworld import drive_segment
+
+        return drive_segment(seed=self.first_seed + i, seconds=self.seconds, cfg_sim=self.sim,
+                             height=self.height, width=self.width)
+
+
+def _plain(node) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Record the generator settings in ``out/fleet.json``; refuse to resume with others."""
+    from drivegpt.runs import atomic_write_json, read_json
+
+    path = out / FLEET_FILE
+    settings = json.loads(json.dumps(settings))  # normalise tuples etc. as JSON would
+    if path.exists():
+        old = read_json(path)
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{path}: this directory holds a fleet generated with other settings "
+                             f"(differs in {', '.join(diff)}); use another out= directory")
+    else:
+        atomic_write_json(path, settings)
+        path.chmod(0o644)
+
+
+def run(cfg) -> dict:
+    from data.inspect import format_summary, inspect_shards
+    from data.shards import write_shards
+    from data.video import DEFAULT_CODEC
+    from drivegpt.runs import write_metrics
+
+    run_dir = Path(cfg.run_dir)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src = ProceduralSource(cfg.segments, cfg.seconds, _plain(cfg.sim), cfg.first_seed,
+                           cfg.data.frame_height, cfg.data.frame_width)
+    check_settings(out, src.settings())
+    try:  # frames already in finished shards (a resumed run skips them)
+        from data.shards import read_manifest
+
+        before = sum(e["frames"] for e in read_manifest(out).get("shards", [])
+                     if (out / e["name"]).exists() and (out / e["name"]).stat().st_size == e["bytes"])
+    except FileNotFoundError:
+        before = 0
+    t0 = time.perf_counter()
+    manifest = write_shards(out, src.n_items, src.make_item, maxcount=int(cfg.data.shard_maxcount),
+                            workers=int(cfg.workers), prefix="fleet",
+                            codec=str(cfg.data.get("codec", DEFAULT_CODEC)))
+    elapsed = time.perf_counter() - t0
+    summary = inspect_shards(out, sheet_path=None)  # labels only: no video decoding
+    summary.update(
+        out=str(out), shards=len(manifest["shards"]), complete=bool(manifest["complete"]),
+        generate_seconds=elapsed, workers=int(cfg.workers),
+        frames_this_run=summary["frames"] - before,
+        frames_per_second=(summary["frames"] - before) / elapsed if elapsed > 0 else None,
+    )
+    print(format_summary(summary))
+    print(f"wrote {summary['shards']} shards to {out} in {elapsed:.1f} s with {cfg.workers} workers")
+    write_metrics(run_dir, summary)
+    return summary
