@@ -142,6 +142,14 @@ def test_fleet_windows_respect_the_held_out_split(tmp_path):
     with pytest.raises(ValueError, match="no val-split windows"):
         fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
 
+    from drivegpt.config import compose
+    from export.frames import get_windows
+
+    cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x", f"data.shards={tmp_path}",
+                                    "data.val_fraction=0.5"])  # what the pipeline passes
+    got = get_windows(cfg, "val", 4, SHAPE)
+    assert got.source == f"fleet shards {tmp_path}" and len(got.frames) == 4
+
 
 def test_roadworld_windows_come_from_held_out_segments():
     from data.loaders import split_of
