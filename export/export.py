@@ -1,0 +1,238 @@
+"""``drivegpt export policy checkpoint=PATH target=NAME``: one command from a policy checkpoint
+to verified device artifacts and a report.
+
+Writes ``run_dir/export/``: policy_fp32.onnx (CPU), policy_fp16.onnx (GPU delegates),
+policy_qdq.onnx (QNN QDQ, a16w8 by default), policy_<target>_ctx.onnx (EPContext with the
+embedded HTP context binary, for targets with an HTP), manifest.json, report.json/.md; plus
+run_dir/metrics.json. Verification failures are reported and then raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from drivegpt.runs import atomic_write_text, mark_done, write_metrics
+from export import onnx_export as ox
+from export import qnn, report
+from export.frames import get_windows
+from export.quantize import check_inputs, quantize_qdq
+from export.verify import action_errors
+
+log = logging.getLogger(__name__)
+
+
+class NotAPolicyError(ValueError):
+    """The checkpoint given to the export stage is not a DriveGPT policy."""
+
+
+def load_export_module(path: str | Path, cfg: DictConfig | None = None):
+    """(export module, frames_shape (K,H,W,3)) from a policy checkpoint (file or run directory).
+
+    A checkpoint of another kind (tokenizer, world model, ...) or an unreadable file raises
+    ``NotAPolicyError`` naming the file and the key.
+    """
+    from rl.policy import load_policy, read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"checkpoint={path}: {e}") from None
+    except ValueError as e:
+        raise NotAPolicyError(f"checkpoint={path}: {e} (export needs a policy checkpoint from "
+                              "`drivegpt train policy`)") from None
+    policy = load_policy(path)
+    shape = tuple(int(x) for x in ckpt["obs_shape"])
+    return policy.export_module().eval(), shape
+
+
+def _ms(fn, n: int) -> float:
+    """Median wall time of one call in ms (median: robust to other jobs on a shared host)."""
+    fn()
+    times = []
+    for _ in range(max(n, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def toolchain_versions() -> dict:
+    """Versions that built the artifacts (a QNN context binary must match the device's QNN runtime)."""
+    import onnx
+    import onnxruntime
+
+    out = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        from onnxruntime_qnn import build_and_package_info as qnn_info
+
+        out.update({"onnxruntime_qnn": qnn_info.__version__, "qnn_sdk": getattr(qnn_info, "qnn_version", None)})
+    except ImportError:
+        out["onnxruntime_qnn"] = None
+    return out
+
+
+def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, float]:
+    """(PyTorch eager ms, ORT CPU ms) per batch-1 call, both on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = [torch.from_numpy(v) for v in inputs.values()]
+        with torch.inference_mode():
+            torch_ms = _ms(lambda: module(*args), runs)
+    finally:
+        torch.set_num_threads(threads)
+    return torch_ms, _ms(lambda: session.run(None, inputs), runs)
+
+
+def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
+    """Everything after loading: artifacts, verification, manifest, report. Returns the report dict."""
+    e = cfg.export
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tname = str(cfg.target)
+    if tname not in e.targets:
+        raise ValueError(f"target={tname!r}: not in the targets table (configs/export/default.yaml): "
+                         f"{sorted(e.targets)}")
+    target = {"name": tname, **OmegaConf.to_container(e.targets[tname], resolve=True)}
+    action_range = float(e.action_range)
+
+    log.info("export: frames %s, target %s -> %s", list(frames_shape), tname, out_dir)
+    calib = get_windows(cfg, "train", int(e.calibration.count), frames_shape)
+    held = get_windows(cfg, "val", int(e.verify.count), frames_shape)
+    log.info("frames: %d calibration (%s), %d held-out (%s)", len(calib.frames), calib.source,
+             len(held.frames), held.source)
+    ref = ox.torch_actions(module, held.frames, held.speed)
+
+    artifacts, checks, raw = [], {}, {}
+
+    def check(name, pred, against, bound_key, bound, criterion):
+        errs = action_errors(pred, against, action_range)
+        raw[name] = np.abs(pred - against).reshape(-1)
+        checks[name] = {"errors": errs, "passed": bool(errs[bound_key] <= bound), "criterion": criterion}
+
+    log.info("[1/4] ONNX export (opset %s) + fp16", e.opset)
+    fp32 = ox.export_onnx(module, frames_shape, out_dir / "policy_fp32.onnx", opset=int(e.opset))
+    artifacts.append({"file": fp32.name, "kind": "fp32", "runtime": "ONNX Runtime CPU (any CPU, incl. 845 Kryo)"})
+    check_inputs(fp32, held.frames, held.speed, what="held-out set")
+    cpu = ox.cpu_session(fp32)
+    check("fp32 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(cpu, held.frames, held.speed), ref,
+          "max", float(e.verify.parity_atol), f"max <= {e.verify.parity_atol}")
+
+    if e.fp16:
+        fp16 = ox.to_fp16(fp32, out_dir / "policy_fp16.onnx")
+        artifacts.append({"file": fp16.name, "kind": "fp16", "runtime": "GPU delegate (e.g. Adreno 630 on the 845)"})
+        check("fp16 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(ox.cpu_session(fp16), held.frames, held.speed),
+              ref, "p95_frac", float(e.verify.p95_frac_of_range), f"p95 <= {e.verify.p95_frac_of_range:.0%} of range")
+
+    q = e.quantization
+    log.info("[2/4] QDQ quantization a=%s w=%s", q.activation_type, q.weight_type)
+    qdq = quantize_qdq(fp32, out_dir / "policy_qdq.onnx", calib.frames, calib.speed,
+                       activation_type=str(q.activation_type), weight_type=str(q.weight_type),
+                       calibrate_method=str(q.calibrate_method), per_channel=bool(q.per_channel))
+    artifacts.append({"file": qdq.name, "kind": f"qdq a{q.activation_type[-2:]}w{q.weight_type[-1:]}",
+                      "runtime": "QNN EP (compiles on device) / ORT CPU"})
+    qdq_actions = ox.run_session(ox.cpu_session(qdq), held.frames, held.speed)
+    p95_bound = float(e.verify.p95_frac_of_range)
+    check("QDQ (ORT CPU) vs PyTorch fp32", qdq_actions, ref, "p95_frac", p95_bound, f"p95 <= {p95_bound:.0%} of range")
+
+    htp_note = None
+    if not target.get("has_htp", False):
+        htp_note = (f"{target.get('soc', tname)} has no Hexagon HTP (the HTP starts with v68 SoCs), so no "
+                    "context binary: deploy policy_fp16.onnx on its GPU or policy_fp32.onnx on its CPU.")
+    else:
+        ok, why = qnn.qnn_status()
+        if not ok:
+            htp_note = f"not compiled: {why}"
+        else:
+            log.info("[3/4] QNN HTP compile: htp_arch v%s soc_model %s", target["htp_arch"], target["soc_model"])
+            ctx = qnn.compile_epcontext(qdq, out_dir / f"policy_{tname}_ctx.onnx", target)
+            artifacts.append({"file": ctx.name, "kind": "EPContext (embedded QNN HTP context binary)",
+                              "runtime": f"QNN HTP v{target['htp_arch']} (soc_model {target['soc_model']})"})
+            htp = ox.run_session(qnn.htp_session(ctx, target), held.frames, held.speed)
+            check("EPContext (QNN HTP backend) vs PyTorch fp32", htp, ref, "p95_frac", p95_bound,
+                  f"p95 <= {p95_bound:.0%} of range")
+            check("EPContext (QNN HTP backend) vs QDQ (ORT CPU)", htp, qdq_actions, "p95_frac", p95_bound,
+                  f"p95 <= {p95_bound:.0%} of range")
+            htp_note = ("compiled and run on the QNN HTP backend shipped in onnxruntime-qnn "
+                        "(on x86 a simulator: accuracy is real, speed is not)")
+
+    log.info("[4/4] report: FLOPs, activation peak, latency")
+    example = ox.example_inputs(frames_shape)
+    flops = report.count_flops(module, example)
+    one = {"frames": held.frames[:1], "speed": held.speed[:1]}
+    torch_ms, ort_ms = cpu_latency_ms(module, cpu, one, int(e.timing_runs))
+
+    io_spec = {
+        "inputs": [{"name": "frames", "shape": [1, *frames_shape], "dtype": "uint8",
+                    "normalisation": "raw RGB 0..255, K frames oldest first at the training stride; "
+                                     "scaling/normalisation is inside the graph"},
+                   {"name": "speed", "shape": [1, 1], "dtype": "float32", "normalisation": "m/s, raw"}],
+        "outputs": [{"name": "action", "shape": [1, 2], "dtype": "float32",
+                     "normalisation": "normalized [desired curvature, desired accel] in [-1, 1]; "
+                                      "sim.vehicle.denormalize_action gives 1/m and m/s^2"}],
+    }
+    manifest_extra = {"opset": int(e.opset), "target": target, "checkpoint": checkpoint,
+                      "toolchain": toolchain_versions(),
+                      "frame_rate_hz": float(cfg.data.fps) / float(cfg.data.stride)}
+    manifest = report.write_manifest(out_dir, artifacts, io_spec, manifest_extra)
+    rows = report.read_json(manifest)["artifacts"]
+
+    rep = {
+        "checkpoint": checkpoint, "target": target, "frames_shape": list(frames_shape),
+        "frames": {"heldout_source": held.source, "heldout_split": held.split, "heldout_n": len(held.frames),
+                   "calib_source": calib.source, "calib_split": calib.split, "calib_n": len(calib.frames)},
+        "params": report.count_params(module), "flops": flops, "macs": flops // 2,
+        "activation_peak_bytes": report.activation_peak_bytes(fp32),
+        "artifacts": rows, "op_histograms": {a["file"]: report.op_histogram(out_dir / a["file"]) for a in rows},
+        "checks": checks, "htp_note": htp_note, "budget_ms": float(e.budget_ms),
+        "reference": OmegaConf.to_container(e.reference, resolve=True),
+        "utilisation": OmegaConf.to_container(e.utilisation, resolve=True),
+        "latency": report.latency_estimates(flops, OmegaConf.to_container(e.targets, resolve=True),
+                                            OmegaConf.to_container(e.utilisation, resolve=True), float(e.budget_ms)),
+        "ort_cpu_ms": ort_ms, "torch_cpu_ms": torch_ms,
+    }
+    report.plot_errors(raw, action_range, float(e.verify.p95_frac_of_range), out_dir / "errors.png")
+    report.write_report(out_dir, rep)
+    for name, c in checks.items():
+        log.info("%-48s p95 %.3g%% of range, max %.3g  %s", name, 100 * c["errors"]["p95_frac"],
+                 c["errors"]["max"], "pass" if c["passed"] else "FAIL")
+    return rep
+
+
+CHECK_KEYS = {  # metrics.json group per comparison (the pipeline's headline is qnn.action_err_p95)
+    "fp32 ONNX (ORT CPU) vs PyTorch fp32": "fp32",
+    "fp16 ONNX (ORT CPU) vs PyTorch fp32": "fp16",
+    "QDQ (ORT CPU) vs PyTorch fp32": "qdq",
+    "EPContext (QNN HTP backend) vs PyTorch fp32": "qnn",
+    "EPContext (QNN HTP backend) vs QDQ (ORT CPU)": "qnn_vs_qdq",
+}
+
+
+def run(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.run_dir)
+    module, shape = load_export_module(cfg.checkpoint, cfg)
+    out_dir = run_dir / "export"
+    rep = export_module(module, shape, cfg, out_dir, checkpoint=str(cfg.checkpoint))
+    failed = [k for k, c in rep["checks"].items() if not c["passed"]]
+    metrics = {"params": rep["params"], "gflops": rep["flops"] / 1e9, "ort_cpu_ms": rep["ort_cpu_ms"],
+               "torch_cpu_ms": rep["torch_cpu_ms"], "ort_vs_torch": rep["ort_cpu_ms"] / rep["torch_cpu_ms"],
+               "target": rep["target"]["name"], "export_dir": str(out_dir), "failed_checks": failed,
+               "est_ms": {n: {e: v["ms"] for e, v in row.items() if isinstance(v, dict)}
+                          for n, row in rep["latency"].items()}}
+    for name, c in rep["checks"].items():
+        e = c["errors"]
+        metrics[CHECK_KEYS.get(name, name)] = {"action_err_p95": e["p95"], "action_err_max": e["max"],
+                                               "action_err_mean": e["mean"], "p95_frac": e["p95_frac"],
+                                               "passed": c["passed"]}
+    write_metrics(run_dir, metrics)
+    atomic_write_text(run_dir / "device_report.md", (out_dir / "report.md").read_text())  # shown by `drivegpt report`
+    if failed:
+        raise RuntimeError(f"export verification failed ({out_dir / 'report.md'}): " + "; ".join(
+            f"{k}: {rep['checks'][k]['criterion']} not met" for k in failed))
+    mark_done(run_dir, {"export_dir": str(out_dir)})
+    return metrics

@@ -1,0 +1,169 @@
+"""Frame windows for calibration (train split) and verification (held-out val split).
+
+Preferred source: the fleet shards (``data.shards``), split by segment with
+``data.loaders.split_of`` (THE held-out split). Without shards: segments driven in the
+procedural road world (``sim.roadworld.drive_segment``; seeds split the same way). Last
+resort, when neither package is present: deterministic synthetic road images (never noise).
+Each window: K frames at the configured stride, oldest first, and the speed at the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Windows:
+    frames: np.ndarray  # uint8 [N, K, H, W, 3]
+    speed: np.ndarray  # float32 [N, 1]
+    source: str  # "fleet shards <spec>", "roadworld", "synthetic"
+    split: str  # "train" | "val"
+
+
+def _fit(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 [T,h0,w0,3] -> [T,h,w,3] (INTER_AREA when the shard resolution differs)."""
+    if frames.shape[1:3] == (h, w):
+        return frames
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _windows_of(frames: np.ndarray, speed: np.ndarray, k: int, stride: int, per_segment: int,
+                rng: np.random.Generator) -> Iterator[tuple[np.ndarray, float]]:
+    span = (k - 1) * stride + 1
+    if len(frames) < span:
+        return
+    starts = rng.choice(len(frames) - span + 1, size=min(per_segment, len(frames) - span + 1), replace=False)
+    for s in sorted(starts):
+        idx = s + stride * np.arange(k)
+        yield frames[idx], float(speed[idx[-1]])
+
+
+def _collect(segments, split_of, split, count, shape, stride, per_segment, seed) -> tuple[list, list]:
+    k, h, w, _ = shape
+    rng = np.random.default_rng(seed)
+    out_f, out_s = [], []
+    for seg in segments:
+        if split_of(seg.segment_id) != split:
+            continue
+        frames = _fit(np.asarray(seg.frames, dtype=np.uint8), h, w)
+        for win, v in _windows_of(frames, np.asarray(seg.speed), k, stride, per_segment, rng):
+            out_f.append(win)
+            out_s.append(v)
+            if len(out_f) >= count:
+                return out_f, out_s
+    return out_f, out_s
+
+
+def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_fraction: float,
+                  per_segment: int = 8, seed: int = 0) -> Windows:
+    from data.loaders import split_of
+    from data.shards import expand_urls, iter_samples
+
+    segs = iter_samples(expand_urls(shards))
+    f, s = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
+                    per_segment, seed)
+    return _pack(f, s, f"fleet shards {shards}", split)
+
+
+def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_fraction: float,
+                      seconds: float = 10.0, per_segment: int = 8, seed: int = 0) -> Windows:
+    """Drive road-world segments of ``split`` only (chosen by ``split_of(segment_id(seed))`` before
+    driving, the same split the fleet shards of those seeds get)."""
+    from sim.roadworld import drive_segment, segment_id
+
+    try:
+        from data.loaders import split_of
+    except ImportError:  # same idea: a stable hash of the id decides the split
+        split_of = _hash_split
+    _, h, w, _ = shape
+    seeds = (i for i in range(seed, seed + 100_000) if split_of(segment_id(i), val_fraction) == split)
+
+    def segments():
+        for i in seeds:
+            yield drive_segment(i, seconds, cfg_sim, h, w)
+
+    f, s = _collect(segments(), lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
+                    per_segment, seed)
+    return _pack(f, s, "roadworld (sim.roadworld.drive_segment)", split)
+
+
+def _hash_split(segment_id: str, val_fraction: float) -> str:
+    import zlib
+
+    return "val" if (zlib.crc32(segment_id.encode()) % 10_000) < val_fraction * 10_000 else "train"
+
+
+def synthetic_windows(split: str, count: int, shape, seed: int = 0) -> Windows:
+    """Procedural road scenes (sky, road, lane markings, cars, lighting), moving over K frames."""
+    k, h, w, _ = shape
+    rng = np.random.default_rng(seed + (1_000_003 if split == "val" else 0))
+    frames = np.empty((count, k, h, w, 3), np.uint8)
+    speed = rng.uniform(0.0, 30.0, size=(count, 1)).astype(np.float32)
+    for n in range(count):
+        sky = rng.uniform(120, 230, 3)
+        ground = rng.uniform(40, 120, 3)
+        bend = rng.uniform(-0.4, 0.4) * w
+        horizon = int(h * rng.uniform(0.35, 0.5))
+        cars = [(rng.uniform(-0.3, 0.3), rng.uniform(0.2, 0.9), rng.uniform(0, 255, 3)) for _ in range(rng.integers(0, 3))]
+        for t in range(k):
+            img = np.empty((h, w, 3), np.float32)
+            img[:horizon] = sky * np.linspace(0.8, 1.0, horizon)[:, None, None]
+            img[horizon:] = ground
+            ys = np.arange(horizon, h)
+            depth = (ys - horizon + 1) / (h - horizon)  # 0 far .. 1 near
+            centre = w / 2 + bend * (1 - depth) ** 2
+            half = 0.05 * w + 0.45 * w * depth
+            for y, c, hw, d in zip(ys, centre, half, depth):
+                x0, x1 = int(max(c - hw, 0)), int(min(c + hw, w))
+                img[y, x0:x1] = 90
+                phase = (d * 8 + t * speed[n, 0] / 30.0) % 1.0
+                for off in (-hw, hw) + ((0.0,) if phase < 0.5 else ()):
+                    xm = int(c + off)
+                    if 0 <= xm < w:
+                        img[y, max(xm - 1, 0):xm + 1] = 235
+            for lat, dist, col in cars:
+                d = min(dist + 0.02 * t, 1.0)
+                y = int(horizon + d * (h - horizon)) - 1
+                cw = max(int(0.25 * w * d), 2)
+                cx = int(w / 2 + lat * w * d + bend * (1 - d) ** 2)
+                img[max(y - cw // 2, 0):y, max(cx - cw // 2, 0):cx + cw // 2] = col
+            img += rng.normal(0, 3, img.shape)
+            frames[n, t] = np.clip(img, 0, 255).astype(np.uint8)
+    return Windows(frames, speed, "synthetic", split)
+
+
+def _pack(frames: list, speed: list, source: str, split: str) -> Windows:
+    if not frames:
+        raise ValueError(f"{source}: no {split}-split windows found (too few or too short segments?)")
+    return Windows(np.stack(frames).astype(np.uint8), np.asarray(speed, np.float32)[:, None], source, split)
+
+
+def get_windows(cfg, split: str, count: int, shape) -> Windows:
+    """Windows for ``split`` from the configured source (``export.frames.source``: auto|fleet|roadworld|synthetic)."""
+    source = str(cfg.export.frames.source)
+    from omegaconf import OmegaConf
+
+    has_shards = "shards" in cfg.data and not OmegaConf.is_missing(cfg.data, "shards") \
+        and cfg.data.shards is not None
+    shards = cfg.data.shards if has_shards else None
+    seed = int(cfg.export.frames.seed)
+    per_segment = int(cfg.export.frames.per_segment)
+    common = dict(split=split, count=count, shape=shape, stride=int(cfg.data.stride),
+                  val_fraction=float(cfg.data.val_fraction), seed=seed, per_segment=per_segment)
+    if source == "fleet" or (source == "auto" and has_shards):
+        if not has_shards:
+            raise ValueError("export.frames.source=fleet but data.shards is not set")
+        return fleet_windows(str(shards), **common)
+    if source in ("roadworld", "auto"):
+        try:
+            return roadworld_windows(cfg.sim, seconds=float(cfg.export.frames.seconds), **common)
+        except ImportError:
+            if source == "roadworld":
+                raise
+    if source in ("synthetic", "auto"):
+        return synthetic_windows(split, count, shape, seed)
+    raise ValueError(f"export.frames.source={source!r}: expected auto, fleet, roadworld or synthetic")

@@ -1,0 +1,167 @@
+"""Export: fp32 ONNX parity, QDQ error, HTP EPContext compile/reload/parity, manifest, bad inputs.
+
+The policy is a stand-in with the contract's export signature (frames uint8 [1,K,H,W,3],
+speed float32 [1,1] -> action [1,2], uint8 preprocessing inside) at the tiny 32x64 size.
+"""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from einops import rearrange
+from torch import nn
+
+from export import onnx_export as ox
+from export.frames import synthetic_windows
+from export.quantize import CalibrationError, quantize_qdq
+from export.verify import action_errors
+
+SHAPE = (3, 32, 64, 3)  # K, H, W, C (configs/experiment/tiny.yaml)
+
+
+class StandInPolicy(nn.Module):
+    """Policy.export_module() stand-in: normalisation, conv trunk, head with speed, tanh."""
+
+    def __init__(self, k: int = 3, ch: int = 12):
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3 * k, 1, 1), 0.45))
+        self.register_buffer("std", torch.full((1, 3 * k, 1, 1), 0.25))
+        self.trunk = nn.Sequential(
+            nn.Conv2d(3 * k, ch, 3, 2, 1), nn.ReLU(), nn.Conv2d(ch, ch, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(ch, 16, 3, 2, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(16 + 1, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, frames: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        x = rearrange(frames, "b k h w c -> b (k c) h w").float() / 255.0  # uint8 -> [0, 1]
+        x = (x - self.mean) / self.std
+        feat = self.trunk(x).mean(dim=(2, 3))  # b c
+        return torch.tanh(self.head(torch.cat([feat, speed / 30.0], dim=1)))  # b 2
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    return StandInPolicy().eval()
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return synthetic_windows("train", 16, SHAPE, seed=0), synthetic_windows("val", 16, SHAPE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fp32(policy, tmp_path_factory):
+    return ox.export_onnx(policy, SHAPE, tmp_path_factory.mktemp("onnx") / "p.onnx")
+
+
+@pytest.fixture(scope="module")
+def qdq(fp32, windows):
+    calib, _ = windows
+    return quantize_qdq(fp32, fp32.parent / "q.onnx", calib.frames, calib.speed)
+
+
+def test_heldout_frames_are_disjoint_from_calibration(windows):
+    calib, held = windows
+    assert calib.frames.dtype == np.uint8 and calib.frames.shape == (16, *SHAPE)
+    assert held.speed.shape == (16, 1) and held.speed.dtype == np.float32
+    assert not np.array_equal(calib.frames, held.frames)
+    assert calib.frames.std() > 20  # structured scenes, not a flat image
+
+
+def test_fp32_onnx_parity_and_structure(policy, fp32, windows):
+    model = onnx.load(str(fp32))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 21 and model.ir_version <= ox.IR_VERSION
+    ins = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert ins["frames"].elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in ins["frames"].shape.dim] == [1, *SHAPE]  # static shapes
+    assert model.graph.node[0].op_type == "Cast" or any(  # uint8 cast hoisted above layout ops
+        n.op_type == "Cast" and n.input[0] == "frames" for n in model.graph.node)
+    _, held = windows
+    ref = ox.torch_actions(policy, held.frames, held.speed)
+    got = ox.run_session(ox.cpu_session(fp32), held.frames, held.speed)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.abs(ref).max() > 1e-2  # actions are not trivially zero
+
+    half = ox.to_fp16(fp32, fp32.parent / "p16.onnx")
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(half)).graph.initializer)
+    err16 = action_errors(ox.run_session(ox.cpu_session(half), held.frames, held.speed), ref)
+    assert 0 < err16["max"] <= 5e-3
+
+
+def _zero_point_types(path):
+    m = onnx.load(str(path))
+    inits = {t.name: t.data_type for t in m.graph.initializer}
+    return {inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits}
+
+
+def test_qdq_error_bounded_on_heldout(policy, qdq, windows):
+    _, held = windows
+    ref = ox.torch_actions(policy, held.frames, held.speed)
+    err = action_errors(ox.run_session(ox.cpu_session(qdq), held.frames, held.speed), ref)
+    assert err["p95_frac"] <= 0.02, err
+    assert err["max"] > 0  # it really is quantized
+    assert _zero_point_types(qdq) == {onnx.TensorProto.UINT16}
+
+
+def test_qdq_uint8_option(fp32, windows):
+    calib, _ = windows
+    q8 = quantize_qdq(fp32, fp32.parent / "q8.onnx", calib.frames, calib.speed, activation_type="uint8")
+    assert _zero_point_types(q8) == {onnx.TensorProto.UINT8}
+
+
+def test_calibration_set_errors(fp32, windows):
+    calib, _ = windows
+    with pytest.raises(CalibrationError, match="empty"):
+        quantize_qdq(fp32, fp32.parent / "x.onnx", calib.frames[:0], calib.speed[:0])
+    with pytest.raises(CalibrationError, match="'frames'.*\\[3, 16, 64, 3\\]"):
+        quantize_qdq(fp32, fp32.parent / "x.onnx", calib.frames[:, :, :16], calib.speed)
+    with pytest.raises(CalibrationError, match="'frames': dtype float32"):
+        quantize_qdq(fp32, fp32.parent / "x.onnx", calib.frames.astype(np.float32), calib.speed)
+    assert not (fp32.parent / "x.onnx").exists()
+
+
+def test_fleet_windows_respect_the_held_out_split(tmp_path):
+    from data.loaders import split_of
+    from data.shards import iter_samples, write_shards
+    from export.frames import fleet_windows
+    from synth_fleet import make_segment
+
+    write_shards(tmp_path, 8, lambda i: make_segment(seed=i, t=12), maxcount=4, progress=False)
+    segs = {s.segment_id: s for s in iter_samples(str(tmp_path))}
+    split = {sid: split_of(sid, 0.5) for sid in segs}
+    assert set(split.values()) == {"train", "val"}  # both splits present for these ids
+    for which in ("train", "val"):
+        win = fleet_windows(str(tmp_path), which, 100, SHAPE, stride=2, val_fraction=0.5, per_segment=3)
+        assert win.frames.shape[1:] == SHAPE and len(win.frames) == 3 * list(split.values()).count(which)
+        for frames, speed in zip(win.frames, win.speed[:, 0]):
+            (sid,) = [s for s, seg in segs.items() if (seg.frames == frames[0]).all(axis=(1, 2, 3)).any()]
+            assert split[sid] == which
+            i = int(np.flatnonzero((segs[sid].frames == frames[-1]).all(axis=(1, 2, 3)))[0])
+            assert speed == segs[sid].speed[i]  # the speed at the window's last frame
+    with pytest.raises(ValueError, match="no val-split windows"):
+        fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
+
+    from drivegpt.config import compose
+    from export.frames import get_windows
+
+    cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x", f"data.shards={tmp_path}",
+                                    "data.val_fraction=0.5"])  # what the pipeline passes
+    got = get_windows(cfg, "val", 4, SHAPE)
+    assert got.source == f"fleet shards {tmp_path}" and len(got.frames) == 4
+
+
+def test_roadworld_windows_come_from_held_out_segments():
+    from data.loaders import split_of
+    from export.frames import roadworld_windows
+    from sim.roadworld import drive_segment, segment_id
+
+    from drivegpt.config import compose
+
+    cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x"])
+    win = roadworld_windows(cfg.sim, "val", 6, SHAPE, stride=2, val_fraction=0.1, seconds=3.0, per_segment=3)
+    assert win.frames.shape == (6, *SHAPE) and win.split == "val"
+    first_val = next(i for i in range(1000) if split_of(segment_id(i), 0.1) == "val")
+    seg = drive_segment(first_val, 3.0, cfg.sim, 32, 64)
+    assert split_of(seg.segment_id, 0.1) == "val"
+    assert any((seg.frames == win.frames[0, 0]).all(axis=(1, 2, 3)))  # drawn from that held-out drive

@@ -1,0 +1,135 @@
+"""QNN HTP: EPContext produced, reloads and runs on the HTP backend (x86 simulator) with parity;
+unsupported ops fail loudly; the whole export stage writes a manifest matching its artifacts."""
+
+import json
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from drivegpt.config import compose
+from export import onnx_export as ox
+from export import qnn
+from export.export import NotAPolicyError, export_module, load_export_module, run
+from export.report import verify_manifest
+from export.verify import action_errors
+
+from test_export import SHAPE, fp32, policy, qdq, windows  # noqa: F401 (fixtures)
+
+OK, WHY = qnn.qnn_status()
+needs_qnn = pytest.mark.skipif(not OK, reason=f"QNN HTP backend unavailable here: {WHY}")
+SM8550 = {"name": "sm8550", "has_htp": True, "htp_arch": 73, "soc_model": 43}
+
+
+@needs_qnn
+def test_epcontext_compiles_reloads_and_matches(policy, qdq, windows, tmp_path):
+    ctx = qnn.compile_epcontext(qdq, tmp_path / "ctx.onnx", SM8550)
+    model = onnx.load(str(ctx))
+    (node,) = model.graph.node  # the whole graph is one HTP context: nothing left on the CPU
+    assert node.op_type == "EPContext"
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["embed_mode"] == 1 and len(attrs["ep_cache_context"]) > 1000
+    _, held = windows
+    htp = ox.run_session(qnn.htp_session(ctx, SM8550), held.frames, held.speed)  # fresh session: reload
+    cpu_qdq = ox.run_session(ox.cpu_session(qdq), held.frames, held.speed)
+    ref = ox.torch_actions(policy, held.frames, held.speed)
+    assert action_errors(htp, ref)["p95_frac"] <= 0.02
+    assert action_errors(htp, cpu_qdq)["p95_frac"] <= 0.005
+
+
+@needs_qnn
+def test_unsupported_op_is_named(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["d"], name="det0"),
+                               helper.make_node("Relu", ["d"], ["y"], name="relu0")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "det.onnx")
+    with pytest.raises(qnn.UnsupportedOpsError, match=r"Det \(node det0\)"):
+        qnn.compile_epcontext(tmp_path / "det.onnx", tmp_path / "ctx.onnx", SM8550)
+    assert not (tmp_path / "ctx.onnx").exists()
+
+
+def test_target_without_htp_is_refused(qdq, tmp_path):
+    with pytest.raises(ValueError, match="sdm845.*no Hexagon HTP.*GPU fp16"):
+        qnn.compile_epcontext(qdq, tmp_path / "c.onnx", {"name": "sdm845", "has_htp": False})
+
+
+def _cfg(tmp_path, *extra):
+    return compose("export_policy", ["experiment=tiny", f"run_dir={tmp_path}", "checkpoint=none", *extra])
+
+
+@pytest.fixture(scope="module")
+def policy_ckpt(tmp_path_factory):
+    from rl.policy import Policy, PolicyConfig, save_policy
+
+    torch.manual_seed(0)
+    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
+                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32))
+    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
+    return save_policy(p, tmp_path_factory.mktemp("policy") / "policy.pt")
+
+
+@needs_qnn
+def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
+    metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sm8550"))
+    assert metrics["failed_checks"] == [] and (tmp_path / "DONE").exists()
+    assert 0 < metrics["qnn"]["action_err_p95"] <= 0.04 and metrics["fp32"]["action_err_max"] <= 1e-4
+    assert json.loads((tmp_path / "metrics.json").read_text())["qnn"]["passed"] is True
+    assert (tmp_path / "device_report.md").read_text() == (tmp_path / "export" / "report.md").read_text()
+    out = tmp_path / "export"
+    rep = json.loads((out / "report.json").read_text())
+    files = {a["file"] for a in rep["artifacts"]}
+    assert files == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx", "policy_sm8550_ctx.onnx"}
+    assert len(rep["checks"]) == 5 and rep["frames"]["heldout_split"] == "val"
+    assert rep["checks"]["fp32 ONNX (ORT CPU) vs PyTorch fp32"]["errors"]["max"] <= 1e-4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][0] == {**manifest["inputs"][0], "name": "frames", "dtype": "uint8",
+                                     "shape": [1, *SHAPE]}
+    assert verify_manifest(out) == []
+    assert manifest["toolchain"]["qnn_sdk"] and manifest["target"]["soc_model"] == 43
+    ctx = out / "policy_sm8550_ctx.onnx"
+    data = bytearray(ctx.read_bytes())
+    data[-1] ^= 0xFF
+    ctx.write_bytes(bytes(data))
+    assert verify_manifest(out) == [f"{ctx}: sha256 differs from manifest.json"]
+    assert rep["latency"]["sdm845"]["has_htp"] is False and "htp_int8" not in rep["latency"]["sdm845"]
+    md = (out / "report.md").read_text()
+    assert "18 ms" in md and "policy_sm8550_ctx.onnx" in md and "FAIL" not in md
+
+
+def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
+    run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sdm845", "export.verify.count=4",
+             "export.calibration.count=4", "export.timing_runs=1"))
+    rep = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
+    assert "no Hexagon HTP" in rep["htp_note"] and rep["target"]["name"] == "sdm845"
+    assert verify_manifest(tmp_path / "export") == []
+
+
+def test_flops_match_a_hand_count(policy):
+    from export.report import count_flops
+
+    convs = [(9, 12, 16 * 32), (12, 12, 8 * 16), (12, 16, 4 * 8)]  # (c_in, c_out, output pixels), 3x3
+    macs = sum(ci * co * 9 * px for ci, co, px in convs) + 17 * 32 + 32 * 2
+    assert count_flops(policy, ox.example_inputs(SHAPE)) == 2 * macs
+
+
+def test_non_policy_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "tok.ckpt"
+    torch.save({"kind": "drivegpt-tokenizer", "state_dict": {}}, bad)
+    with pytest.raises(NotAPolicyError, match="tok.ckpt: key 'kind' is 'drivegpt-tokenizer'"):
+        run(_cfg(tmp_path, f"checkpoint={bad}"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(NotAPolicyError, match="junk.ckpt: not a readable torch checkpoint"):
+        load_export_module(junk)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_export_module(tmp_path / "missing.ckpt")
+
+
+def test_unknown_target_is_refused(policy, tmp_path):
+    with pytest.raises(ValueError, match="target='sd9000'.*sm8550"):
+        export_module(policy, SHAPE, _cfg(tmp_path, "target=sd9000"), tmp_path / "e")
