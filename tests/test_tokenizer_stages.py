@@ -149,3 +149,28 @@ def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
     second = load_tokenizer(tmp_path / "train" / "checkpoints" / "last.ckpt")
     assert bool(second.quantizer.initted)
     assert not torch.equal(first.encoder.net[0].weight, second.encoder.net[0].weight)
+
+
+def test_ranks_split_input_shards_without_duplicates():
+    from drivegpt.tokenizer.tokenize import _url_loader
+
+    urls = [f"s{i}.tar" for i in range(7)]
+    per_rank = [list(_url_loader(urls, r, 3)) for r in range(3)]
+    flat = [u for p in per_rank for u in p]
+    assert sorted(flat) == sorted(urls) and len(flat) == len(set(flat))
+
+
+@pytest.mark.slow
+def test_tokenize_on_two_ddp_ranks_matches_one_process(tmp_path):
+    _write_fleet(tmp_path / "fleet", n=4, maxcount=1)
+    model = Tokenizer(compose("train_tokenizer", ["experiment=tiny", "run_dir=/tmp/x"]).tokenizer).eval()
+    ckpt = save_tokenizer(model, tmp_path / "tokenizer.pt")
+    one = tokenize_run(_tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'one'}"))
+    two = tokenize_run(_tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'two'}",
+                                     "trainer.devices=2", "trainer.strategy=ddp_spawn"))
+    assert one["tokenize/segments"] == two["tokenize/segments"] == 4
+    a = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").glob("*/*.tar"))
+    b = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").glob("*/*.tar"))
+    assert a == b and len(a) == 4
+    for rel in a:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()

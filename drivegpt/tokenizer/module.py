@@ -102,8 +102,8 @@ class TokenizerModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x = self.frames_in(batch)
         recon, indices, q_loss = self.model(x)
-        self.log_dict({"val/psnr": psnr(recon, x).mean(), "val/mse": torch.nn.functional.mse_loss(recon.float(), x)},
-                      sync_dist=True)
+        # no sync_dist: held-out batches per rank differ (split by shard), a collective here hangs DDP
+        self.log_dict({"val/psnr": psnr(recon, x).mean(), "val/mse": torch.nn.functional.mse_loss(recon.float(), x)})
 
     # -- optimizers ---------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -91,13 +91,21 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     if cfg.tokenizer.get("train_steps"):  # this stage's own length (trainer.max_steps is shared)
         trainer_overrides.setdefault("max_steps", int(cfg.tokenizer.train_steps))
     trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
+    if trainer.world_size > 1:
+        # Known issue: in-training validation hangs under DDP here (held-out batches per rank
+        # differ); score with `drivegpt eval tokenizer` instead.
+        trainer.limit_val_batches = 0
     t0 = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     seconds = time.time() - t0
     m = trainer.callback_metrics
+    steps = int(trainer.global_step)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if steps == 0 and last.exists():  # ddp_spawn: the launching process's trainer never stepped
+        steps = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
     counts = module.usage_counts.cpu().numpy()
     metrics = {
-        "tokenizer/steps": int(trainer.global_step),
+        "tokenizer/steps": steps,
         "tokenizer/train_seconds": seconds,
         "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
         "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
@@ -110,7 +118,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     }
     if trainer.is_global_zero:
         path = save_tokenizer(module.model, run_dir / "tokenizer.pt",
-                              extra={"global_step": int(trainer.global_step)})
+                              extra={"global_step": steps})
         metrics["tokenizer/checkpoint"] = str(path.resolve())
         write_metrics(run_dir, metrics)
         mark_done(run_dir, {"checkpoint": str(path.resolve())})
