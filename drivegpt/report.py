@@ -87,16 +87,19 @@ def _data_uri(path: Path, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def curves_png(csv_path: Path) -> bytes | None:
-    """Plot every numeric column of a Lightning CSVLogger metrics.csv against step."""
+def curves_png(csv_paths: Path | list[Path]) -> bytes | None:
+    """Plot every numeric column of Lightning CSVLogger metrics.csv files (a run and its
+    resumed continuations, in order) against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "step" not in rows[0]:
+    rows = []
+    for p in [csv_paths] if isinstance(csv_paths, Path) else csv_paths:
+        with open(p, newline="") as f:
+            rows += [r for r in csv.DictReader(f) if r.get("step") not in (None, "")]
+    if not rows:
         return None
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
@@ -157,9 +160,10 @@ def stage_section(title: str, stage_dir: Path, out_dir: Path) -> str:
     mpath = stage_dir / "metrics.json"
     if mpath.exists():
         body.append(metrics_table(json.loads(mpath.read_text())))
-    csv_path = stage_dir / "logs" / "metrics.csv"
-    if csv_path.exists():
-        png = curves_png(csv_path)
+    csv_paths = sorted((stage_dir / "logs").glob("**/metrics.csv"),
+                       key=lambda p: (len(p.parts), p.parent.name.split("_")[-1].zfill(6)))
+    if csv_paths:
+        png = curves_png(csv_paths)
         if png:
             body.append('<figure><img src="data:image/png;base64,'
                         f'{base64.b64encode(png).decode()}" alt="training curves">'

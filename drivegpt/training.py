@@ -35,7 +35,8 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     run_dir = Path(run_dir)
-    loggers = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    # One version_N directory per (re)start: a resumed run keeps the curves of the runs before.
+    loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
     mode = wandb_mode(cfg.logger) if cfg.logger.kind == "wandb" else "disabled"
     if mode != "disabled":
         loggers.append(
