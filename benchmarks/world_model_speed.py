@@ -110,11 +110,12 @@ class _FullPrefix:
     def __call__(self, ctx, cp, cs):
         model = self.model
         prefix = model.embed_sequence(ctx, cp, cs, open_frame=True)
+        cond = model.frame_conditioning(cp, cs, ctx.shape[1] + 1)[:, ctx.shape[1]]
         embs = []
         for i in range(self.m):
             hid = model.hidden(torch.cat([prefix, *embs], dim=1))
             nxt = model.lm_head(hid[:, -1]).argmax(-1)
-            embs.append(model.embed_token(nxt, ctx.shape[1], i))
+            embs.append(model.embed_token(nxt, ctx.shape[1], i, cond))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ Sequence layout (F frames, each an h x w grid of tokenizer codes, n = h*w):
 
 ``S_k`` is a *frame-start* token: a learned embedding plus the conditioning of frame k, i.e.
 ``MLP(rel_pose[k-1], speed[k-1])``, the move from frame k-1 to frame k and the speed at k-1
-(frame 0 has no move and gets the learned null embedding). Image tokens are raster order.
+(frame 0 has no move and gets the learned null embedding). The same move embedding is added to
+every image token of frame k (global conditioning of each position, as action-conditioned video
+models do), so every prediction in the frame reads the move directly instead of having to find
+it through attention to ``S_k``; a tiny model learns to follow the pose far faster this way.
+Image tokens are raster order.
 Every position gets a learned spatial embedding (slot 0 = the start token, slot 1+i = image
 token i) plus a learned temporal embedding (frame index).
 
@@ -217,15 +221,17 @@ class WorldModel(nn.Module):
             e = torch.where(drop[:, None, None], self.null_cond.expand_as(e), e)
         return e
 
-    def start_tokens(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
-        """Start-token embeddings [b, n_frames, d] for frames 0..n_frames-1 (no positions).
-
-        Frame k >= 1 is conditioned on rel_pose[:, k-1], speed[:, k-1]; frame 0 on the null move.
-        """
+    def frame_conditioning(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
+        """Move embeddings [b, n_frames, d] of frames 0..n_frames-1: frame k >= 1 is conditioned
+        on rel_pose[:, k-1], speed[:, k-1]; frame 0 on the null move."""
         b = rel_pose.shape[0]
         null = repeat(self.null_cond, "d -> b 1 d", b=b)
         moves = self.cond_embed(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1], drop)
-        return self.start_emb + torch.cat([null, moves], dim=1)
+        return torch.cat([null, moves], dim=1)
+
+    def start_tokens(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
+        """Start-token embeddings [b, n_frames, d] for frames 0..n_frames-1 (no positions)."""
+        return self.start_emb + self.frame_conditioning(rel_pose, speed, n_frames, drop)
 
     # ------------------------------------------------------------------ sequence
     def embed_sequence(self, tokens, rel_pose, speed, drop=None, open_frame: bool = False):
@@ -238,8 +244,9 @@ class WorldModel(nn.Module):
         n_start = f + int(open_frame)
         if n_start > self.cfg.max_frames:
             raise ValueError(f"{n_start} frames > max_frames={self.cfg.max_frames}")
-        starts = self.start_tokens(rel_pose, speed, n_start, drop)  # b F' d
-        img = self.tok_emb(rearrange(tokens, "b f h w -> b f (h w)"))  # b F n d
+        cond = self.frame_conditioning(rel_pose, speed, n_start, drop)  # b F' d
+        starts = self.start_emb + cond
+        img = self.tok_emb(rearrange(tokens, "b f h w -> b f (h w)")) + cond[:, :f, None]  # b F n d
         frames = torch.cat([starts[:, :f, None], img], dim=2) + self.spatial_emb  # b F n+1 d
         frames = frames + self.temporal_emb[:f, None]
         x = rearrange(frames, "b f n d -> b (f n) d")
@@ -248,9 +255,11 @@ class WorldModel(nn.Module):
             x = torch.cat([x, s[:, None]], dim=1)
         return x
 
-    def embed_token(self, token: torch.Tensor, frame: int, index: int) -> torch.Tensor:
-        """token [b] -> [b, 1, d]: image token ``index`` of frame ``frame``, with positions."""
-        return (self.tok_emb(token) + self.spatial_emb[1 + index] + self.temporal_emb[frame])[:, None]
+    def embed_token(self, token: torch.Tensor, frame: int, index: int, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """token [b] -> [b, 1, d]: image token ``index`` of frame ``frame``, with positions and the
+        frame's move embedding ``cond`` [b, d] (``frame_conditioning(...)[:, frame]``)."""
+        x = self.tok_emb(token) + self.spatial_emb[1 + index] + self.temporal_emb[frame]
+        return (x if cond is None else x + cond)[:, None]
 
     def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h)."""

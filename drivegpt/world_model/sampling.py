@@ -76,6 +76,7 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
     n = h * w
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
     emb = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
+    cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]  # the new frame's move
     cache = KVCache(model.cfg, emb.shape[0], emb.shape[1] + n - 1, emb.device, emb.dtype)
     hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
     dis = model.disengage_logits(hid[:b])
@@ -90,7 +91,7 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
         if i == n - 1:
             break
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
-        hid = model.hidden(model.embed_token(nxt, k, i), cache)[:, -1]
+        hid = model.hidden(model.embed_token(nxt, k, i, cond), cache)[:, -1]
     out = rearrange(out, "b (h w) -> b h w", h=h)
     return (out, dis, ent) if return_entropy else (out, dis)
 
@@ -103,6 +104,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
     n = h * w
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
     prefix = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
+    cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]
     out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
     embs = []
     dis = None
@@ -113,7 +115,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
         logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
         out[:, i] = _pick(logits, temperature, top_k, generator)
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
-        embs.append(model.embed_token(nxt, k, i))
+        embs.append(model.embed_token(nxt, k, i, cond))
     return rearrange(out, "b (h w) -> b h w", h=h), dis
 
 
