@@ -59,13 +59,14 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     if not cfg.data.get("shards") or cfg.data.shards == "???":
         raise ValueError("train policy stage=bc: set data.shards=FLEET_SHARDS (frame shards)")
     b = cfg.rl.bc
+    steps = int(b.get("max_steps") or cfg.trainer.max_steps)  # this stage's own length
     dt = float(cfg.data.stride) / float(cfg.data.fps)
     module = BCModule(pcfg.to_dict(), dt=dt, lr=float(b.lr), weight_decay=float(b.weight_decay),
                       exclude_before_disengage_s=float(b.exclude_before_disengage_s),
                       horizons_s=[float(h) for h in cfg.data.horizons], log_std_target=float(b.log_std_target),
-                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=int(cfg.trainer.max_steps))
+                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps)
     dm = FleetDataModule(cfg, kind="windows", key="frames")
-    trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0)
+    trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     train_s = time.perf_counter() - t0

@@ -28,7 +28,7 @@ def test_rollout_writes_videos_curves_metrics(setup):
     out = d / "run_keep"
     cfg = compose("rollout", ["experiment=tiny", f"run_dir={out}", f"checkpoint={wm}",
                               f"data.shards={tokens}", "data.val_fraction=0.5", "driver=keep_lane",
-                              "n=3", "seconds=0.5", "videos=2", "batch_size=2"])
+                              "n=3", "horizon=0.5", "videos=2", "batch_size=2"])
     m = run(cfg)
     rows = json.loads((out / "rollouts.json").read_text())
     assert len(rows) == m["rollout/n"] == 3 and all(split_of(r["segment_id"], 0.5) == "val" for r in rows)
@@ -63,7 +63,7 @@ def test_rollout_logged_driver_and_bad_driver(setup):
     d, wm, tokens = setup
     cfg = compose("rollout", ["experiment=tiny", f"run_dir={d / 'run_logged'}", f"checkpoint={wm}",
                               f"data.shards={tokens}", "data.val_fraction=0.5", "driver=logged",
-                              "n=2", "seconds=0.3", "videos=0"])
+                              "n=2", "horizon=0.3", "videos=0"])
     m = run(cfg)
     # the logged driver drives the logged distance: 3 steps of the fake logs' ~0.5 m per frame
     assert m["rollout/n"] == 2 and 0.002 < m["rollout/km"] < 0.01

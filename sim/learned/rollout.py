@@ -1,6 +1,6 @@
 """``drivegpt rollout``: dream rollouts from held-out logged contexts, batched on the device.
 
-    drivegpt rollout checkpoint=WM.pt data.shards=TOKENS driver=hard_brake n=16 seconds=4
+    drivegpt rollout checkpoint=WM.pt data.shards=TOKENS driver=hard_brake n=16 horizon=4
 
 Drivers: ``logged`` (the logged moves and speeds, fed to the world model directly),
 ``keep_lane`` (the logged path's curvature at constant speed, through the vehicle model),
@@ -159,7 +159,7 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"driver: {driver!r} is not one of {DRIVERS}")
     sim_cfg = LearnedSimConfig.from_mapping(ls, checkpoint=cfg.checkpoint, shards=cfg.data.shards,
                                             termination="never")
-    steps = max(1, int(round(float(cfg.seconds) / sim_cfg.dt)))
+    steps = max(1, int(round(float(cfg.horizon) / sim_cfg.dt)))
     sim_cfg = LearnedSimConfig.from_mapping(vars(sim_cfg).copy(), max_steps=steps + 1)
     models: Models = load_models(sim_cfg)
     pool = pool_from_shards(sim_cfg.shards, models.context_frames, sim_cfg.stride, sim_cfg.val_fraction,
