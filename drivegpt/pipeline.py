@@ -46,7 +46,7 @@ STAGES: list[Stage] = [
           lambda d: {"tokenizer": str(d)}),
     Stage("eval_tokenizer", "eval_tokenizer", "drivegpt.tokenizer.evaluate",
           lambda c: [f"data.shards={c['frames']}", f"checkpoint={c['tokenizer']}"],
-          headline=("psnr", "lane_psnr", "codebook_usage")),
+          headline=("tokenizer_eval/psnr", "tokenizer_eval/lane_psnr", "tokenizer_eval/codebook_usage")),
     Stage("tokenize", "tokenize", "drivegpt.tokenizer.tokenize",
           lambda c: [f"data.shards={c['frames']}", f"checkpoint={c['tokenizer']}",
                      f"out={c['dir']}/tokens"],
@@ -161,11 +161,15 @@ def run(cfg: DictConfig) -> dict:
             mark_done(sdir, {"seconds": seconds})
             status = "ran"
         ctx.update(stage.outputs(sdir))
-        summary[stage.name] = {"seconds": round(seconds, 1), "status": status}
-        rows.append((stage.name, status, f"{seconds:.0f}", _headline(stage, metrics)))
+        headline = _headline(stage, metrics)
+        summary[stage.name] = {"seconds": round(seconds, 1), "status": status, "dir": sdir.name,
+                               "headline": headline}
+        rows.append((stage.name, status, f"{seconds:.0f}", headline))
 
     from drivegpt.report import build_report
 
+    total = sum(v["seconds"] for v in summary.values())
+    write_metrics(run_dir, {"stages": summary, "total_seconds": round(total, 1)})
     report = build_report(run_dir)
     table = Table(title=f"drivegpt pipeline: {run_dir}")
     for col in ("stage", "status", "seconds", "headline"):
@@ -174,7 +178,6 @@ def run(cfg: DictConfig) -> dict:
         table.add_row(*r)
     console.print(table)
     console.print(f"report: {report}")
-    total = sum(v["seconds"] for v in summary.values())
     metrics = {"stages": summary, "total_seconds": round(total, 1), "report": str(report)}
     write_metrics(run_dir, metrics)
     return metrics

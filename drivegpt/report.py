@@ -98,16 +98,17 @@ def curves_png(csv_paths: Path | list[Path]) -> bytes | None:
     rows = []
     for p in [csv_paths] if isinstance(csv_paths, Path) else csv_paths:
         with open(p, newline="") as f:
-            rows += [r for r in csv.DictReader(f) if r.get("step") not in (None, "")]
-    if not rows:
+            rows += list(csv.DictReader(f))
+    xcol = next((c for c in ("step", "iteration", "it") if rows and c in rows[0]), None)
+    if xcol is None:
         return None
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         for k, v in r.items():
-            if k in ("step", "epoch") or v in ("", None):
+            if k in (xcol, "step", "epoch") or v in ("", None) or r.get(xcol) in ("", None):
                 continue
             try:
-                series.setdefault(k, []).append((float(r["step"]), float(v)))
+                series.setdefault(k, []).append((float(r[xcol]), float(v)))
             except ValueError:
                 pass
     series = {k: v for k, v in series.items() if len(v) >= 2}
@@ -119,7 +120,7 @@ def curves_png(csv_paths: Path | list[Path]) -> bytes | None:
         xs, ys = zip(*series[k])
         ax.plot(xs, ys, lw=1.2)
         ax.set_title(k, fontsize=8)
-        ax.set_xlabel("step", fontsize=7)
+        ax.set_xlabel(xcol, fontsize=7)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -135,6 +136,8 @@ def _media(stage_dir: Path, out_dir: Path) -> list[str]:
             continue
         ext = p.suffix.lower()
         cap = html.escape(str(p.relative_to(stage_dir)))
+        if ext == ".gif" and any(p.with_suffix(v).exists() for v in VIDEO_TYPES):
+            continue  # the GIF is the fallback of a video shown instead
         if ext in IMAGE_TYPES:
             parts.append(f'<figure><img src="{_data_uri(p, IMAGE_TYPES[ext])}" alt="{cap}">'
                          f"<figcaption>{cap}</figcaption></figure>")
@@ -154,23 +157,42 @@ def _markdown(stage_dir: Path) -> list[str]:
             for p in sorted(stage_dir.glob("*.md"))]
 
 
-def stage_section(title: str, stage_dir: Path, out_dir: Path) -> str:
+def _curve_sources(stage_dir: Path) -> list[Path]:
+    """Lightning CSV logs (one version dir per (re)start, in order) or a stage's own CSV log."""
+    lightning = sorted((stage_dir / "logs").glob("**/metrics.csv"),
+                       key=lambda p: (len(p.parts), p.parent.name.split("_")[-1].zfill(6)))
+    return lightning or sorted(stage_dir.glob("*_log.csv"))
+
+
+def stage_section(title: str, stage_dir: Path, out_dir: Path, headline: str = "") -> str:
     body = [f"<h2 id='{html.escape(stage_dir.name)}'>{html.escape(title)}</h2>",
             f"<p class=muted>{html.escape(str(stage_dir))}</p>"]
+    if headline:
+        body.append(f"<p><b>{html.escape(headline)}</b></p>")
+    sources = _curve_sources(stage_dir)
+    png = curves_png(sources) if sources else None
+    if png:
+        body.append('<figure><img src="data:image/png;base64,'
+                    f'{base64.b64encode(png).decode()}" alt="training curves">'
+                    "<figcaption>training curves</figcaption></figure>")
+    body += _media(stage_dir, out_dir)
+    body += _markdown(stage_dir)
     mpath = stage_dir / "metrics.json"
     if mpath.exists():
-        body.append(metrics_table(json.loads(mpath.read_text())))
-    csv_paths = sorted((stage_dir / "logs").glob("**/metrics.csv"),
-                       key=lambda p: (len(p.parts), p.parent.name.split("_")[-1].zfill(6)))
-    if csv_paths:
-        png = curves_png(csv_paths)
-        if png:
-            body.append('<figure><img src="data:image/png;base64,'
-                        f'{base64.b64encode(png).decode()}" alt="training curves">'
-                        "<figcaption>training curves</figcaption></figure>")
-    body += _markdown(stage_dir)
-    body += _media(stage_dir, out_dir)
+        metrics = json.loads(mpath.read_text())
+        body.append(f"<details><summary>all metrics ({len(_flatten(metrics))})</summary>"
+                    f"{metrics_table(metrics, limit=400)}</details>")
     return "\n".join(body)
+
+
+def summary_table(stages: dict) -> str:
+    """The pipeline's per-stage summary (status, seconds, headline metrics)."""
+    rows = "".join(f"<tr><td><a href='#{html.escape(v.get('dir', ''))}'>{html.escape(k)}</a></td>"
+                   f"<td>{html.escape(str(v.get('status', '')))}</td><td>{_fmt(v.get('seconds', ''))}</td>"
+                   f"<td style='text-align:left'>{html.escape(v.get('headline', ''))}</td></tr>"
+                   for k, v in stages.items())
+    return ("<h2>Summary</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>headline</th></tr>"
+            f"{rows}</table>")
 
 
 def stage_dirs(run_dir: Path) -> list[tuple[str, Path]]:
@@ -196,11 +218,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     stages = stage_dirs(run_dir)
     if not stages:
         raise ValueError(f"report: no stage with a metrics.json under {run_dir}")
-    summary = ""
-    if (run_dir / "metrics.json").exists():
-        summary = "<h2>Summary</h2>" + metrics_table(json.loads((run_dir / "metrics.json").read_text()))
+    summary, headlines = "", {}
+    if (run_dir / "metrics.json").exists() and stages[0][1] != run_dir:
+        top = json.loads((run_dir / "metrics.json").read_text())
+        if isinstance(top.get("stages"), dict):
+            summary = summary_table(top["stages"])
+            headlines = {v.get("dir"): v.get("headline", "") for v in top["stages"].values()}
+        else:
+            summary = "<h2>Summary</h2>" + metrics_table(top)
     toc = " · ".join(f"<a href='#{html.escape(d.name)}'>{html.escape(t)}</a>" for t, d in stages)
-    sections = "\n".join(stage_section(t, d, out.parent) for t, d in stages)
+    sections = "\n".join(stage_section(t, d, out.parent, headlines.get(d.name, "")) for t, d in stages)
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<title>DriveGPT report: {html.escape(run_dir.name)}</title><style>{CSS}</style></head>"
             f"<body><h1>DriveGPT report</h1><p class=muted>{html.escape(str(run_dir.resolve()))}</p>"

@@ -61,6 +61,17 @@ def test_report_errors_on_empty_dir(tmp_path):
         build_report(tmp_path / "nope")
 
 
+def test_summary_table_headlines_and_gif_fallback_hidden(tmp_path):
+    run = _fake_run(tmp_path)
+    ro = run / "10_rollout"
+    (ro / "rollout.gif").write_bytes((run / "01_fleet" / "contact_sheet.png").read_bytes())
+    (run / "metrics.json").write_text(json.dumps({"stages": {
+        "fleet": {"seconds": 3.0, "status": "ran", "dir": "01_fleet", "headline": "km=12.5"}}}))
+    html = build_report(run).read_text()
+    assert "<h2>Summary</h2>" in html and "km=12.5" in html and "href='#01_fleet'" in html
+    assert "rollout.gif" not in html and "rollout.webm" in html
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (.ci/run installs it)")
 def test_report_loads_in_headless_chromium(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
