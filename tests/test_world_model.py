@@ -19,13 +19,7 @@ from drivegpt.world_model.train import build_module
 V, GRID, K = 16, (2, 4), 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~20x faster single-threaded on the shared 2-core machine (no thread spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(dtype=torch.float32, **kw) -> WorldModel:

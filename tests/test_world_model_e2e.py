@@ -21,13 +21,7 @@ from drivegpt.world_model.patch_tokenizer import PatchTokenizer
 V = PatchTokenizer().vocab_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~20x faster single-threaded on the shared 2-core machine (no thread spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 VAL_FRACTION = 0.3

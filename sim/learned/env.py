@@ -31,7 +31,9 @@ MAX_SPEED = 100.0  # m/s, observation bound (the logged speed is clamped to [0, 
 def make_core(num_envs: int, config: LearnedSimConfig | dict | None = None, *,
               models: Models | None = None, contexts: ContextPool | None = None,
               vehicle: VehicleModel | None = None, future: int = 0, **settings) -> SimCore:
-    """Build the batched simulator core from a config (+ keyword overrides) or ready objects."""
+    """Build the batched simulator core from a config (+ keyword overrides) or ready objects.
+    ``checkpoint=None`` / ``shards=None`` (an env constructor's defaults) keep the config's."""
+    settings = {k: v for k, v in settings.items() if v is not None or k not in ("checkpoint", "shards")}
     if isinstance(config, LearnedSimConfig):
         cfg = LearnedSimConfig.from_mapping(vars(config).copy(), **settings)
     else:
@@ -79,11 +81,8 @@ class WorldModelEnv(gym.Env):
                  render_mode: str | None = None, *, config: LearnedSimConfig | dict | None = None,
                  models: Models | None = None, contexts: ContextPool | None = None,
                  vehicle: VehicleModel | None = None, **settings):
-        if checkpoint is not None:
-            settings["checkpoint"] = checkpoint
-        if shards is not None:
-            settings["shards"] = shards
-        self.core = make_core(1, config, models=models, contexts=contexts, vehicle=vehicle, **settings)
+        self.core = make_core(1, config, models=models, contexts=contexts, vehicle=vehicle,
+                              checkpoint=checkpoint, shards=shards, **settings)
         self.cfg = self.core.cfg
         self.render_mode = render_mode
         self.metadata = dict(self.metadata, render_fps=int(round(1.0 / self.cfg.dt)))

@@ -36,12 +36,8 @@ class WorldModelVectorEnv(VectorEnv):
                  render_mode: str | None = None, *, config: LearnedSimConfig | dict | None = None,
                  models: Models | None = None, contexts: ContextPool | None = None,
                  vehicle: VehicleModel | None = None, **settings):
-        if checkpoint is not None:
-            settings["checkpoint"] = checkpoint
-        if shards is not None:
-            settings["shards"] = shards
         self.core = make_core(num_envs, config, models=models, contexts=contexts, vehicle=vehicle,
-                              **settings)
+                              checkpoint=checkpoint, shards=shards, **settings)
         self.cfg = self.core.cfg
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
