@@ -105,8 +105,14 @@ class _Scenario:
 
 
 def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy | None = None,
-          stride: int = 4, device: str = "cpu", progress: bool = False) -> list[Trajectory]:
-    """Drive every scenario with one controller ("autopilot", "human" or a ``policy``)."""
+          stride: int = 4, device: str = "cpu", progress: bool = False,
+          frames_out: list | None = None) -> list[Trajectory]:
+    """Drive every scenario with one controller ("autopilot", "human" or a ``policy``).
+
+    ``frames_out``: a list that receives the first scenario's camera frames (every ``stride``
+    steps, captioned with who drives), for the ground-truth driving video of a policy."""
+    from rl.video import caption
+
     from tqdm.auto import tqdm
 
     scen = [_Scenario(s, seconds, cfg_sim, "policy" if policy is not None else kind) for s in seeds]
@@ -126,6 +132,10 @@ def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy |
             if t % stride == 0:
                 for s in scen:
                     s.observe(k)
+                if frames_out is not None:
+                    s0 = scen[0]
+                    who = f"{kind} engaged" if s0.on else f"human takeover ({s0.left} steps)"
+                    frames_out.append(caption(s0.history[-1], f"{who}  {s0.world.state[0] * 3.6:.0f} km/h"))
             need = [i for i, s in enumerate(scen) if s.on and (t % stride == 0 or s.just_engaged)]
             if need:
                 frames = torch.as_tensor(np.stack([scen[i].history for i in need])).to(device)
@@ -218,8 +228,14 @@ def run(cfg: DictConfig) -> dict:
         # a policy decides at the stride it was trained at (recorded in its checkpoint)
         pstride = int(policy.checkpoint_meta.get("stride", stride)) if policy is not None else stride
         t0 = time.perf_counter()
-        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress)
+        frames = [] if policy is not None else None
+        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames)
         timing[name] = time.perf_counter() - t0
+        if frames:  # the policy driving the ground truth (first scenario), for people to watch
+            from rl.video import upscale, write_video
+
+            write_video(run_dir / "videos" / f"{name}_ground_truth", upscale(np.stack(frames)),
+                        fps=float(cfg.data.fps) / pstride)
         rows[name] = closed_loop_metrics(trajs)
         if policy is not None and cfg.get("world_model_checkpoint"):
             g = sim_predicted_rate(policy, cfg, int(e.get("sim_envs", 16)))

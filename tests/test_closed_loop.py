@@ -66,3 +66,18 @@ def test_drive_rejects_policy_of_another_frame_size():
                     frame_features=8, bottleneck_dim=8, hidden=8))
     with pytest.raises(ValueError, match="64x128"):
         drive("p", [1000000], 1.0, cfg.sim, p, stride=2)
+
+
+def test_drive_records_the_first_scenario_for_the_video():
+    from drivegpt.config import compose
+    from rl.evaluate import drive
+    from rl.policy import Policy
+
+    cfg = compose("eval_policy", ["experiment=tiny"])  # 32x64 at 20 Hz
+    p = Policy(dict(context_frames=2, frame_height=32, frame_width=64, channels=[8], pool_grid=[1, 2],
+                    frame_features=8, bottleneck_dim=8, hidden=8))
+    frames = []
+    trajs = drive("p", [1000000, 1000001], 1.0, cfg.sim, p, stride=2, frames_out=frames)
+    assert len(trajs) == 2 and len(frames) == 10  # 20 steps at stride 2, first scenario only
+    assert frames[0].shape == (32, 64, 3) and frames[0].dtype == np.uint8
+    assert not np.array_equal(frames[0], frames[-1])  # the car moved

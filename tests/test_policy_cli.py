@@ -78,6 +78,8 @@ def test_eval_cli_table_plot_and_sim_to_real_gap(bc_run, learned_sim, tmp_path):
     assert "| bc |" in table and "| human |" in table and "learned sim" in table
     png = (run_dir / "closed_loop.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    videos = sorted(p.name for p in (run_dir / "videos").iterdir())  # the policy in the ground truth
+    assert videos == ["bc_ground_truth.gif", "bc_ground_truth.webm"]
 
 
 def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
