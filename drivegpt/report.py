@@ -50,7 +50,7 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
 td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:right} th{background:#f4f4f4}
 td:first-child{text-align:left}
 figure{display:inline-block;margin:.5rem;vertical-align:top}
-figure img,figure video{max-width:560px;min-width:256px;border:1px solid #ccc;image-rendering:pixelated}
+figure img,figure video{max-width:min(100%,1100px);min-width:256px;border:1px solid #ccc;image-rendering:pixelated}
 figcaption{font-size:.8rem;color:#555} pre{background:#f7f7f7;padding:.5rem;overflow:auto}
 .muted{color:#888}
 """

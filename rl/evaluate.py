@@ -109,9 +109,8 @@ def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy |
           frames_out: list | None = None) -> list[Trajectory]:
     """Drive every scenario with one controller ("autopilot", "human" or a ``policy``).
 
-    ``frames_out``: a list that receives the first scenario's camera frames (every ``stride``
-    steps, captioned with who drives), for the ground-truth driving video of a policy."""
-    from rl.video import caption
+    ``frames_out``: a list that receives (camera frame, caption) of the first scenario every
+    ``stride`` steps (who drives, speed), for the ground-truth driving video of a policy."""
 
     from tqdm.auto import tqdm
 
@@ -135,7 +134,7 @@ def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy |
                 if frames_out is not None:
                     s0 = scen[0]
                     who = f"{kind} engaged" if s0.on else f"human takeover ({s0.left} steps)"
-                    frames_out.append(caption(s0.history[-1], f"{who}  {s0.world.state[0] * 3.6:.0f} km/h"))
+                    frames_out.append((s0.history[-1], f"{who}  {s0.world.state[0] * 3.6:.0f} km/h"))
             need = [i for i, s in enumerate(scen) if s.on and (t % stride == 0 or s.just_engaged)]
             if need:
                 frames = torch.as_tensor(np.stack([scen[i].history for i in need])).to(device)
@@ -232,9 +231,11 @@ def run(cfg: DictConfig) -> dict:
         trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames)
         timing[name] = time.perf_counter() - t0
         if frames:  # the policy driving the ground truth (first scenario), for people to watch
-            from rl.video import upscale, write_video
+            from rl.video import caption, upscale, write_video
 
-            write_video(run_dir / "videos" / f"{name}_ground_truth", upscale(np.stack(frames)),
+            big = upscale(np.stack([f for f, _ in frames]), min_height=192)
+            write_video(run_dir / "videos" / f"{name}_ground_truth",
+                        np.stack([caption(f, text) for f, (_, text) in zip(big, frames)]),
                         fps=float(cfg.data.fps) / pstride)
         rows[name] = closed_loop_metrics(trajs)
         if policy is not None and cfg.get("world_model_checkpoint"):

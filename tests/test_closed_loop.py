@@ -79,5 +79,6 @@ def test_drive_records_the_first_scenario_for_the_video():
     frames = []
     trajs = drive("p", [1000000, 1000001], 1.0, cfg.sim, p, stride=2, frames_out=frames)
     assert len(trajs) == 2 and len(frames) == 10  # 20 steps at stride 2, first scenario only
-    assert frames[0].shape == (32, 64, 3) and frames[0].dtype == np.uint8
-    assert not np.array_equal(frames[0], frames[-1])  # the car moved
+    assert frames[0][0].shape == (32, 64, 3) and frames[0][0].dtype == np.uint8
+    assert frames[0][1].startswith("p engaged")
+    assert not np.array_equal(frames[0][0], frames[-1][0])  # the car moved
