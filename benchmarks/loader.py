@@ -108,22 +108,10 @@ def codec_table(frames: np.ndarray, reps: int = 3) -> list[dict]:
         return enc, dec, len
 
     def pyav(codec, fmt, opts, pix):
-        def enc(fr):
-            import io
-            import av
+        from data.video import _encode_h264
 
-            buf = io.BytesIO()
-            with av.open(buf, "w", format=fmt) as c:
-                s = c.add_stream(codec, rate=20, options=opts)
-                s.width, s.height, s.pix_fmt = fr.shape[2], fr.shape[1], pix
-                for f in fr:
-                    for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                        c.mux(p)
-                for p in s.encode():
-                    c.mux(p)
-            return buf.getvalue()
-
-        return enc, lambda b: decode_frames(b, "mp4"), len
+        return (lambda fr: _encode_h264(fr, 20, codec=codec, fmt=fmt, options=opts, pix_fmt=pix),
+                lambda b: decode_frames(b, "mp4"), len)
 
     cands = {
         "jpgs q95 4:4:4 (data.video 'jpgs')": (lambda fr: encode_frames(fr, "jpgs"),

@@ -87,16 +87,19 @@ def count_frames(data: bytes, codec: str = DEFAULT_CODEC) -> int:
 
 
 # ----------------------------------------------------------------------------- H.264 (PyAV)
-def _encode_h264(frames: np.ndarray, fps: float) -> bytes:
+def _encode_h264(frames: np.ndarray, fps: float, codec: str = "libx264", fmt: str = "mp4",
+                 options: dict | None = None, pix_fmt: str = H264_PIX_FMT) -> bytes:
+    """Encode with PyAV in memory; the keyword arguments let benchmarks/loader.py sweep codecs."""
     av = _av()
     from fractions import Fraction
 
     _, h, w, _ = frames.shape
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
+    with av.open(buf, "w", format=fmt) as container:
         rate = Fraction(fps).limit_denominator(1000)
-        stream = container.add_stream("libx264", rate=rate, options=dict(H264_OPTIONS))
-        stream.width, stream.height, stream.pix_fmt = w, h, H264_PIX_FMT
+        stream = container.add_stream(codec, rate=rate,
+                                      options=dict(H264_OPTIONS if options is None else options))
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)
