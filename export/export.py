@@ -51,15 +51,21 @@ def load_export_module(path: str | Path, cfg: DictConfig | None = None):
     return policy.export_module().eval(), shape
 
 
-def _ms(fn, n: int) -> float:
-    """Median wall time of one call in ms (median: robust to other jobs on a shared host)."""
-    fn()
-    times = []
-    for _ in range(max(n, 1)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+def _ms(fns: dict, n: int, rounds: int = 5) -> dict:
+    """Median wall time in ms of one call of each fn, timed in alternating rounds so that load
+    from other jobs on a shared host lands on every contender alike (median: robust to spikes)."""
+    times: dict = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up (allocator, weight reorders, ORT's first-run planning)
+        for _ in range(3):
+            fn()
+    per_round = max(1, -(-max(n, 1) // rounds))
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
 def toolchain_versions() -> dict:
@@ -84,10 +90,10 @@ def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, flo
     try:
         args = [torch.from_numpy(v) for v in inputs.values()]
         with torch.inference_mode():
-            torch_ms = _ms(lambda: module(*args), runs)
+            ms = _ms({"torch": lambda: module(*args), "ort": lambda: session.run(None, inputs)}, runs)
     finally:
         torch.set_num_threads(threads)
-    return torch_ms, _ms(lambda: session.run(None, inputs), runs)
+    return ms["torch"], ms["ort"]
 
 
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:

@@ -2,7 +2,9 @@
 
 Architecture (per call, ``b`` batch, ``K`` context frames, ``H x W`` pixels):
 
-    frames uint8 [b K H W 3] --/255, centre--> shared conv trunk per frame (stride-2 convs)
+    frames uint8 [b K H W 3] --/127.5 - 1--> shared MobileNetV2-style trunk per frame
+      (stem conv; stride-2 inverted-residual blocks: 1x1 expand, 3x3 depthwise, 1x1 project,
+      BatchNorm + ReLU; ``extra_blocks`` stride-1 residual blocks at the end)
       -> average pool to a small grid (keeps where the lanes are) -> linear -> feature [b K c]
       -> concat over K -> MLP -> z [b d] in (-1, 1) (tanh)
       -> information bottleneck: z + N(0, noise_std^2)   (training; the mean z at eval/export)
@@ -14,6 +16,11 @@ The bottleneck is an additive-Gaussian channel on a bounded feature (|z| < 1, si
 <= 1), so its capacity is at most ``d * 0.5 * log2(1 + 1/noise_std^2)`` bits per decision
 (``Policy.bottleneck_bits``); with the defaults (d=128, noise_std=0.1) that is ~426 bits, the
 order comma uses (~700 bits), so the policy cannot read fine artefacts of the world model.
+
+The trunk is the mobile family openpilot's vision model belongs to (EfficientNet's MBConv):
+depthwise-separable convolutions with BatchNorm fold into a few fused Conv(+ReLU) kernels on
+ONNX Runtime and the QNN HTP. BatchNorm statistics are learnt in behaviour cloning and frozen
+for RL (``Policy.freeze_norm``), so rollouts and PPO updates see the same network.
 
 Actions are the normalized Box(2) of ``sim.vehicle``: (desired curvature, desired accel) in
 [-1, 1]. Sampled actions are Gaussian (unbounded); environments clip them to the box.
@@ -49,7 +56,9 @@ class PolicyConfig:
     context_frames: int = 4          # K frames per decision
     frame_height: int = 128
     frame_width: int = 256
-    channels: tuple[int, ...] = (16, 32, 64, 64)   # conv trunk, each a stride-2 3x3 conv (first 5x5)
+    channels: tuple[int, ...] = (16, 24, 32, 64)   # stem conv, then one stride-2 inverted-residual block each
+    expand: int = 3                  # inverted-residual expansion ratio (hidden = expand x input channels)
+    extra_blocks: int = 1            # stride-1 residual blocks after the last stage
     pool_grid: tuple[int, int] = (4, 8)  # trunk output average-pooled to this grid (keeps where things are)
     frame_features: int = 64         # per-frame feature (linear map of the pooled grid)
     bottleneck_dim: int = 128        # d: size of the noisy feature vector
@@ -83,15 +92,43 @@ class PolicyConfig:
         return (self.context_frames, self.frame_height, self.frame_width, 3)
 
 
+def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> list[nn.Module]:
+    """Conv (no bias: BatchNorm has it) + BatchNorm (+ ReLU): one fused Conv kernel after export."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(c_out)]
+    return layers + [nn.ReLU(inplace=True)] if relu else layers
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear project (+ skip)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        self.block = nn.Sequential(
+            *_conv_bn(c_in, hidden, 1),
+            *_conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            *_conv_bn(hidden, c_out, 1, relu=False),
+        )
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n c h w] -> [n c' h/s w/s]
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
 def _trunk(cfg: PolicyConfig) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    c_in = 3
-    for i, c in enumerate(cfg.channels):
-        k = 5 if i == 0 else 3
-        layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.GELU()]
+    if not cfg.channels:
+        raise ValueError("PolicyConfig.channels: needs at least the stem's channel count")
+    c_in = cfg.channels[0]
+    layers: list[nn.Module] = _conv_bn(3, c_in, 3, stride=2)
+    for c in cfg.channels[1:]:
+        layers.append(InvertedResidual(c_in, c, 2, cfg.expand))
         c_in = c
+    layers += [InvertedResidual(c_in, c_in, 1, cfg.expand) for _ in range(cfg.extra_blocks)]
     gh, gw = cfg.pool_grid
-    layers += [nn.AdaptiveAvgPool2d((gh, gw)), nn.Flatten(), nn.Linear(c_in * gh * gw, cfg.frame_features), nn.GELU()]
+    layers += [nn.AdaptiveAvgPool2d((gh, gw)), nn.Flatten(), nn.Linear(c_in * gh * gw, cfg.frame_features),
+               nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -115,6 +152,21 @@ class Policy(nn.Module):
         self.log_std = nn.Parameter(torch.full((ACTION_DIM,), float(cfg.init_log_std)))
         nn.init.zeros_(self.actor[-1].bias)
         self.actor[-1].weight.data.mul_(0.1)
+        self.norm_frozen = False
+
+    def freeze_norm(self, frozen: bool = True) -> "Policy":
+        """Keep BatchNorm on its running statistics even in train mode (RL: the batch is a set of
+        correlated env steps, and rollouts and updates must see one network)."""
+        self.norm_frozen = frozen
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Policy":
+        super().train(mode)
+        if self.norm_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     # ---------------------------------------------------------------- properties
     @property
@@ -262,6 +314,8 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
         for m in part.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 handles.append(m.register_forward_hook(hook("rest")))
+    was_training = policy.training
+    policy.eval()  # BatchNorm must not update its running statistics on the probe frame
     try:
         with torch.no_grad():
             frame = torch.zeros(1, 3, h, w)
@@ -273,6 +327,7 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
     finally:
         for hd in handles:
             hd.remove()
+        policy.train(was_training)
     return {
         "flops_per_frame": float(per_frame),
         "flops_per_call": float(per_frame * cfg.context_frames + totals["rest"]),

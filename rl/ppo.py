@@ -207,6 +207,13 @@ def episode_returns(reward: torch.Tensor, done: torch.Tensor, running: torch.Ten
     return finished, running
 
 
+def _freeze_norm(policy):
+    """BatchNorm keeps BC's statistics in RL: rollouts and updates must see one network."""
+    if hasattr(policy, "freeze_norm"):
+        policy.freeze_norm()
+    return policy
+
+
 def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: int = 0,
               log: Callable[[int, dict], None] | None = None, on_step: Callable | None = None,
               on_iteration: Callable[[int, dict, Any], None] | None = None,
@@ -227,9 +234,10 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+    _freeze_norm(policy)
     policy, optimizer = fabric.setup(policy, optimizer)
     if ref_policy is not None:
-        ref_policy = ref_policy.to(fabric.device).eval()
+        ref_policy = _freeze_norm(ref_policy.to(fabric.device).eval())
         for p in ref_policy.parameters():
             p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)

@@ -100,7 +100,7 @@ class RLLogger:
     """Per-iteration statistics: CSV + JSON copy in run_dir, wandb directly when enabled."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, resume: bool):
-        from drivegpt.training import wandb_mode
+        from drivegpt import tracking
 
         self.run_dir = run_dir
         self.csv = run_dir / "rl_log.csv"
@@ -110,14 +110,9 @@ class RLLogger:
             from drivegpt.runs import read_json
 
             self.history = list(read_json(self.json))
-        self.wandb = None
-        mode = wandb_mode(cfg.logger) if cfg.logger.kind == "wandb" else "disabled"
-        if mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(project=cfg.logger.project, entity=cfg.logger.get("entity"),
-                                    name=f"rl-{run_dir.name}", dir=str(run_dir), mode=mode,
-                                    config=OmegaConf.to_container(cfg, resolve=True))
+        # A run of its own (finishing the previous stage's, which in `drivegpt pipeline` is still
+        # open in this process; wandb.init would otherwise return it and drop our earlier steps).
+        self.wandb = tracking.start(cfg, run_dir, "rl")
 
     def log(self, it: int, stats: dict):
         self.history.append(dict(stats))

@@ -49,6 +49,32 @@ def test_bottleneck_active_in_training_and_mean_at_export():
     assert p.bottleneck_bits == pytest.approx(16 * 0.5 * torch.log2(torch.tensor(5.0)).item())
 
 
+def test_frozen_norm_keeps_bc_statistics_and_batch_independence():
+    """RL freezes BatchNorm: a state's action must not depend on which other env steps share its
+    batch (rollout vs PPO minibatch), and the running statistics from BC must not drift."""
+    torch.manual_seed(0)
+    p = Policy(TINY)
+    frames, speed = _obs(b=4)
+    p.train()
+    n = p.sample_noise(4)
+    full = p(frames, speed, noise=n)[0]
+    alone = p(frames[:2], speed[:2], noise=n[:2])[0]
+    assert (full[:2] - alone).abs().max() > 1e-5, "unfrozen train mode uses batch statistics"
+    p.freeze_norm()
+    assert p.training
+    stats = {k: v.clone() for k, v in p.state_dict().items() if "running" in k}
+    full = p(frames, speed, noise=n)[0]
+    alone = p(frames[:2], speed[:2], noise=n[:2])[0]
+    torch.testing.assert_close(full[:2], alone, rtol=0, atol=1e-6)
+    assert not torch.equal(p(frames, speed)[0], p(frames, speed)[0]), "bottleneck noise stays on"
+    p.train()  # train() again (PPO calls it every iteration) must not unfreeze
+    p(frames, speed)
+    count_flops(p)
+    for k, v in p.state_dict().items():
+        if "running" in k:
+            assert torch.equal(v, stats[k]), f"{k} drifted while frozen"
+
+
 def test_checkpoint_roundtrip_and_bad_inputs(tmp_path):
     torch.manual_seed(0)
     p = Policy(TINY).eval()
