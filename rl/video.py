@@ -1,4 +1,4 @@
-"""Rollout videos a person can look at: WebM (VP8, plays in browsers) + GIF fallback."""
+"""Rollout videos a person can look at: WebM (plays in browsers) + GIF, via sim.learned.video."""
 
 from __future__ import annotations
 
@@ -23,35 +23,14 @@ def caption(frame: np.ndarray, text: str) -> np.ndarray:
 
 
 def write_video(stem: str | Path, frames: np.ndarray, fps: float = 5.0) -> list[Path]:
-    """Write ``stem``.webm and ``stem``.gif atomically from RGB uint8 [T H W 3]; returns the paths."""
-    import cv2
-    from PIL import Image
-
-    from drivegpt.runs import atomic_path
+    """Write ``stem``.webm and ``stem``.gif atomically from RGB uint8 [T H W 3]; returns the paths
+    (the WebM only where OpenCV can encode VP9/VP8; the GIF always)."""
+    from sim.learned.video import write_gif, write_webm
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"write_video({stem}): frames must be uint8 [T,H,W,3] with T > 0, got "
                          f"{frames.dtype} {frames.shape}")
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    webm = stem.with_suffix(".webm")
-    with atomic_path(webm) as tmp:
-        tmp_webm = tmp.with_suffix(".webm")  # the container is chosen by the extension
-        w = cv2.VideoWriter(str(tmp_webm), cv2.VideoWriter_fourcc(*"VP80"), float(fps),
-                            (frames.shape[2], frames.shape[1]))
-        if w.isOpened():
-            for f in frames:
-                w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-            w.release()
-            tmp_webm.replace(tmp)
-    if webm.exists() and webm.stat().st_size > 0:
-        out.append(webm)
-    gif = stem.with_suffix(".gif")
-    with atomic_path(gif) as tmp:
-        imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:],
-                     duration=int(1000 / fps), loop=0)
-    out.append(gif)
-    return out
+    webm = write_webm(stem.with_suffix(".webm"), frames, fps)
+    return ([webm] if webm is not None else []) + [write_gif(stem.with_suffix(".gif"), frames, fps)]
