@@ -156,15 +156,6 @@ def contact_sheet(tiles: list[np.ndarray], cols: int = 4) -> np.ndarray:
     return rearrange(grid, "(r c) h w ch -> (r h) (c w) ch", c=cols)
 
 
-def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    from drivegpt.runs import atomic_write_bytes
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"{path}: PNG encoding failed")
-    return atomic_write_bytes(path, buf.tobytes())
-
-
 def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: bool = False,
                    sheet_path: str | Path | None = None) -> dict:
     """Summary of the shards at ``shards`` (+ contact sheet PNG of ``n_frames`` tiles)."""
@@ -200,6 +191,8 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
     out["shard_urls"] = len(urls)
     out["skipped_bad"] = int(handler.stats["skipped"])
     if sheet_path is not None and tiles:
+        from drivegpt.runs import write_png
+
         write_png(sheet_path, contact_sheet(tiles))
         out["contact_sheet"] = str(sheet_path)
         out["contact_sheet_frames"] = len(tiles)

@@ -63,6 +63,18 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def write_png(path: str | os.PathLike, rgb: Any) -> Path:
+    """uint8 [H, W, 3] RGB -> PNG at ``path``, atomically."""
+    import cv2
+    import numpy as np
+
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(np.asarray(rgb)[..., ::-1]))
+    if not ok:
+        raise ValueError(f"{path}: could not encode PNG from array {np.shape(rgb)} {np.asarray(rgb).dtype}")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 

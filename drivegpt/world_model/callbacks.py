@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from drivegpt.world_model.viz import write_png
+from drivegpt.runs import write_png
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Pictures: PNG writing (atomic), counterfactual grid, ROC curves."""
+"""Pictures: counterfactual grid, ROC curves (written atomically)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from drivegpt.runs import atomic_path
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """uint8 [H, W, 3] RGB -> PNG, atomically."""
-    import cv2
-
-    path = Path(path)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise ValueError(f"{path}: could not encode PNG from array {rgb.shape} {rgb.dtype}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return path
 
 
 def counterfactual_grid(path, rows: dict[str, tuple[np.ndarray, np.ndarray]], times: list[float], context: np.ndarray):
