@@ -169,7 +169,8 @@ def run(cfg: DictConfig) -> dict:
     from drivegpt.report import build_report
 
     total = sum(v["seconds"] for v in summary.values())
-    write_metrics(run_dir, {"stages": summary, "total_seconds": round(total, 1)})
+    targets = str(cfg.get("targets") or "demo")
+    write_metrics(run_dir, {"stages": summary, "total_seconds": round(total, 1), "targets": targets})
     report = build_report(run_dir)
     table = Table(title=f"drivegpt pipeline: {run_dir}")
     for col in ("stage", "status", "seconds", "headline"):
@@ -178,6 +179,12 @@ def run(cfg: DictConfig) -> dict:
         table.add_row(*r)
     console.print(table)
     console.print(f"report: {report}")
-    metrics = {"stages": summary, "total_seconds": round(total, 1), "report": str(report)}
+    from drivegpt.scoreboard import scoreboard
+    from drivegpt.scoreboard import summary as score_summary
+
+    score = score_summary(scoreboard(run_dir, targets))
+    console.print(f"targets ({targets}): {score['targets_met_count']}/{score['targets_total']} met")
+    metrics = {"stages": summary, "total_seconds": round(total, 1), "report": str(report), "targets": targets,
+               "scoreboard": score}
     write_metrics(run_dir, metrics)
     return metrics

@@ -185,8 +185,28 @@ def stage_section(title: str, stage_dir: Path, out_dir: Path, headline: str = ""
     return "\n".join(body)
 
 
+def scoreboard_table(run_dir: Path, preset: str) -> str:
+    """The learning scoreboard (drivegpt.scoreboard): target, measured, baseline, met, in pipeline order."""
+    from drivegpt.scoreboard import scoreboard
+
+    rows = scoreboard(run_dir, preset)
+    met = {True: "<td style='color:#080'>yes</td>", False: "<td style='color:#c00'><b>no</b></td>",
+           None: "<td class=muted>not measured</td>"}
+    body = "".join(
+        f"<tr><td>{html.escape(r['stage'])}</td><td style='text-align:left'>{html.escape(r['target'])}</td>"
+        f"<td>{'' if r['value'] is None else _fmt(r['value'])}</td>"
+        f"<td>{'' if r['baseline'] is None else _fmt(r['baseline'])} "
+        f"<span class=muted>{html.escape(r['baseline_name'])}</span></td>{met[r['met']]}</tr>"
+        for r in rows)
+    n = sum(1 for r in rows if r["met"])
+    return (f"<h2>Scoreboard ({html.escape(preset)} targets: {n}/{len(rows)} met)</h2>"
+            "<table><tr><th>stage</th><th>target</th><th>measured</th><th>baseline</th><th>met</th></tr>"
+            f"{body}</table>")
+
+
 def summary_table(stages: dict) -> str:
-    """The pipeline's per-stage summary (status, seconds, headline metrics)."""
+    """The pipeline's per-stage summary (status, seconds, headline metrics), in pipeline order."""
+    stages = dict(sorted(stages.items(), key=lambda kv: str(kv[1].get("dir", kv[0]))))
     rows = "".join(f"<tr><td><a href='#{html.escape(v.get('dir', ''))}'>{html.escape(k)}</a></td>"
                    f"<td>{html.escape(str(v.get('status', '')))}</td><td>{_fmt(v.get('seconds', ''))}</td>"
                    f"<td style='text-align:left'>{html.escape(v.get('headline', ''))}</td></tr>"
@@ -222,7 +242,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if (run_dir / "metrics.json").exists() and stages[0][1] != run_dir:
         top = json.loads((run_dir / "metrics.json").read_text())
         if isinstance(top.get("stages"), dict):
-            summary = summary_table(top["stages"])
+            summary = scoreboard_table(run_dir, str(top.get("targets") or "demo")) + summary_table(top["stages"])
             headlines = {v.get("dir"): v.get("headline", "") for v in top["stages"].values()}
         else:
             summary = "<h2>Summary</h2>" + metrics_table(top)

@@ -6,7 +6,9 @@ Frames come from the held-out segments (data.loaders.split_of, data.val_fraction
 (metrics.json, prefix ``tokenizer_eval/``): PSNR and SSIM (mean over frames), lane-marking
 PSNR (pooled MSE over the pixels of the road world's ``lane_mask``; null when the shards
 carry no mask), codebook usage (% of codes used over the eval set) and perplexity of the
-code distribution. Pictures: eval_recon.png (real | recon | error), eval_usage.png.
+code distribution. Beside them, the trivial baseline the tokenizer must beat (``bicubic_psnr``,
+``bicubic_ssim``, ``bicubic_lane_psnr``): each frame down-sampled bicubically to the token grid
+(h' x w' RGB pixels, as many numbers per frame as the grid has tokens x 3) and back up. Pictures: eval_recon.png (real | recon | error), eval_usage.png.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.tokenizer.images import recon_grid, save_png, upscale_for, usage_plot
 from drivegpt.tokenizer.losses import psnr, ssim
-from drivegpt.tokenizer.model import Tokenizer, load_tokenizer, to_float
+from drivegpt.tokenizer.model import Tokenizer, load_tokenizer, to_float, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +71,33 @@ class Scorer:
         }
 
 
+def bicubic_baseline(frames: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """uint8 [b,h,w,3] -> the same frames bicubically down-sampled to ``grid`` (h', w') and back up."""
+    x = to_float(frames.cpu())
+    lo = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True)
+    up = F.interpolate(lo, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False)
+    return to_uint8(up.clamp(-1.0, 1.0))
+
+
 def score(model: Tokenizer, batches, max_frames: int) -> tuple[dict, Scorer, tuple]:
-    """Run ``model`` over ``batches`` of {"frame": uint8 [b,h,w,3], "lane_mask"?: bool [b,h,w]}."""
-    scorer, sample = Scorer(model.vocab_size), None
+    """Run ``model`` over ``batches`` of {"frame": uint8 [b,h,w,3], "lane_mask"?: bool [b,h,w]}.
+    The metrics include the bicubic baseline's (``bicubic_*``) on the same frames."""
+    scorer, base, sample = Scorer(model.vocab_size), Scorer(1), None
     for batch in batches:
         fr = torch.as_tensor(batch["frame"])
         lane = batch.get("lane_mask")
+        lane = None if lane is None else torch.as_tensor(lane)
         tokens, recon = model.reconstruct(fr)
-        scorer.add(fr, recon.cpu(), tokens, None if lane is None else torch.as_tensor(lane))
+        scorer.add(fr, recon.cpu(), tokens, lane)
+        base.add(fr, bicubic_baseline(fr, model.grid), torch.zeros(1, dtype=torch.long), lane)
         if sample is None:
             sample = (fr[:8].numpy(), recon[:8].cpu().numpy())
         if scorer.n >= max_frames:
             break
-    return scorer.metrics(), scorer, sample
+    b = base.metrics()
+    metrics = {**scorer.metrics(), "bicubic_psnr": b["psnr"], "bicubic_ssim": b["ssim"],
+               "bicubic_lane_psnr": b["lane_psnr"]}
+    return metrics, scorer, sample
 
 
 def _batches(dataset, batch_size: int):
