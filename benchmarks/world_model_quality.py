@@ -40,7 +40,7 @@ def _tokenizer(spec: str, h: int, w: int):
 
 
 def token_item(i: int, args) -> dict:
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     seg = drive_segment(args.first_seed + i, args.seconds, None, args.height, args.width)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def main():
     args = ap.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="wm_quality_"))
     _TOK = _tokenizer(args.tokenizer, args.height, args.width)
-    from data.shards import write_shards
+    from drivegpt.data.shards import write_shards
 
     t0 = time.time()
     shards = work / "tokens"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from data.sources import SOURCES
-from data.sources.common import SourceError, import_path
+from drivegpt.data.sources import SOURCES
+from drivegpt.data.sources.common import SourceError, import_path
 
 
 def _plain(node) -> dict:
@@ -42,9 +42,9 @@ def make_source(cfg):
 
 
 def run(cfg) -> dict:
-    from data.inspect import format_summary, inspect_shards
-    from data.shards import write_shards
-    from data.video import DEFAULT_CODEC
+    from drivegpt.data.inspect import format_summary, inspect_shards
+    from drivegpt.data.shards import write_shards
+    from drivegpt.data.video import DEFAULT_CODEC
     from drivegpt.runs import write_metrics
 
     src = make_source(cfg)

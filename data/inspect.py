@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from einops import rearrange
 
-from data.schema import CAUSE_NAMES, Segment
+from drivegpt.data.schema import CAUSE_NAMES, Segment
 
 
 class FleetStats:
@@ -159,7 +159,7 @@ def contact_sheet(tiles: list[np.ndarray], cols: int = 4) -> np.ndarray:
 def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: bool = False,
                    sheet_path: str | Path | None = None) -> dict:
     """Summary of the shards at ``shards`` (+ contact sheet PNG of ``n_frames`` tiles)."""
-    from data.shards import BadInput, ShardError, decode_sample, expand_urls, raw_samples
+    from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls, raw_samples
 
     stats = FleetStats()
     handler = BadInput(skip_bad)
@@ -168,7 +168,7 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
     # spread the sheet over the fleet when its size is known from a manifest
     every = 1
     try:
-        from data.shards import read_manifest
+        from drivegpt.data.shards import read_manifest
 
         parents = {str(Path(u).parent) for u in urls}
         if len(parents) == 1:

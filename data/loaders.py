@@ -28,9 +28,9 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from data.labels import DEFAULT_HORIZONS, disengagement_targets
-from data.poses import strided_rel_poses
-from data.shards import BadInput, ShardError, decode_sample, expand_urls
+from drivegpt.data.labels import DEFAULT_HORIZONS, disengagement_targets
+from drivegpt.data.poses import strided_rel_poses
+from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "all")

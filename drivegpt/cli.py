@@ -16,7 +16,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-CONFIG_PATH = "pkg://configs"
+CONFIG_PATH = "pkg://drivegpt.configs"
 VERSION_BASE = "1.3"
 
 
@@ -29,11 +29,11 @@ class Command:
 
 
 COMMANDS: list[Command] = [
-    Command(("fleet", "generate"), "data.sources.procedural", "fleet_generate",
+    Command(("fleet", "generate"), "drivegpt.data.sources.procedural", "fleet_generate",
             "drive a synthetic fleet in the procedural road world and write shards"),
-    Command(("data", "ingest"), "data.ingest", "data_ingest",
+    Command(("data", "ingest"), "drivegpt.data.ingest", "data_ingest",
             "convert fleet logs (procedural, comma2k19, video+csv, gym) into shards"),
-    Command(("data", "inspect"), "data.inspect", "data_inspect",
+    Command(("data", "inspect"), "drivegpt.data.inspect", "data_inspect",
             "summarise shards: hours, km, disengagements by cause, contact sheet"),
     Command(("train", "tokenizer"), "drivegpt.tokenizer.train", "train_tokenizer",
             "train the VQ tokenizer on frame shards"),
@@ -45,13 +45,13 @@ COMMANDS: list[Command] = [
             "train the DriveGPT world model on token shards"),
     Command(("eval", "world_model"), "drivegpt.world_model.evaluate", "eval_world_model",
             "bits/token, disengagement AUROC, counterfactual fidelity, pose-following"),
-    Command(("rollout",), "sim.learned.rollout", "rollout",
+    Command(("rollout",), "drivegpt.sim.learned.rollout", "rollout",
             "dream rollouts in the learned simulator: videos and predicted disengagements"),
-    Command(("train", "policy"), "rl.train", "train_policy",
+    Command(("train", "policy"), "drivegpt.rl.train", "train_policy",
             "behaviour cloning (stage=bc) or RL in the learned simulator (stage=rl)"),
-    Command(("eval", "policy"), "rl.evaluate", "eval_policy",
+    Command(("eval", "policy"), "drivegpt.rl.evaluate", "eval_policy",
             "closed-loop evaluation in the ground-truth road world"),
-    Command(("export", "policy"), "export.export", "export_policy",
+    Command(("export", "policy"), "drivegpt.export.export", "export_policy",
             "ONNX, QDQ quantization, QNN HTP context binary, verification, device report"),
     Command(("report",), "drivegpt.report", "report",
             "the HTML evaluation report of a run directory"),

@@ -18,11 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivegpt.runs import atomic_write_text, mark_done, write_metrics
-from export import onnx_export as ox
-from export import qnn, report
-from export.frames import get_windows
-from export.quantize import check_inputs, quantize_qdq
-from export.verify import action_errors
+from drivegpt.export import onnx_export as ox
+from drivegpt.export import qnn, report
+from drivegpt.export.frames import get_windows
+from drivegpt.export.quantize import check_inputs, quantize_qdq
+from drivegpt.export.verify import action_errors
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def load_export_module(path: str | Path, cfg: DictConfig | None = None):
     A checkpoint of another kind (tokenizer, world model, ...) or an unreadable file raises
     ``NotAPolicyError`` naming the file and the key.
     """
-    from rl.policy import load_policy, read_checkpoint
+    from drivegpt.rl.policy import load_policy, read_checkpoint
 
     try:
         ckpt = read_checkpoint(path)

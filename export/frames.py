@@ -60,8 +60,8 @@ def _collect(segments, split_of, split, count, shape, stride, per_segment, seed)
 
 def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_fraction: float,
                   per_segment: int = 8, seed: int = 0) -> Windows:
-    from data.loaders import split_of
-    from data.shards import expand_urls, iter_samples
+    from drivegpt.data.loaders import split_of
+    from drivegpt.data.shards import expand_urls, iter_samples
 
     segs = iter_samples(expand_urls(shards))
     f, s = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
@@ -73,10 +73,10 @@ def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_f
                       seconds: float = 10.0, per_segment: int = 8, seed: int = 0) -> Windows:
     """Drive road-world segments of ``split`` only (chosen by ``split_of(segment_id(seed))`` before
     driving, the same split the fleet shards of those seeds get)."""
-    from sim.roadworld import drive_segment, segment_id
+    from drivegpt.sim.roadworld import drive_segment, segment_id
 
     try:
-        from data.loaders import split_of
+        from drivegpt.data.loaders import split_of
     except ImportError:  # same idea: a stable hash of the id decides the split
         split_of = _hash_split
     _, h, w, _ = shape

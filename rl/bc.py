@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from rl.policy import Policy, PolicyConfig
+from drivegpt.rl.policy import Policy, PolicyConfig
 
 # Window keys this module reads; names follow the data.loaders contract.
 DISENGAGE_KEYS = ("targets", "disengage_targets")
@@ -37,7 +37,7 @@ def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.
 
     rel_pose [b Kw 6], speed [b Kw]; ``dt`` = stride / fps seconds.
     """
-    from sim.vehicle import inverse
+    from drivegpt.sim.vehicle import inverse
 
     if rel_pose.shape[1] < 2:
         raise ValueError(f"BC needs windows of >= 2 frames, got rel_pose {tuple(rel_pose.shape)}")
@@ -136,7 +136,7 @@ class BCModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        from sim.vehicle import ACTION_SCALE
+        from drivegpt.sim.vehicle import ACTION_SCALE
 
         frames, speed, target, w = self._prepare(batch)
         mean, _, _ = self.policy(frames, speed)

@@ -98,7 +98,7 @@ def make_learned_env(num_envs: int, context_frames: int, settings: dict[str, Any
     """The batched learned sim (torch output, SAME_STEP autoreset) with the policy's frame history.
 
     ``objects``: ready ``models`` / ``contexts`` / ``vehicle`` (tests pass fakes)."""
-    from sim.learned import WorldModelVectorEnv
+    from drivegpt.sim.learned import WorldModelVectorEnv
 
     settings = dict(settings or {})
     settings.update(output="torch", autoreset_mode="same_step")

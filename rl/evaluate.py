@@ -28,17 +28,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data.schema import Cause
+from drivegpt.data.schema import Cause
 from drivegpt.runs import atomic_path, atomic_write_text, mark_done, write_metrics
-from rl.metrics import Trajectory, closed_loop_metrics, markdown_table
-from rl.policy import Policy, load_policy
+from drivegpt.rl.metrics import Trajectory, closed_loop_metrics, markdown_table
+from drivegpt.rl.policy import Policy, load_policy
 
 BASELINES = ("autopilot", "human")
 
 
 def _safe_to_engage(m: dict) -> bool:
     try:  # the fleet's own re-engagement rule
-        from sim.roadworld.fleet import _safe_to_engage as rule
+        from drivegpt.sim.roadworld.fleet import _safe_to_engage as rule
 
         return bool(rule(m))
     except ImportError:  # pragma: no cover
@@ -52,7 +52,7 @@ class _Scenario:
     """One road (seed) driven by one controller with the fleet's takeover protocol."""
 
     def __init__(self, seed: int, seconds: float, cfg_sim, kind: str):
-        from sim.roadworld import Autopilot, HumanDriver, RoadWorldEnv
+        from drivegpt.sim.roadworld import Autopilot, HumanDriver, RoadWorldEnv
 
         self.env = RoadWorldEnv(config=cfg_sim, seconds=seconds)
         self.env.reset(seed=seed, options={"world_seed": seed})
@@ -150,8 +150,8 @@ def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy |
 
 def sim_predicted_rate(policy: Policy, cfg: DictConfig, num_envs: int) -> dict:
     """Expected disengagements/100 km of ``policy`` in the learned sim (events not sampled)."""
-    from rl.envs import learned_sim_settings, make_learned_env
-    from rl.train import final_rollouts
+    from drivegpt.rl.envs import learned_sim_settings, make_learned_env
+    from drivegpt.rl.train import final_rollouts
 
     settings = learned_sim_settings(cfg)
     settings["termination"] = "never"
@@ -231,7 +231,7 @@ def run(cfg: DictConfig) -> dict:
         trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames)
         timing[name] = time.perf_counter() - t0
         if frames:  # the policy driving the ground truth (first scenario), for people to watch
-            from rl.video import caption, upscale, write_video
+            from drivegpt.rl.video import caption, upscale, write_video
 
             big = upscale(np.stack([f for f, _ in frames]), min_height=192)
             write_video(run_dir / "videos" / f"{name}_ground_truth",

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, write_metrics
-from rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
+from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
 
 STAGES = ("bc", "rl")
 
@@ -48,9 +48,9 @@ def run(cfg: DictConfig) -> dict:
 
 # ----------------------------------------------------------------------------- BC
 def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
-    from data.datamodule import FleetDataModule
+    from drivegpt.data.datamodule import FleetDataModule
     from drivegpt.training import make_trainer, resume_path
-    from rl.bc import BCModule
+    from drivegpt.rl.bc import BCModule
 
     pcfg = policy_config_from_cfg(cfg)
     if int(cfg.data.context_frames) < pcfg.context_frames + 1:
@@ -140,7 +140,7 @@ class RLLogger:
 
 
 def _frame_for_video(obs: dict, info: dict, i: int = 0):
-    from rl.video import caption
+    from drivegpt.rl.video import caption
 
     f = obs["frames"][i, -1].detach().cpu().numpy()
     hz = info.get("hazard") if isinstance(info, dict) else None
@@ -150,7 +150,7 @@ def _frame_for_video(obs: dict, info: dict, i: int = 0):
         text += f"hz {float(torch.as_tensor(hz).reshape(-1)[i]):.3f}"
     if unc is not None:
         text += f" unc {float(torch.as_tensor(unc).reshape(-1)[i]):.2f}"
-    from rl.video import upscale
+    from drivegpt.rl.video import upscale
 
     return caption(upscale(f[None])[0], text) if text else upscale(f[None])[0]
 
@@ -193,9 +193,9 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     from tqdm.auto import tqdm
 
     from drivegpt.training import resume_path
-    from rl.envs import learned_sim_settings, make_learned_env
-    from rl.ppo import PPOConfig, train_ppo
-    from rl.video import write_video
+    from drivegpt.rl.envs import learned_sim_settings, make_learned_env
+    from drivegpt.rl.ppo import PPOConfig, train_ppo
+    from drivegpt.rl.video import write_video
 
     bc_path = cfg.get("checkpoint") or cfg.get("init")
     if not bc_path:

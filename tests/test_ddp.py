@@ -14,7 +14,7 @@ from drivegpt.world_model.patch_tokenizer import PatchTokenizer
 
 
 def token_item(i: int) -> dict:
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     seg = drive_segment(200 + i, 4.0, None, 32, 64)
     tok = PatchTokenizer().encode(seg.frames).numpy().astype(np.int16)
@@ -26,7 +26,7 @@ def token_item(i: int) -> dict:
 
 @pytest.mark.slow
 def test_two_rank_ddp_spawn_disjoint_data_identical_weights(tmp_path):
-    from data.shards import write_shards
+    from drivegpt.data.shards import write_shards
     from drivegpt.world_model.train import run
 
     shards = tmp_path / "tokens"

@@ -11,13 +11,13 @@ Every source is an indexed, picklable object with ``n_items`` and ``make_item(i)
 ``SOURCES`` maps the ``source=`` names of ``drivegpt data ingest`` to ``module:Class``.
 """
 
-from data.sources.common import Source, SourceError
+from drivegpt.data.sources.common import Source, SourceError
 
 SOURCES = {
-    "procedural": "data.sources.procedural:ProceduralSource",
-    "comma2k19": "data.sources.comma2k19:Comma2k19Source",
-    "csv_video": "data.sources.csv_video:CsvVideoSource",
-    "gym": "data.sources.gym_recorder:GymSource",
+    "procedural": "drivegpt.data.sources.procedural:ProceduralSource",
+    "comma2k19": "drivegpt.data.sources.comma2k19:Comma2k19Source",
+    "csv_video": "drivegpt.data.sources.csv_video:CsvVideoSource",
+    "gym": "drivegpt.data.sources.gym_recorder:GymSource",
 }
 
 __all__ = ["SOURCES", "Source", "SourceError"]

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from data.schema import Segment
+from drivegpt.data.schema import Segment
 
 FLEET_FILE = "fleet.json"
 
@@ -37,7 +37,7 @@ class ProceduralSource:
                     width=self.width, sim=self.sim)
 
     def make_item(self, i: int) -> Segment:
-        from sim.roadworld import drive_segment
+        from drivegpt.sim.roadworld import drive_segment
 
         return drive_segment(seed=self.first_seed + i, seconds=self.seconds, cfg_sim=self.sim,
                              height=self.height, width=self.width)
@@ -67,9 +67,9 @@ def check_settings(out: Path, settings: dict) -> None:
 
 
 def run(cfg) -> dict:
-    from data.inspect import format_summary, inspect_shards
-    from data.shards import write_shards
-    from data.video import DEFAULT_CODEC
+    from drivegpt.data.inspect import format_summary, inspect_shards
+    from drivegpt.data.shards import write_shards
+    from drivegpt.data.video import DEFAULT_CODEC
     from drivegpt.runs import write_metrics
 
     run_dir = Path(cfg.run_dir)
@@ -79,7 +79,7 @@ def run(cfg) -> dict:
                            cfg.data.frame_height, cfg.data.frame_width)
     check_settings(out, src.settings())
     try:  # frames already in finished shards (a resumed run skips them)
-        from data.shards import read_manifest
+        from drivegpt.data.shards import read_manifest
 
         before = sum(e["frames"] for e in read_manifest(out).get("shards", [])
                      if (out / e["name"]).exists() and (out / e["name"]).stat().st_size == e["bytes"])

@@ -102,7 +102,7 @@ def _stack(items: list[dict]) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    from data.loaders import frame_dataset
+    from drivegpt.data.loaders import frame_dataset
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -79,7 +79,7 @@ class _SequentialSegments:
         self.url, self.fn, self.it, self.pos = url, fn, None, 0
 
     def __call__(self, i: int):
-        from data.shards import iter_samples
+        from drivegpt.data.shards import iter_samples
 
         if self.it is None or i < self.pos:
             self.it, self.pos = iter_samples(self.url), 0
@@ -104,7 +104,7 @@ class TokenizeModule(L.LightningModule):
         return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size)
 
     def predict_step(self, url, batch_idx=0):
-        from data.shards import iter_samples, write_shards
+        from drivegpt.data.shards import iter_samples, write_shards
 
         part = self.out / part_name(url)
         if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
@@ -151,7 +151,7 @@ def combine_manifests(out: Path, urls: list[str]) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    from data.shards import expand_urls
+    from drivegpt.data.shards import expand_urls
 
     from drivegpt.training import make_trainer
 

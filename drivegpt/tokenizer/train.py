@@ -126,7 +126,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
 
 
 def run(cfg: DictConfig) -> dict:
-    from data.datamodule import FleetDataModule
+    from drivegpt.data.datamodule import FleetDataModule
 
     _, metrics = fit(cfg, FleetDataModule(cfg, kind="frames"))
     return metrics

@@ -30,7 +30,7 @@ class Case:
 
 def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) -> list[Case]:
     """Cases from token sample dicts (data.shards.iter_samples of held-out token shards)."""
-    from data.poses import strided_rel_poses
+    from drivegpt.data.poses import strided_rel_poses
 
     cases = []
     span = (context + n_future) * stride
@@ -83,7 +83,7 @@ def perturb(rel: np.ndarray, speed: np.ndarray, kind: str, dt: float, yaw_rate: 
 
 def ground_truth(case: Case, moves: np.ndarray, height: int, width: int) -> np.ndarray:
     """The road world's render after each move: uint8 [N, H, W, 3]."""
-    from sim.roadworld import replay
+    from drivegpt.sim.roadworld import replay
 
     return replay(case.meta, case.world_pose, moves, start_index=0, traffic=case.traffic, height=height, width=width)
 

@@ -60,8 +60,8 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
 
 
 def _items(shards: str, split: str, val_fraction: float, limit: int):
-    from data.loaders import split_of
-    from data.shards import iter_samples
+    from drivegpt.data.loaders import split_of
+    from drivegpt.data.shards import iter_samples
 
     out = []
     for item in iter_samples(shards, frames=False):
@@ -74,7 +74,7 @@ def _items(shards: str, split: str, val_fraction: float, limit: int):
 
 def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: int):
     """Decoded real frame pairs (i, i+stride) and their motion targets."""
-    from data.poses import strided_rel_poses
+    from drivegpt.data.poses import strided_rel_poses
     from drivegpt.world_model.pose_following import motion_targets
 
     rng = np.random.default_rng(seed)
@@ -136,7 +136,7 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
 
 def run(cfg: DictConfig, tokenizer=None) -> dict:
     """``tokenizer``: an already loaded tokenizer (else cfg.tokenizer_path or the model's)."""
-    from data.datamodule import FleetDataModule
+    from drivegpt.data.datamodule import FleetDataModule
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

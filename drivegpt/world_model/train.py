@@ -25,7 +25,7 @@ OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "di
 
 def token_meta(shards: str) -> dict:
     """{vocab_size, grid, tokenizer_path} from the first token sample's meta["tokens"]."""
-    from data.shards import expand_urls, iter_samples
+    from drivegpt.data.shards import expand_urls, iter_samples
 
     urls = expand_urls(shards)
     for sample in iter_samples(urls):
@@ -68,7 +68,7 @@ def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | N
 def run(cfg: DictConfig) -> dict:
     import lightning as L
 
-    from data.datamodule import FleetDataModule
+    from drivegpt.data.datamodule import FleetDataModule
     from drivegpt.training import make_trainer, resume_path
     from drivegpt.world_model.callbacks import SampleRollouts
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.config import LearnedSimConfig
 
 
 class ModelMismatchError(ValueError):
@@ -152,7 +152,7 @@ class VehicleModel:
 
     def __init__(self, module=None, overrides: dict | None = None):
         if module is None:
-            import sim.vehicle as module  # roadworld's kinematic bicycle model
+            import drivegpt.sim.vehicle as module  # roadworld's kinematic bicycle model
         # keep functions, not the module: gym.make deep-copies its kwargs
         self._step, self._normalize = module.step, module.normalize_action
         self.base = module.VehicleParams(**(overrides or {}))

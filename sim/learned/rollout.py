@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data.schema import CAUSE_NAMES
+from drivegpt.data.schema import CAUSE_NAMES
 from drivegpt.runs import atomic_write_json, mark_done, write_metrics
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool, pool_from_shards
-from sim.learned.core import SimCore
-from sim.learned.models import Models, VehicleModel, load_models
-from sim.learned.video import plot_curves, side_by_side, write_gif, write_webm
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_shards
+from drivegpt.sim.learned.core import SimCore
+from drivegpt.sim.learned.models import Models, VehicleModel, load_models
+from drivegpt.sim.learned.video import plot_curves, side_by_side, write_gif, write_webm
 
 DRIVERS = ("logged", "keep_lane", "drift_left", "hard_brake", "policy")
 
@@ -52,7 +52,7 @@ def _dist():
 
 
 def _achieved(rel: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor, dt: float) -> torch.Tensor:
-    from sim.vehicle import achieved
+    from drivegpt.sim.vehicle import achieved
 
     return achieved(rel, v0, v1, dt)
 
@@ -169,7 +169,7 @@ def run(cfg: DictConfig) -> dict:
     if driver == "policy":
         if not cfg.get("policy"):
             raise ValueError("driver=policy needs policy=PATH (an rl.policy checkpoint)")
-        from rl.policy import load_policy
+        from drivegpt.rl.policy import load_policy
 
         policy = load_policy(str(cfg.policy)).to(sim_cfg.device).eval()
     vehicle = VehicleModel(overrides=sim_cfg.vehicle)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from sim.learned.contexts import ContextPool, pool_from_samples
-from sim.learned.models import Models, VehicleModel
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples
+from drivegpt.sim.learned.models import Models, VehicleModel
 
 
 class FakeWorldModel(torch.nn.Module):

@@ -5,7 +5,7 @@ Public surface:
 - ``drive_segment(seed, seconds, cfg_sim, height, width) -> data.schema.Segment``
 - ``replay(meta, world_pose0, rel_poses, start_index, traffic=None) -> frames``
 - controllers ``Autopilot``, ``HumanDriver`` (``act(env) -> normalized action``)
-- ``fleet_stats(segments)``; ``python -m sim.roadworld.preview`` (contact sheet, WebM, GIF)
+- ``fleet_stats(segments)``; ``python -m drivegpt.sim.roadworld.preview`` (contact sheet, WebM, GIF)
 - building blocks: ``World`` (one drive), ``Camera``/``Renderer``, ``SafetyDriver``
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from data.schema import Cause, Segment, validate
+from drivegpt.data.schema import Cause, Segment, validate
 
 from .config import RoadWorldConfig
 from .controllers import Autopilot, HumanDriver
