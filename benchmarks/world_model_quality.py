@@ -74,7 +74,8 @@ def main():
     write_shards(shards, args.segments, lambda i: token_item(i, args), maxcount=4, workers=1, progress=False)
     fleet_s = time.time() - t0
 
-    from drivegpt.world_model import evaluate, train
+    from drivegpt.stages import eval_world_model as evaluate
+    from drivegpt.stages import train_world_model as train
 
     common = [f"experiment={args.experiment}", f"data.shards={shards}", "logger.kind=none",
               f"data.frame_height={args.height}", f"data.frame_width={args.width}", "data.num_workers=0"]

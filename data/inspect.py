@@ -197,19 +197,3 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
         out["contact_sheet"] = str(sheet_path)
         out["contact_sheet_frames"] = len(tiles)
     return out
-
-
-def run(cfg) -> dict:
-    from drivegpt.runs import write_metrics
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = inspect_shards(cfg.shards, n_frames=int(cfg.contact_sheet_frames),
-                         per_segment=int(cfg.get("frames_per_segment", 4)),
-                         skip_bad=bool(cfg.data.get("skip_bad", False)),
-                         sheet_path=run_dir / "contact_sheet.png")
-    print(format_summary(out))
-    if "contact_sheet" in out:
-        print(f"contact sheet: {out['contact_sheet']}")
-    write_metrics(run_dir, out)
-    return out

@@ -27,7 +27,7 @@ def token_item(i: int) -> dict:
 @pytest.mark.slow
 def test_two_rank_ddp_spawn_disjoint_data_identical_weights(tmp_path):
     from drivegpt.data.shards import write_shards
-    from drivegpt.world_model.train import run
+    from drivegpt.stages.train_world_model import run
 
     shards = tmp_path / "tokens"
     write_shards(shards, 8, token_item, maxcount=1, progress=False)  # 8 shards -> 4 per rank

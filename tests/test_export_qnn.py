@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 from drivegpt.config import compose
 from drivegpt.export import onnx_export as ox
 from drivegpt.export import qnn
-from drivegpt.export.export import NotAPolicyError, export_module, load_export_module, run
+from drivegpt.export.export import NotAPolicyError, export_module, load_export_module
+from drivegpt.stages.export_policy import run
 from drivegpt.export.report import verify_manifest
 from drivegpt.export.verify import action_errors
 

@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
 
 def test_rollout_writes_videos_curves_metrics(setup):
     from drivegpt.data.loaders import split_of
-    from drivegpt.sim.learned.rollout import run
+    from drivegpt.stages.rollout import run
 
     d, wm, tokens = setup
     out = d / "run_keep"
@@ -58,7 +58,7 @@ def test_rollout_writes_videos_curves_metrics(setup):
 
 
 def test_rollout_logged_driver_and_bad_driver(setup):
-    from drivegpt.sim.learned.rollout import run
+    from drivegpt.stages.rollout import run
 
     d, wm, tokens = setup
     cfg = compose("rollout", ["experiment=tiny", f"run_dir={d / 'run_logged'}", f"checkpoint={wm}",

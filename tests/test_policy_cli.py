@@ -102,7 +102,7 @@ def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
     assert main(args + ["trainer.ckpt_path=last"]) == 0
     assert len(json.loads((run_dir / "rl_history.json").read_text())) == 3
     from drivegpt.config import compose
-    from drivegpt.rl.train import run
+    from drivegpt.stages.train_policy import run
 
     with pytest.raises(ValueError, match="checkpoint=BC_POLICY"):
         run(compose("train_policy", ["stage=rl", "experiment=tiny", f"run_dir={tmp_path / 'x'}"]))

@@ -58,7 +58,7 @@ def test_bad_plugin_paths_are_named():
 
 
 def test_ingest_config_block_builds_the_car_racing_example(tmp_path):
-    from drivegpt.data.ingest import make_source
+    from drivegpt.stages.ingest import make_source
     from drivegpt.config import compose
 
     cfg = compose("data_ingest", ["experiment=tiny", "source=gym", "segments=3", "seconds=0.3",

@@ -83,7 +83,7 @@ def test_inspect_summary_matches_arrays_and_labels_sheet(tmp_path):
 
 
 def test_unknown_source_and_missing_path(tmp_path):
-    from drivegpt.data.ingest import make_source
+    from drivegpt.stages.ingest import make_source
     from drivegpt.data.sources.common import SourceError
     from drivegpt.config import compose
 

@@ -17,7 +17,7 @@ from drivegpt.tokenizer.evaluate import Scorer
 from drivegpt.tokenizer.losses import ReconstructionLoss, psnr
 from drivegpt.tokenizer.model import to_float
 from drivegpt.tokenizer.tokenize import EmptyShardError
-from drivegpt.tokenizer.tokenize import run as tokenize_run
+from drivegpt.stages.tokenize import run as tokenize_run
 from synth_fleet import make_segment
 
 
@@ -132,7 +132,7 @@ def test_scorer_metrics_known_values():
 
 
 def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
-    from drivegpt.tokenizer.train import run as train_run
+    from drivegpt.stages.train_tokenizer import run as train_run
 
     _write_fleet(tmp_path / "fleet", n=2, maxcount=1)
     common = ["experiment=tiny", f"run_dir={tmp_path / 'train'}", f"data.shards={tmp_path / 'fleet'}",

@@ -77,7 +77,7 @@ def token_shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(token_shards, tmp_path_factory):
-    from drivegpt.world_model.train import run
+    from drivegpt.stages.train_world_model import run
 
     run_dir = tmp_path_factory.mktemp("wm_train")
     cfg = compose("train_world_model", [
@@ -122,7 +122,8 @@ def turn_margins(model, cases, yaw_rate: float = 2.0, cfg_scale: float = 3.0):
     """
     import torch.nn.functional as F
 
-    from drivegpt.world_model.counterfactual import ground_truth, perturb
+    from drivegpt.stages.eval_world_model import replay_ground_truth as ground_truth
+    from drivegpt.world_model.counterfactual import perturb
 
     tk = PatchTokenizer()
     toks, poses, speeds = [], [], []
@@ -167,7 +168,7 @@ def test_left_and_right_moves_generate_frames_that_turn_the_right_way(trained, t
 
 
 def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path):
-    from drivegpt.world_model.evaluate import run
+    from drivegpt.stages.eval_world_model import run
 
     run_dir, _ = trained
     cfg = compose("eval_world_model", [
