@@ -3,10 +3,10 @@
 
 Every controller drives the same fixed, seeded, held-out scenarios (RoadWorld-v0 roads with
 seeds ``rl.eval.first_seed + i``; the fleet uses seeds from 0) for ``rl.eval.seconds`` each,
-under the fleet's own protocol (``sim.roadworld.fleet.drive_segment``): the ground-truth
-safety driver checks every 20 Hz frame while the controller is engaged; on a disengagement
-the ``HumanDriver`` takes over for ``autopilot.takeover_seconds`` and the controller
-re-engages when it is safe. Metrics count engaged driving only (``rl.metrics``). Policies act
+under the fleet's own protocol (``drivegpt.sim.roadworld.takeover.Takeover``, which
+``drive_segment`` runs too): the ground-truth safety driver checks every 20 Hz frame while the
+controller is engaged; on a disengagement the ``HumanDriver`` takes over for
+``autopilot.takeover_seconds`` and the controller re-engages when it is safe. Metrics count engaged driving only (``rl.metrics``). Policies act
 at the data stride (5 Hz by default: one deterministic decision -- bottleneck at its mean,
 the Gaussian's mean -- held for ``stride`` frames), seeing their last K frames at that stride.
 Baselines: the fleet's ``Autopilot`` (quality drawn from the scenario seed) and the
@@ -26,20 +26,9 @@ from drivegpt.rl.metrics import Trajectory
 from drivegpt.rl.policy import Policy
 from drivegpt.runs import atomic_path
 from drivegpt.sim.roadworld import Autopilot, HumanDriver, RoadWorldEnv
+from drivegpt.sim.roadworld.takeover import Takeover
 
 BASELINES = ("autopilot", "human")
-
-
-def _safe_to_engage(m: dict) -> bool:
-    try:  # the fleet's own re-engagement rule
-        from drivegpt.sim.roadworld.fleet import _safe_to_engage as rule
-
-        return bool(rule(m))
-    except ImportError:  # pragma: no cover
-        closing = m["speed"] - m["lead_speed"]
-        ttc_ok = closing <= 0 or m["lead_gap"] / closing > 4.0
-        return (abs(m["lane_offset"]) < 0.35 and abs(m["heading_error"]) < 0.04 and ttc_ok
-                and m["lead_gap"] > max(8.0, 1.0 * m["speed"]))
 
 
 class _Scenario:
@@ -49,34 +38,36 @@ class _Scenario:
         self.env = RoadWorldEnv(config=cfg_sim, seconds=seconds)
         self.env.reset(seed=seed, options={"world_seed": seed})
         w = self.env.unwrapped
-        self.world, self.safety, self.cfg = w.world, w.safety, w.cfg
-        self.human = HumanDriver()
+        self.world, self.cfg = w.world, w.cfg
+        self.takeover = Takeover(self.cfg, safety=w.safety)
         self.ctrl = Autopilot(seed, self.cfg.autopilot, self.cfg.fps) if kind == "autopilot" else (
             HumanDriver() if kind == "human" else None)
         self.traj = Trajectory(dt=self.cfg.dt)
-        self.on, self.left, self.stretch = True, 0, 0
-        self.takeover = int(round(self.cfg.autopilot.takeover_seconds * self.cfg.fps))
+        self.stretch = 0
         self.steps = int(round(seconds * self.cfg.fps))
         self.just_engaged = True
         self.history: np.ndarray | None = None
 
+    @property
+    def on(self) -> bool:
+        return self.takeover.engaged
+
+    @property
+    def left(self) -> int:
+        return self.takeover.left
+
     def check(self) -> None:
         """The safety driver's turn at the current frame (before this frame's action)."""
         m = self.world.metrics()
-        self.just_engaged = False
-        if not self.on and self.left <= 0 and _safe_to_engage(m):
-            self.on, self.just_engaged = True, True
-            self.safety.reset()
-            if self.ctrl is not None and hasattr(self.ctrl, "reset"):
-                self.ctrl.reset()
+        self.just_engaged = self.takeover.reengage(m)
+        if self.just_engaged and self.ctrl is not None and hasattr(self.ctrl, "reset"):
+            self.ctrl.reset()
         if self.on:
             self.traj.add(m["speed"], m["flow_speed"], m["lat_accel"], m["accel"], m["lane_offset"], self.stretch)
-            cause = self.safety.check(m)
+            cause = self.takeover.check(m)
             if cause != Cause.NONE:
                 self.traj.disengage(int(cause))
-                self.on, self.left = False, self.takeover
                 self.stretch += 1
-                self.human.reset()
 
     def observe(self, k: int) -> None:
         """Render the current frame into the K-frame history (policies only)."""
@@ -91,8 +82,7 @@ class _Scenario:
         if self.on:
             a = policy_action if self.ctrl is None else self.ctrl.act(self.world)
         else:
-            a = self.human.act(self.world)
-            self.left -= 1
+            a = self.takeover.human_act(self.world)
         self.world.step(np.asarray(a, dtype=np.float64))
 
 

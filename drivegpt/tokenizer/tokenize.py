@@ -16,12 +16,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
 
 from drivegpt.data.shards import iter_samples, write_shards
+from drivegpt.frameops import resize
 from drivegpt.runs import atomic_write_json, read_json
 from drivegpt.tokenizer.model import Tokenizer
 
@@ -42,14 +42,13 @@ def part_name(url: str) -> str:
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int], allow: bool, where: str) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> [T, h, w, 3] (INTER_AREA, as the frame loader does)."""
+    """uint8 [T, H, W, 3] -> [T, h, w, 3] (``drivegpt.frameops.resize``, as the frame loader does);
+    ``allow=False`` (data.resize=false) refuses frames of another size."""
     h, w = size
-    if frames.shape[1:3] == (h, w):
-        return frames
-    if not allow:
+    if frames.shape[1:3] != (h, w) and not allow:
         raise ValueError(f"{where}: frames are {frames.shape[1]}x{frames.shape[2]} but the tokenizer "
                          f"takes {h}x{w} (set data.resize=true to resize)")
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+    return resize(frames, size)
 
 
 @torch.no_grad()
