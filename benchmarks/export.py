@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from drivegpt.config import compose  # noqa: E402
-from export.export import export_module, load_export_module  # noqa: E402
+from drivegpt.export.export import export_module, load_export_module  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
             module, shape = load_export_module(args.checkpoint, cfg)
             policy = "checkpoint"
         else:
-            from rl.policy import Policy, policy_config_from_cfg
+            from drivegpt.rl.policy import Policy, policy_config_from_cfg
 
             torch.manual_seed(0)
             pol = Policy(policy_config_from_cfg(cfg)).eval()

@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.learned import Models, WorldModelEnv, WorldModelVectorEnv, pool_from_samples  # noqa: E402
-from sim.learned.models import check_compatible  # noqa: E402
-from sim.learned.testing import fake_samples, tiny_checkpoints  # noqa: E402
+from drivegpt.sim.learned import Models, WorldModelEnv, WorldModelVectorEnv, pool_from_samples  # noqa: E402
+from drivegpt.sim.learned.models import check_compatible  # noqa: E402
+from drivegpt.sim.learned.testing import fake_samples, tiny_checkpoints  # noqa: E402
 
 
 def _models(device: str) -> Models:

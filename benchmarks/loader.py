@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 def road_world_frames(n: int, h: int, w: int, seed: int) -> tuple[np.ndarray, str]:
     """uint8 [n,h,w,3]: a drive along a lane centre of a road-world road (traffic moving)."""
     try:
-        from sim.roadworld.config import RoadWorldConfig
-        from sim.roadworld.world import World
+        from drivegpt.sim.roadworld.config import RoadWorldConfig
+        from drivegpt.sim.roadworld.world import World
     except ImportError:
         from tests.synth_fleet import road_frames
 
@@ -81,7 +81,7 @@ def codec_table(frames: np.ndarray, reps: int = 3) -> list[dict]:
     """Measure every candidate on ``frames``: bytes/frame, encode/decode frames/s, PSNR."""
     import cv2
 
-    from data.video import decode_frames, encode_frames, psnr
+    from drivegpt.data.video import decode_frames, encode_frames, psnr
 
     t = len(frames)
 
@@ -108,7 +108,7 @@ def codec_table(frames: np.ndarray, reps: int = 3) -> list[dict]:
         return enc, dec, len
 
     def pyav(codec, fmt, opts, pix):
-        from data.video import _encode_h264
+        from drivegpt.data.video import _encode_h264
 
         return (lambda fr: _encode_h264(fr, 20, codec=codec, fmt=fmt, options=opts, pix_fmt=pix),
                 lambda b: decode_frames(b, "mp4"), len)
@@ -153,9 +153,9 @@ def _timed(fn) -> float:
 
 
 def loader_benchmark(segments: int, frames_per_segment: int, h: int, w: int, workers: int) -> dict:
-    from data.loaders import frame_dataset, make_loader
-    from data.schema import Segment
-    from data.shards import write_shards
+    from drivegpt.data.loaders import frame_dataset, make_loader
+    from drivegpt.data.schema import Segment
+    from drivegpt.data.shards import write_shards
 
     tmp = Path(tempfile.mkdtemp(prefix="drivegpt-loader-bench-"))
     clips, source = [], ""

@@ -33,12 +33,11 @@ def _find(run: Path, suffix: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _stage(config: str, module: str, overrides: list[str]) -> dict:
-    import importlib
-
+def _stage(name: str, overrides: list[str]) -> dict:
     from drivegpt.config import compose
+    from drivegpt.stages import REGISTRY, load
 
-    return importlib.import_module(module).run(compose(config, overrides)) or {}
+    return load(name)(compose(REGISTRY[name].config, overrides)) or {}
 
 
 def encode_fleet(fleet_shards: Path, tokenizer_path: Path, out: Path) -> Path:
@@ -46,7 +45,7 @@ def encode_fleet(fleet_shards: Path, tokenizer_path: Path, out: Path) -> Path:
     import numpy as np
     import torch
 
-    from data.shards import expand_urls, iter_samples, write_shards
+    from drivegpt.data.shards import expand_urls, iter_samples, write_shards
     from drivegpt.tokenizer import load_tokenizer
 
     if (out / "manifest.json").exists():
@@ -69,12 +68,12 @@ def encode_fleet(fleet_shards: Path, tokenizer_path: Path, out: Path) -> Path:
 def build_world_model(args, out: Path, fleet_shards: Path, common: list[str]) -> tuple[str, str]:
     tok = out / "tokenizer"
     if not (tok / "tokenizer.pt").exists():
-        _stage("train_tokenizer", "drivegpt.tokenizer.train",
+        _stage("train_tokenizer",
                common + [f"data.shards={fleet_shards}", f"run_dir={tok}", f"trainer.max_steps={args.tok_steps}"])
     tokens = encode_fleet(fleet_shards, tok / "tokenizer.pt", out / "tokens")
     wm = out / "world_model"
     if not (wm / "world_model.pt").exists():
-        _stage("train_world_model", "drivegpt.world_model.train",
+        _stage("train_world_model",
                common + [f"data.shards={tokens}", f"run_dir={wm}", f"trainer.max_steps={args.wm_steps}"])
     return str(wm / "world_model.pt"), str(tokens)
 
@@ -84,12 +83,12 @@ def build(args) -> tuple[Path, Path | None]:
     common = ([f"experiment={args.experiment}"] if args.experiment else []) + list(args.override)
     fleet = out / "fleet"
     if not (fleet / "shards" / "manifest.json").exists():
-        _stage("fleet_generate", "data.sources.procedural",
+        _stage("fleet_generate",
                common + [f"out={fleet / 'shards'}", f"run_dir={fleet}", f"segments={args.segments}",
                          f"seconds={args.segment_seconds}"])
     bc = out / "bc"
     if not (bc / "policy.pt").exists():
-        _stage("train_policy", "rl.train", common + ["stage=bc", f"data.shards={fleet / 'shards'}",
+        _stage("train_policy", common + ["stage=bc", f"data.shards={fleet / 'shards'}",
                                                      f"run_dir={bc}", f"trainer.max_steps={args.bc_steps}",
                                                      "trainer.ckpt_path=last"])
     if args.full and not (args.world_model and args.tokens):
@@ -98,7 +97,7 @@ def build(args) -> tuple[Path, Path | None]:
     if args.world_model and args.tokens:
         rl = out / "rl"
         if not (rl / "policy.pt").exists():
-            _stage("train_policy", "rl.train", common + [
+            _stage("train_policy", common + [
                 "stage=rl", f"checkpoint={bc}", f"world_model_checkpoint={args.world_model}",
                 f"data.shards={args.tokens}", f"run_dir={rl}", f"rl.ppo.iterations={args.rl_iterations}",
                 "trainer.ckpt_path=last"])
@@ -132,9 +131,9 @@ def main(argv=None) -> dict:
     import torch
 
     from drivegpt.config import compose
-    from rl.evaluate import drive
-    from rl.metrics import closed_loop_metrics
-    from rl.policy import count_flops, load_policy, read_checkpoint
+    from drivegpt.rl.evaluate import drive
+    from drivegpt.rl.metrics import closed_loop_metrics
+    from drivegpt.rl.policy import count_flops, load_policy, read_checkpoint
 
     bc_path, rl_path = (Path(args.bc) if args.bc else None), (Path(args.rl) if args.rl else None)
     if args.pipeline_dir:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.roadworld import (HumanDriver, RoadWorldConfig, RoadWorldEnv, World,  # noqa: E402
+from drivegpt.sim.roadworld import (HumanDriver, RoadWorldConfig, RoadWorldEnv, World,  # noqa: E402
                           drive_segment, fleet_stats)
 
 TARGET_FPS = 1000.0

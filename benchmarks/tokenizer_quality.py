@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.loaders import split_of  # noqa: E402
+from drivegpt.data.loaders import split_of  # noqa: E402
 from drivegpt.config import compose  # noqa: E402
 from drivegpt.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 from drivegpt.tokenizer.evaluate import Scorer  # noqa: E402
@@ -37,7 +37,7 @@ TARGETS = {"psnr": 30.0, "lane_psnr": 24.0, "codebook_usage": 90.0}
 
 def road_world(split: str, n_segments: int, seconds: float, h: int, w: int, val_fraction: float = 0.5):
     """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments in ``split``."""
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     frames, masks, seed = [], [], 0
     while len(frames) < n_segments:

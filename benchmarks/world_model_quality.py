@@ -40,7 +40,7 @@ def _tokenizer(spec: str, h: int, w: int):
 
 
 def token_item(i: int, args) -> dict:
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     seg = drive_segment(args.first_seed + i, args.seconds, None, args.height, args.width)
     with torch.no_grad():
@@ -67,14 +67,15 @@ def main():
     args = ap.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="wm_quality_"))
     _TOK = _tokenizer(args.tokenizer, args.height, args.width)
-    from data.shards import write_shards
+    from drivegpt.data.shards import write_shards
 
     t0 = time.time()
     shards = work / "tokens"
     write_shards(shards, args.segments, lambda i: token_item(i, args), maxcount=4, workers=1, progress=False)
     fleet_s = time.time() - t0
 
-    from drivegpt.world_model import evaluate, train
+    from drivegpt.stages import eval_world_model as evaluate
+    from drivegpt.stages import train_world_model as train
 
     common = [f"experiment={args.experiment}", f"data.shards={shards}", "logger.kind=none",
               f"data.frame_height={args.height}", f"data.frame_width={args.width}", "data.num_workers=0"]

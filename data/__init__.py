@@ -9,6 +9,6 @@ Public surface (submodules import their heavy dependencies themselves):
 - ``data.sources``: procedural (fleet generate), comma2k19, csv_video, gym recorder.
 """
 
-from data.schema import Cause, Segment, SegmentError, validate
+from drivegpt.data.schema import Cause, Segment, SegmentError, validate
 
 __all__ = ["Cause", "Segment", "SegmentError", "validate"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import lightning as L
 
-from data.labels import DEFAULT_HORIZONS
-from data.loaders import frame_dataset, make_loader, window_dataset
+from drivegpt.data.labels import DEFAULT_HORIZONS
+from drivegpt.data.loaders import frame_dataset, make_loader, window_dataset
 
 KINDS = ("frames", "windows")
 

@@ -20,7 +20,9 @@ import cv2
 import numpy as np
 from einops import rearrange
 
-from data.schema import CAUSE_NAMES, Segment
+from drivegpt.data.schema import CAUSE_NAMES, Segment
+from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls, raw_samples, read_manifest
+from drivegpt.runs import write_png
 
 
 class FleetStats:
@@ -159,8 +161,6 @@ def contact_sheet(tiles: list[np.ndarray], cols: int = 4) -> np.ndarray:
 def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: bool = False,
                    sheet_path: str | Path | None = None) -> dict:
     """Summary of the shards at ``shards`` (+ contact sheet PNG of ``n_frames`` tiles)."""
-    from data.shards import BadInput, ShardError, decode_sample, expand_urls, raw_samples
-
     stats = FleetStats()
     handler = BadInput(skip_bad)
     urls = expand_urls(shards)
@@ -168,8 +168,6 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
     # spread the sheet over the fleet when its size is known from a manifest
     every = 1
     try:
-        from data.shards import read_manifest
-
         parents = {str(Path(u).parent) for u in urls}
         if len(parents) == 1:
             n_total = int(read_manifest(parents.pop()).get("samples", 0))
@@ -191,25 +189,7 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
     out["shard_urls"] = len(urls)
     out["skipped_bad"] = int(handler.stats["skipped"])
     if sheet_path is not None and tiles:
-        from drivegpt.runs import write_png
-
         write_png(sheet_path, contact_sheet(tiles))
         out["contact_sheet"] = str(sheet_path)
         out["contact_sheet_frames"] = len(tiles)
-    return out
-
-
-def run(cfg) -> dict:
-    from drivegpt.runs import write_metrics
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = inspect_shards(cfg.shards, n_frames=int(cfg.contact_sheet_frames),
-                         per_segment=int(cfg.get("frames_per_segment", 4)),
-                         skip_bad=bool(cfg.data.get("skip_bad", False)),
-                         sheet_path=run_dir / "contact_sheet.png")
-    print(format_summary(out))
-    if "contact_sheet" in out:
-        print(f"contact sheet: {out['contact_sheet']}")
-    write_metrics(run_dir, out)
     return out

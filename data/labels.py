@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.schema import Cause
+from drivegpt.data.schema import Cause
 
 N_CAUSES = len(Cause) - 1
 DEFAULT_HORIZONS = (0.5, 1.0, 2.0, 4.0)

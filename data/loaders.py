@@ -25,12 +25,12 @@ import itertools
 import logging
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 
-from data.labels import DEFAULT_HORIZONS, disengagement_targets
-from data.poses import strided_rel_poses
-from data.shards import BadInput, ShardError, decode_sample, expand_urls
+from drivegpt.data.labels import DEFAULT_HORIZONS, disengagement_targets
+from drivegpt.data.poses import strided_rel_poses
+from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls
+from drivegpt.frameops import resize
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "all")
@@ -53,17 +53,6 @@ def _worker_rng(seed: int, counter) -> np.random.Generator:
 
     rank, _, worker, _ = wds.utils.pytorch_worker_info()
     return np.random.default_rng([seed, rank, worker, next(counter)])
-
-
-def _resize(arr: np.ndarray, size, interp) -> np.ndarray:
-    """[N,H,W(,C)] -> [N,h,w(,C)] with OpenCV (per image)."""
-    h, w = size
-    if arr.shape[1:3] == (h, w):
-        return arr
-    dtype = arr.dtype
-    src = arr.astype(np.uint8) if dtype == np.bool_ else arr
-    out = np.stack([cv2.resize(a, (w, h), interpolation=interp) for a in src])
-    return out.astype(dtype) if dtype == np.bool_ else out
 
 
 def shard_pipeline(urls, split: str = "train", val_fraction: float = 0.1, resampled: bool = False,
@@ -124,8 +113,8 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
             lane = seg.extras.get("lane_mask")
             lane = None if lane is None else lane[idx]
             if size is not None:
-                fr = _resize(fr, size, cv2.INTER_AREA)
-                lane = None if lane is None else _resize(lane, size, cv2.INTER_NEAREST)
+                fr = resize(fr, size)  # INTER_AREA
+                lane = None if lane is None else resize(lane, size)  # bool mask: nearest
             for j, i in enumerate(idx):
                 out = {"frame": fr[j], "segment_id": seg.segment_id, "index": int(i)}
                 if lane is not None:
@@ -138,10 +127,17 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
     return wds.DataPipeline(*stages)
 
 
-def window_starts(t: int, context_frames: int, stride: int, step: int | None = None) -> np.ndarray:
-    """Window start frames whose K kept frames and the frame after them lie in a T-frame log."""
-    last = t - 1 - context_frames * stride
+def window_starts(t: int, context_frames: int, stride: int, step: int | None = None,
+                  next_frame: bool = True) -> np.ndarray:
+    """Window start frames whose K kept frames (and, with ``next_frame``, the frame after them:
+    training windows predict it) lie in a T-frame log; every ``step`` frames (default: stride)."""
+    last = t - 1 - (context_frames if next_frame else context_frames - 1) * stride
     return np.arange(0, last + 1, step or stride) if last >= 0 else np.zeros(0, np.int64)
+
+
+def window_frames(start: int, context_frames: int, stride: int) -> np.ndarray:
+    """The kept frame indices of a window: start + k * stride, k < K (oldest first)."""
+    return start + stride * np.arange(context_frames)
 
 
 def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
@@ -164,7 +160,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     if key == "frames":
         data = item.frames
         if size is not None:
-            data = _resize(data, size, cv2.INTER_AREA)
+            data = resize(data, size)
     elif key == "tokens":
         if is_seg or "tokens" not in item:
             raise ValueError(f"segment {meta.get('segment_id')!r}: key='tokens' needs token shards")
@@ -179,7 +175,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     first = np.argmax(nxt != 0, axis=1)
     cause = nxt[np.arange(t), first].astype(np.int64)
     for s in starts:
-        idx = s + stride * np.arange(k_)  # kept frames
+        idx = window_frames(s, k_, stride)  # kept frames
         yield {
             key: data[idx],  # frames uint8 [K,H,W,3] | tokens int64 [K,h,w]
             "rel_pose": composed[idx].astype(np.float32),  # [K, 6]

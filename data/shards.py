@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from data.schema import ARRAY_FIELDS, SEGMENT_ID_RE, Segment, SegmentError, validate
-from data.video import CODECS, DEFAULT_CODEC, VideoError, decode_frames, encode_frames
+from drivegpt.data.schema import ARRAY_FIELDS, SEGMENT_ID_RE, Segment, SegmentError, validate
+from drivegpt.data.video import CODECS, DEFAULT_CODEC, VideoError, decode_frames, encode_frames
 from drivegpt.runs import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)

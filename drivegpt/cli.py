@@ -4,60 +4,28 @@
     drivegpt data inspect shards=runs/fleet/shards
     drivegpt train tokenizer experiment=tiny data.shards=...
 
-Each subcommand names a config in ``configs/`` (the stage's primary config) and a module
-with ``run(cfg) -> dict`` that does the work, writes ``run_dir/metrics.json`` and returns the
-metrics. Arguments after the subcommand are hydra overrides (``key=value``), so hydra's own
+Each subcommand is a stage of ``drivegpt.stages.REGISTRY``: a config in ``configs/`` (the
+stage's primary config) and a module with ``run(cfg) -> dict`` that does the work, writes
+``run_dir/metrics.json`` and returns the metrics. Arguments after the subcommand are hydra overrides (``key=value``), so hydra's own
 flags work too (``--cfg job`` prints the composed config, ``--help`` the config groups).
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from dataclasses import dataclass
 
-CONFIG_PATH = "pkg://configs"
+import hydra
+
+from drivegpt import __version__
+from drivegpt.stages import REGISTRY, StageSpec, load
+
+CONFIG_PATH = "pkg://drivegpt.configs"
 VERSION_BASE = "1.3"
 
 
-@dataclass(frozen=True)
-class Command:
-    words: tuple[str, ...]
-    module: str
-    config: str
-    help: str
-
-
-COMMANDS: list[Command] = [
-    Command(("fleet", "generate"), "data.sources.procedural", "fleet_generate",
-            "drive a synthetic fleet in the procedural road world and write shards"),
-    Command(("data", "ingest"), "data.ingest", "data_ingest",
-            "convert fleet logs (procedural, comma2k19, video+csv, gym) into shards"),
-    Command(("data", "inspect"), "data.inspect", "data_inspect",
-            "summarise shards: hours, km, disengagements by cause, contact sheet"),
-    Command(("train", "tokenizer"), "drivegpt.tokenizer.train", "train_tokenizer",
-            "train the VQ tokenizer on frame shards"),
-    Command(("eval", "tokenizer"), "drivegpt.tokenizer.evaluate", "eval_tokenizer",
-            "PSNR, SSIM, lane-marking PSNR, codebook usage on held-out frames"),
-    Command(("tokenize",), "drivegpt.tokenizer.tokenize", "tokenize",
-            "encode frame shards into token shards (trainer.predict, multi-GPU)"),
-    Command(("train", "world_model"), "drivegpt.world_model.train", "train_world_model",
-            "train the DriveGPT world model on token shards"),
-    Command(("eval", "world_model"), "drivegpt.world_model.evaluate", "eval_world_model",
-            "bits/token, disengagement AUROC, counterfactual fidelity, pose-following"),
-    Command(("rollout",), "sim.learned.rollout", "rollout",
-            "dream rollouts in the learned simulator: videos and predicted disengagements"),
-    Command(("train", "policy"), "rl.train", "train_policy",
-            "behaviour cloning (stage=bc) or RL in the learned simulator (stage=rl)"),
-    Command(("eval", "policy"), "rl.evaluate", "eval_policy",
-            "closed-loop evaluation in the ground-truth road world"),
-    Command(("export", "policy"), "export.export", "export_policy",
-            "ONNX, QDQ quantization, QNN HTP context binary, verification, device report"),
-    Command(("report",), "drivegpt.report", "report",
-            "the HTML evaluation report of a run directory"),
-    Command(("pipeline",), "drivegpt.pipeline", "pipeline",
-            "every stage in order on one run directory (the main job)"),
-]
+# The commands are the stage registry's (drivegpt.stages.REGISTRY), which the pipeline reads too.
+Command = StageSpec
+COMMANDS: list[Command] = list(REGISTRY.values())
 
 
 def _usage() -> str:
@@ -91,13 +59,11 @@ def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
 
 
 def load_run(cmd: Command):
-    return importlib.import_module(cmd.module).run
+    return load(cmd.name)
 
 
 def invoke(cmd: Command, overrides: list[str]):
     """Run ``cmd`` as a hydra application with ``overrides`` (hydra flags included)."""
-    import hydra
-
     run = load_run(cmd)
 
     @hydra.main(config_path=CONFIG_PATH, config_name=cmd.config, version_base=VERSION_BASE)
@@ -118,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from drivegpt import __version__
-
         print(__version__)
         return 0
     found = find_command(argv)

@@ -17,5 +17,5 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
+    with initialize_config_module(config_module="drivegpt.configs", version_base="1.3"):
         return _compose(config_name=config_name, overrides=list(overrides))

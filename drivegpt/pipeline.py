@@ -4,7 +4,7 @@ fleet -> inspect -> tokenizer -> eval -> tokens -> world model -> eval -> BC -> 
 rollouts -> closed-loop evaluation -> export -> report.
 
 Each stage runs in its own sub-directory ``run_dir/NN_<name>`` through the same
-``run(cfg)`` the per-stage command uses, and is marked complete with a ``DONE`` file
+``run(cfg)`` the per-stage command uses (``drivegpt.stages.REGISTRY``, read by the CLI too), and is marked complete with a ``DONE`` file
 written atomically after it succeeds. Re-running the pipeline skips complete stages and
 resumes the first incomplete one (training stages resume from ``checkpoints/last.ckpt``,
 shard writers skip finished shards), so a kill loses nothing already finished.
@@ -12,70 +12,80 @@ shard writers skip finished shards), so a kill loses nothing already finished.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
+from drivegpt.config import compose
+from drivegpt.report import build_report
 from drivegpt.runs import is_done, mark_done, read_json, write_metrics
+from drivegpt.scoreboard import scoreboard
+from drivegpt.scoreboard import summary as score_summary
+from drivegpt.stages import REGISTRY, load
 
 
 @dataclass
 class Stage:
     name: str  # directory suffix and the name in the summary table
-    config: str  # primary config in configs/
-    module: str  # module with run(cfg)
+    stage: str  # the stage in drivegpt.stages.REGISTRY (its config and run(cfg))
     overrides: Callable[[dict], list[str]] = lambda ctx: []  # from earlier stages' outputs
     outputs: Callable[[Path], dict] = lambda d: {}  # what later stages read
     headline: tuple[str, ...] = ()  # metrics shown in the summary table
     extra: dict = field(default_factory=dict)
 
+    @property
+    def config(self) -> str:  # primary config in configs/
+        return REGISTRY[self.stage].config
+
 
 STAGES: list[Stage] = [
-    Stage("fleet", "fleet_generate", "data.sources.procedural",
+    Stage("fleet", "fleet_generate",
           lambda c: [f"out={c['dir']}/shards"],
           lambda d: {"frames": str(d / "shards")},
           ("km", "disengagements_per_100km")),
-    Stage("inspect", "data_inspect", "data.inspect",
+    Stage("inspect", "data_inspect",
           lambda c: [f"shards={c['frames']}"]),
-    Stage("train_tokenizer", "train_tokenizer", "drivegpt.tokenizer.train",
+    Stage("train_tokenizer", "train_tokenizer",
           lambda c: [f"data.shards={c['frames']}", "trainer.ckpt_path=last"],
           lambda d: {"tokenizer": str(d)}),
-    Stage("eval_tokenizer", "eval_tokenizer", "drivegpt.tokenizer.evaluate",
+    Stage("eval_tokenizer", "eval_tokenizer",
           lambda c: [f"data.shards={c['frames']}", f"checkpoint={c['tokenizer']}"],
           headline=("tokenizer_eval/psnr", "tokenizer_eval/lane_psnr", "tokenizer_eval/codebook_usage")),
-    Stage("tokenize", "tokenize", "drivegpt.tokenizer.tokenize",
+    Stage("tokenize", "tokenize",
           lambda c: [f"data.shards={c['frames']}", f"checkpoint={c['tokenizer']}",
                      f"out={c['dir']}/tokens"],
           lambda d: {"tokens": str(d / "tokens")}),
-    Stage("train_world_model", "train_world_model", "drivegpt.world_model.train",
+    Stage("train_world_model", "train_world_model",
           lambda c: [f"data.shards={c['tokens']}", "trainer.ckpt_path=last"],
           lambda d: {"world_model": str(d)}),
-    Stage("eval_world_model", "eval_world_model", "drivegpt.world_model.evaluate",
+    Stage("eval_world_model", "eval_world_model",
           lambda c: [f"data.shards={c['tokens']}", f"frames={c['frames']}",
                      f"checkpoint={c['world_model']}"],
           headline=("bits_per_token", "auroc_2s", "counterfactual_psnr_gain_1s")),
-    Stage("bc", "train_policy", "rl.train",
+    Stage("bc", "train_policy",
           lambda c: ["stage=bc", f"data.shards={c['frames']}", "trainer.ckpt_path=last"],
           lambda d: {"bc": str(d)},
           ("action_mae",)),
-    Stage("rl", "train_policy", "rl.train",
+    Stage("rl", "train_policy",
           lambda c: ["stage=rl", f"data.shards={c['tokens']}",
                      f"world_model_checkpoint={c['world_model']}", f"checkpoint={c['bc']}",
                      "trainer.ckpt_path=last"],
           lambda d: {"rl": str(d)},
           ("return_mean",)),
-    Stage("rollout", "rollout", "sim.learned.rollout",
+    Stage("rollout", "rollout",
           lambda c: [f"data.shards={c['tokens']}", f"checkpoint={c['world_model']}",
                      "driver=policy", f"policy={c['rl']}"]),
-    Stage("eval_policy", "eval_policy", "rl.evaluate",
+    Stage("eval_policy", "eval_policy",
           lambda c: [f"policies.rl={c['rl']}", f"policies.bc={c['bc']}",
                      f"world_model_checkpoint={c['world_model']}", f"data.shards={c['tokens']}"],
           headline=("rl.disengagements_per_100km", "bc.disengagements_per_100km")),
-    Stage("export", "export_policy", "export.export",
+    Stage("export", "export_policy",
           lambda c: [f"checkpoint={c['rl']}", f"data.shards={c['frames']}"],
           headline=("qnn.action_err_p95",)),
 ]
@@ -104,22 +114,17 @@ def forwarded(user_overrides: list[str], stage_cfg: DictConfig) -> list[str]:
 
 def _task_overrides(cfg: DictConfig) -> list[str]:
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         return list(HydraConfig.get().overrides.task)
     except ValueError:  # composed outside a hydra app (tests, notebooks)
         return list(cfg.get("overrides") or [])
 
 
 def run_stage(stage: Stage, sdir: Path, ctx: dict, user_overrides: list[str]) -> dict:
-    from drivegpt.config import compose
-
     base = compose(stage.config, [o for o in user_overrides if _key(o) == "experiment"])
     overrides = forwarded(user_overrides, base) + stage.overrides({**ctx, "dir": str(sdir)}) + [
         f"run_dir={sdir}"]
     cfg = compose(stage.config, overrides)
-    run = importlib.import_module(stage.module).run
-    return run(cfg) or {}
+    return load(stage.stage)(cfg) or {}
 
 
 def _headline(stage: Stage, metrics: dict) -> str:
@@ -132,9 +137,6 @@ def _headline(stage: Stage, metrics: dict) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,8 +168,6 @@ def run(cfg: DictConfig) -> dict:
                                "headline": headline}
         rows.append((stage.name, status, f"{seconds:.0f}", headline))
 
-    from drivegpt.report import build_report
-
     total = sum(v["seconds"] for v in summary.values())
     targets = str(cfg.get("targets") or "demo")
     write_metrics(run_dir, {"stages": summary, "total_seconds": round(total, 1), "targets": targets})
@@ -179,9 +179,6 @@ def run(cfg: DictConfig) -> dict:
         table.add_row(*r)
     console.print(table)
     console.print(f"report: {report}")
-    from drivegpt.scoreboard import scoreboard
-    from drivegpt.scoreboard import summary as score_summary
-
     score = score_summary(scoreboard(run_dir, targets))
     console.print(f"targets ({targets}): {score['targets_met_count']}/{score['targets_total']} met")
     metrics = {"stages": summary, "total_seconds": round(total, 1), "report": str(report), "targets": targets,

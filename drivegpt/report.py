@@ -19,7 +19,8 @@ import io
 import json
 from pathlib import Path
 
-from drivegpt.runs import atomic_write_text, write_metrics
+from drivegpt.runs import atomic_write_text, flatten_metrics
+from drivegpt.scoreboard import scoreboard
 
 IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".svg": "image/svg+xml"}
 VIDEO_TYPES = {".webm": "video/webm", ".mp4": "video/mp4"}
@@ -56,17 +57,6 @@ figcaption{font-size:.8rem;color:#555} pre{background:#f7f7f7;padding:.5rem;over
 """
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[key] = v
-    return out
-
-
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -74,7 +64,7 @@ def _fmt(v) -> str:
 
 
 def metrics_table(metrics: dict, limit: int = 60) -> str:
-    flat = _flatten(metrics)
+    flat = flatten_metrics(metrics)
     if not flat:
         return ""
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>"
@@ -180,15 +170,13 @@ def stage_section(title: str, stage_dir: Path, out_dir: Path, headline: str = ""
     mpath = stage_dir / "metrics.json"
     if mpath.exists():
         metrics = json.loads(mpath.read_text())
-        body.append(f"<details><summary>all metrics ({len(_flatten(metrics))})</summary>"
+        body.append(f"<details><summary>all metrics ({len(flatten_metrics(metrics))})</summary>"
                     f"{metrics_table(metrics, limit=400)}</details>")
     return "\n".join(body)
 
 
 def scoreboard_table(run_dir: Path, preset: str) -> str:
     """The learning scoreboard (drivegpt.scoreboard): target, measured, baseline, met, in pipeline order."""
-    from drivegpt.scoreboard import scoreboard
-
     rows = scoreboard(run_dir, preset)
     met = {True: "<td style='color:#080'>yes</td>", False: "<td style='color:#c00'><b>no</b></td>",
            None: "<td class=muted>not measured</td>"}
@@ -254,12 +242,3 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"<nav>{toc}</nav>{summary}{sections}</body></html>")
     atomic_write_text(out, page)
     return out
-
-
-def run(cfg) -> dict:
-    src = Path(cfg.get("source") or cfg.run_dir)
-    out = build_report(src, Path(cfg.run_dir) / "report.html")
-    metrics = {"report": str(out), "stages": [d.name for _, d in stage_dirs(src)]}
-    write_metrics(cfg.run_dir, metrics) if Path(cfg.run_dir) != src else None
-    print(f"report: {out}")
-    return metrics

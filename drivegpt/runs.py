@@ -63,6 +63,18 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def flatten_metrics(d: dict, prefix: str = "") -> dict:
+    """Nested metrics -> {"a.b.c": scalar} (scalars and strings only; other values dropped)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+    return out
+
+
 def write_png(path: str | os.PathLike, rgb: Any) -> Path:
     """uint8 [H, W, 3] RGB -> PNG at ``path``, atomically."""
     import cv2

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from drivegpt.runs import flatten_metrics
+
 
 def wandb_mode(cfg_logger: DictConfig) -> str:
     """$WANDB_MODE wins; else online when logged in (API key or netrc), else offline."""
@@ -55,9 +57,7 @@ def log_stage(cfg: DictConfig, run_dir: str | Path, name: str, metrics: dict,
         return
     import wandb
 
-    from drivegpt.report import _flatten
-
-    payload = {k: v for k, v in _flatten(metrics).items() if isinstance(v, (int, float))}
+    payload = {k: v for k, v in flatten_metrics(metrics).items() if isinstance(v, (int, float))}
     for k, p in (images or {}).items():
         payload[k] = wandb.Image(str(p))
     for k, p in (videos or {}).items():

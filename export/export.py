@@ -1,10 +1,10 @@
-"""``drivegpt export policy checkpoint=PATH target=NAME``: one command from a policy checkpoint
-to verified device artifacts and a report.
+"""From a policy checkpoint to verified device artifacts and a report (``drivegpt export policy
+checkpoint=PATH target=NAME``, stage ``drivegpt.stages.export_policy``).
 
-Writes ``run_dir/export/``: policy_fp32.onnx (CPU), policy_fp16.onnx (GPU delegates),
+``export_module`` writes ``run_dir/export/``: policy_fp32.onnx (CPU), policy_fp16.onnx (GPU delegates),
 policy_qdq.onnx (QNN QDQ, a16w8 by default), policy_<target>_ctx.onnx (EPContext with the
-embedded HTP context binary, for targets with an HTP), manifest.json, report.json/.md; plus
-run_dir/metrics.json. Verification failures are reported and then raised.
+embedded HTP context binary, for targets with an HTP), manifest.json, report.json/.md; the
+stage adds run_dir/metrics.json and raises on verification failures.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from drivegpt.runs import atomic_write_text, mark_done, write_metrics
-from export import onnx_export as ox
-from export import qnn, report
-from export.frames import get_windows
-from export.quantize import check_inputs, quantize_qdq
-from export.verify import action_errors
+from drivegpt.export import onnx_export as ox
+from drivegpt.export import qnn, report
+from drivegpt.export.frames import get_windows
+from drivegpt.export.quantize import check_inputs, quantize_qdq
+from drivegpt.export.verify import action_errors
+from drivegpt.rl.policy import load_policy, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ def load_export_module(path: str | Path, cfg: DictConfig | None = None):
     A checkpoint of another kind (tokenizer, world model, ...) or an unreadable file raises
     ``NotAPolicyError`` naming the file and the key.
     """
-    from rl.policy import load_policy, read_checkpoint
-
     try:
         ckpt = read_checkpoint(path)
     except FileNotFoundError as e:
@@ -208,37 +206,3 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         log.info("%-48s p95 %.3g%% of range, max %.3g  %s", name, 100 * c["errors"]["p95_frac"],
                  c["errors"]["max"], "pass" if c["passed"] else "FAIL")
     return rep
-
-
-CHECK_KEYS = {  # metrics.json group per comparison (the pipeline's headline is qnn.action_err_p95)
-    "fp32 ONNX (ORT CPU) vs PyTorch fp32": "fp32",
-    "fp16 ONNX (ORT CPU) vs PyTorch fp32": "fp16",
-    "QDQ (ORT CPU) vs PyTorch fp32": "qdq",
-    "EPContext (QNN HTP backend) vs PyTorch fp32": "qnn",
-    "EPContext (QNN HTP backend) vs QDQ (ORT CPU)": "qnn_vs_qdq",
-}
-
-
-def run(cfg: DictConfig) -> dict:
-    run_dir = Path(cfg.run_dir)
-    module, shape = load_export_module(cfg.checkpoint, cfg)
-    out_dir = run_dir / "export"
-    rep = export_module(module, shape, cfg, out_dir, checkpoint=str(cfg.checkpoint))
-    failed = [k for k, c in rep["checks"].items() if not c["passed"]]
-    metrics = {"params": rep["params"], "gflops": rep["flops"] / 1e9, "ort_cpu_ms": rep["ort_cpu_ms"],
-               "torch_cpu_ms": rep["torch_cpu_ms"], "ort_vs_torch": rep["ort_cpu_ms"] / rep["torch_cpu_ms"],
-               "target": rep["target"]["name"], "export_dir": str(out_dir), "failed_checks": failed,
-               "est_ms": {n: {e: v["ms"] for e, v in row.items() if isinstance(v, dict)}
-                          for n, row in rep["latency"].items()}}
-    for name, c in rep["checks"].items():
-        e = c["errors"]
-        metrics[CHECK_KEYS.get(name, name)] = {"action_err_p95": e["p95"], "action_err_max": e["max"],
-                                               "action_err_mean": e["mean"], "p95_frac": e["p95_frac"],
-                                               "passed": c["passed"]}
-    write_metrics(run_dir, metrics)
-    atomic_write_text(run_dir / "device_report.md", (out_dir / "report.md").read_text())  # shown by `drivegpt report`
-    if failed:
-        raise RuntimeError(f"export verification failed ({out_dir / 'report.md'}): " + "; ".join(
-            f"{k}: {rep['checks'][k]['criterion']} not met" for k in failed))
-    mark_done(run_dir, {"export_dir": str(out_dir)})
-    return metrics

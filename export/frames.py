@@ -1,10 +1,11 @@
 """Frame windows for calibration (train split) and verification (held-out val split).
 
 Preferred source: the fleet shards (``data.shards``), split by segment with
-``data.loaders.split_of`` (THE held-out split). Without shards: segments driven in the
-procedural road world (``sim.roadworld.drive_segment``; seeds split the same way). Last
-resort, when neither package is present: deterministic synthetic road images (never noise).
-Each window: K frames at the configured stride, oldest first, and the speed at the last one.
+``drivegpt.data.loaders.split_of`` (THE held-out split). Without shards: segments driven in
+the procedural road world (``drivegpt.sim.roadworld.drive_segment``; seeds split the same
+way). ``export.frames.source=synthetic``: deterministic synthetic road images (never noise).
+Each window: K frames at the configured stride, oldest first (``data.loaders.window_starts`` /
+``window_frames``), resized with ``drivegpt.frameops.resize``, and the speed at the last one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import cv2
 import numpy as np
+from omegaconf import OmegaConf
+
+from drivegpt.data.loaders import split_of, window_frames, window_starts
+from drivegpt.data.shards import expand_urls, iter_samples
+from drivegpt.frameops import resize
+from drivegpt.sim.roadworld import drive_segment, segment_id
 
 
 @dataclass
@@ -24,21 +30,14 @@ class Windows:
     split: str  # "train" | "val"
 
 
-def _fit(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 [T,h0,w0,3] -> [T,h,w,3] (INTER_AREA when the shard resolution differs)."""
-    if frames.shape[1:3] == (h, w):
-        return frames
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
-
-
 def _windows_of(frames: np.ndarray, speed: np.ndarray, k: int, stride: int, per_segment: int,
                 rng: np.random.Generator) -> Iterator[tuple[np.ndarray, float]]:
-    span = (k - 1) * stride + 1
-    if len(frames) < span:
+    starts = window_starts(len(frames), k, stride, step=1, next_frame=False)
+    if len(starts) == 0:
         return
-    starts = rng.choice(len(frames) - span + 1, size=min(per_segment, len(frames) - span + 1), replace=False)
-    for s in sorted(starts):
-        idx = s + stride * np.arange(k)
+    picked = rng.choice(len(starts), size=min(per_segment, len(starts)), replace=False)
+    for s in sorted(starts[picked]):
+        idx = window_frames(s, k, stride)
         yield frames[idx], float(speed[idx[-1]])
 
 
@@ -49,7 +48,7 @@ def _collect(segments, split_of, split, count, shape, stride, per_segment, seed)
     for seg in segments:
         if split_of(seg.segment_id) != split:
             continue
-        frames = _fit(np.asarray(seg.frames, dtype=np.uint8), h, w)
+        frames = resize(np.asarray(seg.frames, dtype=np.uint8), (h, w))
         for win, v in _windows_of(frames, np.asarray(seg.speed), k, stride, per_segment, rng):
             out_f.append(win)
             out_s.append(v)
@@ -60,9 +59,6 @@ def _collect(segments, split_of, split, count, shape, stride, per_segment, seed)
 
 def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_fraction: float,
                   per_segment: int = 8, seed: int = 0) -> Windows:
-    from data.loaders import split_of
-    from data.shards import expand_urls, iter_samples
-
     segs = iter_samples(expand_urls(shards))
     f, s = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
                     per_segment, seed)
@@ -73,12 +69,6 @@ def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_f
                       seconds: float = 10.0, per_segment: int = 8, seed: int = 0) -> Windows:
     """Drive road-world segments of ``split`` only (chosen by ``split_of(segment_id(seed))`` before
     driving, the same split the fleet shards of those seeds get)."""
-    from sim.roadworld import drive_segment, segment_id
-
-    try:
-        from data.loaders import split_of
-    except ImportError:  # same idea: a stable hash of the id decides the split
-        split_of = _hash_split
     _, h, w, _ = shape
     seeds = (i for i in range(seed, seed + 100_000) if split_of(segment_id(i), val_fraction) == split)
 
@@ -89,12 +79,6 @@ def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_f
     f, s = _collect(segments(), lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
                     per_segment, seed)
     return _pack(f, s, "roadworld (sim.roadworld.drive_segment)", split)
-
-
-def _hash_split(segment_id: str, val_fraction: float) -> str:
-    import zlib
-
-    return "val" if (zlib.crc32(segment_id.encode()) % 10_000) < val_fraction * 10_000 else "train"
 
 
 def synthetic_windows(split: str, count: int, shape, seed: int = 0) -> Windows:
@@ -145,8 +129,6 @@ def _pack(frames: list, speed: list, source: str, split: str) -> Windows:
 def get_windows(cfg, split: str, count: int, shape) -> Windows:
     """Windows for ``split`` from the configured source (``export.frames.source``: auto|fleet|roadworld|synthetic)."""
     source = str(cfg.export.frames.source)
-    from omegaconf import OmegaConf
-
     has_shards = "shards" in cfg.data and not OmegaConf.is_missing(cfg.data, "shards") \
         and cfg.data.shards is not None
     shards = cfg.data.shards if has_shards else None
@@ -159,11 +141,7 @@ def get_windows(cfg, split: str, count: int, shape) -> Windows:
             raise ValueError("export.frames.source=fleet but data.shards is not set")
         return fleet_windows(str(shards), **common)
     if source in ("roadworld", "auto"):
-        try:
-            return roadworld_windows(cfg.sim, seconds=float(cfg.export.frames.seconds), **common)
-        except ImportError:
-            if source == "roadworld":
-                raise
-    if source in ("synthetic", "auto"):
+        return roadworld_windows(cfg.sim, seconds=float(cfg.export.frames.seconds), **common)
+    if source == "synthetic":
         return synthetic_windows(split, count, shape, seed)
     raise ValueError(f"export.frames.source={source!r}: expected auto, fleet, roadworld or synthetic")

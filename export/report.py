@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from drivegpt.runs import atomic_write_json, atomic_write_text, read_json
+from drivegpt.runs import atomic_path
 
 MANIFEST = "manifest.json"
 
@@ -182,8 +183,6 @@ def plot_errors(errors: dict[str, np.ndarray], action_range: float, bound_frac: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from drivegpt.runs import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, err in errors.items():

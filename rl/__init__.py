@@ -4,6 +4,6 @@ closed-loop evaluation in the ground-truth road world.
 Public surface: ``Policy``, ``PolicyConfig``, ``load_policy``, ``save_policy``.
 """
 
-from rl.policy import Policy, PolicyConfig, load_policy, save_policy
+from drivegpt.rl.policy import Policy, PolicyConfig, load_policy, save_policy
 
 __all__ = ["Policy", "PolicyConfig", "load_policy", "save_policy"]

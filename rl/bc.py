@@ -25,7 +25,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from rl.policy import Policy, PolicyConfig
+from drivegpt.rl.policy import Policy, PolicyConfig
+from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 
 # Window keys this module reads; names follow the data.loaders contract.
 DISENGAGE_KEYS = ("targets", "disengage_targets")
@@ -37,8 +38,6 @@ def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.
 
     rel_pose [b Kw 6], speed [b Kw]; ``dt`` = stride / fps seconds.
     """
-    from sim.vehicle import inverse
-
     if rel_pose.shape[1] < 2:
         raise ValueError(f"BC needs windows of >= 2 frames, got rel_pose {tuple(rel_pose.shape)}")
     return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
@@ -136,8 +135,6 @@ class BCModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        from sim.vehicle import ACTION_SCALE
-
         frames, speed, target, w = self._prepare(batch)
         mean, _, _ = self.policy(frames, speed)
         n = w.sum().clamp(min=1.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from drivegpt.sim.learned import WorldModelVectorEnv
 
 
 def _t(x, device, dtype=None) -> torch.Tensor:
@@ -98,7 +99,6 @@ def make_learned_env(num_envs: int, context_frames: int, settings: dict[str, Any
     """The batched learned sim (torch output, SAME_STEP autoreset) with the policy's frame history.
 
     ``objects``: ready ``models`` / ``contexts`` / ``vehicle`` (tests pass fakes)."""
-    from sim.learned import WorldModelVectorEnv
 
     settings = dict(settings or {})
     settings.update(output="torch", autoreset_mode="same_step")

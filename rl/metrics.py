@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.schema import CAUSE_NAMES, Cause
+from drivegpt.data.schema import CAUSE_NAMES, Cause
 
 
 @dataclass

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from einops import rearrange
 from torch import nn
+from drivegpt.runs import atomic_path
 
 CHECKPOINT_KIND = "drivegpt-policy"
 POLICY_FILE = "policy.pt"
@@ -338,8 +339,6 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
 # -------------------------------------------------------------------- checkpoints
 def save_policy(policy: Policy, path: str | Path, meta: dict | None = None) -> Path:
     """Atomically write a policy checkpoint (kind, config, observation shape, weights, meta)."""
-    from drivegpt.runs import atomic_path
-
     path = Path(path)
     ckpt = {
         "kind": CHECKPOINT_KIND,

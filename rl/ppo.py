@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from rl.policy import gaussian_entropy, gaussian_kl, gaussian_log_prob
+from drivegpt.rl.policy import gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 
 @dataclass

@@ -1,147 +1,18 @@
-"""``drivegpt train policy``: behaviour cloning (stage=bc) or PPO in the learned sim (stage=rl).
+"""Rollouts of a policy in the learned simulator, for videos and the sim's figures.
 
-    drivegpt train policy stage=bc data.shards=FLEET_SHARDS run_dir=runs/bc
-    drivegpt train policy stage=rl checkpoint=runs/bc world_model_checkpoint=WM.pt \
-        data.shards=TOKEN_SHARDS run_dir=runs/rl
-
-``stage=bc|rl`` selects the step (``policy_stage=`` works too; the stage config's own
-``stage`` key is ``train_policy``). Both write ``run_dir/policy.pt`` (rl.policy checkpoint)
-and ``metrics.json``. BC: Lightning Trainer (make_trainer), resumes with
-``trainer.ckpt_path=last``. RL: Lightning Fabric; ``rl_log.csv`` + ``rl_history.json`` per
-iteration, wandb (direct) unless ``logger=none``, rollout videos under ``videos/``; resumes
-from ``checkpoints/rl_state.pt`` with ``trainer.ckpt_path=last``.
+The training stages themselves (behaviour cloning, PPO) are ``drivegpt.stages.train_policy``
+(``drivegpt train policy stage=bc|rl``).
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import math
-import time
-from pathlib import Path
-
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from drivegpt.runs import atomic_path, atomic_write_json, mark_done, write_metrics
-from rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
-
-STAGES = ("bc", "rl")
+from drivegpt.rl.video import caption, upscale
 
 
-def policy_stage(cfg: DictConfig) -> str:
-    s = str(cfg.get("stage"))
-    if s in STAGES:
-        return s
-    s = str(cfg.get("policy_stage", "bc"))
-    if s not in STAGES:
-        raise ValueError(f"train policy: stage must be one of {STAGES}, got {s!r}")
-    return s
-
-
-def run(cfg: DictConfig) -> dict:
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(cfg.seed))
-    return run_bc(cfg, run_dir) if policy_stage(cfg) == "bc" else run_rl(cfg, run_dir)
-
-
-# ----------------------------------------------------------------------------- BC
-def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
-    from data.datamodule import FleetDataModule
-    from drivegpt.training import make_trainer, resume_path
-    from rl.bc import BCModule
-
-    pcfg = policy_config_from_cfg(cfg)
-    if int(cfg.data.context_frames) < pcfg.context_frames + 1:
-        raise ValueError(f"data.context_frames={cfg.data.context_frames}: BC windows need the policy's "
-                         f"K={pcfg.context_frames} frames plus the next one (set >= {pcfg.context_frames + 1})")
-    if not cfg.data.get("shards") or cfg.data.shards == "???":
-        raise ValueError("train policy stage=bc: set data.shards=FLEET_SHARDS (frame shards)")
-    b = cfg.rl.bc
-    steps = int(b.get("max_steps") or cfg.trainer.max_steps)  # this stage's own length
-    dt = float(cfg.data.stride) / float(cfg.data.fps)
-    module = BCModule(pcfg.to_dict(), dt=dt, lr=float(b.lr), weight_decay=float(b.weight_decay),
-                      exclude_before_disengage_s=float(b.exclude_before_disengage_s),
-                      horizons_s=[float(h) for h in cfg.data.horizons], log_std_target=float(b.log_std_target),
-                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps)
-    dm = FleetDataModule(cfg, kind="windows", key="frames")
-    trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
-    train_s = time.perf_counter() - t0
-    val = trainer.validate(module, datamodule=dm, verbose=False)
-    val = val[0] if val else {}
-    module.policy.eval()
-    flops = count_flops(module.policy)
-    metrics = {
-        "bc/action_mae": val.get("val/action_mae", float("nan")),
-        "bc/curvature_mae": val.get("val/curvature_mae", float("nan")),
-        "bc/accel_mae": val.get("val/accel_mae", float("nan")),
-        "bc/zero_action_mae": val.get("val/zero_action_mae", float("nan")),
-        "bc/train_seconds": train_s,
-        "bc/steps": int(trainer.global_step),
-        "policy/params": flops["params"],
-        "policy/flops_per_frame": flops["flops_per_frame"],
-        "policy/flops_per_call": flops["flops_per_call"],
-        "policy/bottleneck_bits": module.policy.bottleneck_bits,
-    }
-    metrics["action_mae"] = metrics["bc/action_mae"]  # the pipeline's headline name
-    save_policy(module.policy, run_dir / "policy.pt", meta={"stage": "bc", "metrics": metrics,
-                                                          "shards": str(cfg.data.shards),
-                                                          "stride": int(cfg.data.stride), "fps": float(cfg.data.fps)})
-    write_metrics(run_dir, metrics)
-    mark_done(run_dir, {"stage": "bc", "policy": str(run_dir / "policy.pt")})
-    return metrics
-
-
-# ----------------------------------------------------------------------------- RL
-class RLLogger:
-    """Per-iteration statistics: CSV + JSON copy in run_dir, wandb directly when enabled."""
-
-    def __init__(self, cfg: DictConfig, run_dir: Path, resume: bool):
-        from drivegpt import tracking
-
-        self.run_dir = run_dir
-        self.csv = run_dir / "rl_log.csv"
-        self.json = run_dir / "rl_history.json"
-        self.history: list[dict] = []
-        if resume and self.json.exists():
-            from drivegpt.runs import read_json
-
-            self.history = list(read_json(self.json))
-        # A run of its own (finishing the previous stage's, which in `drivegpt pipeline` is still
-        # open in this process; wandb.init would otherwise return it and drop our earlier steps).
-        self.wandb = tracking.start(cfg, run_dir, "rl")
-
-    def log(self, it: int, stats: dict):
-        self.history.append(dict(stats))
-        keys = sorted({k for h in self.history for k in h})
-        with atomic_path(self.csv) as tmp:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=keys)
-                w.writeheader()
-                w.writerows(self.history)
-        atomic_write_json(self.json, self.history)
-        if self.wandb is not None:
-            self.wandb.log({f"rl/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=it)
-
-    def video(self, it: int, paths: list[Path]):
-        if self.wandb is not None:
-            import wandb
-
-            gif = [p for p in paths if p.suffix == ".gif"]
-            if gif:
-                self.wandb.log({"rl/rollout": wandb.Video(str(gif[0]), format="gif")}, step=it)
-
-    def close(self):
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def _frame_for_video(obs: dict, info: dict, i: int = 0):
-    from rl.video import caption
-
+def frame_for_video(obs: dict, info: dict, i: int = 0):
     f = obs["frames"][i, -1].detach().cpu().numpy()
     hz = info.get("hazard") if isinstance(info, dict) else None
     unc = info.get("uncertainty") if isinstance(info, dict) else None
@@ -150,8 +21,6 @@ def _frame_for_video(obs: dict, info: dict, i: int = 0):
         text += f"hz {float(torch.as_tensor(hz).reshape(-1)[i]):.3f}"
     if unc is not None:
         text += f" unc {float(torch.as_tensor(unc).reshape(-1)[i]):.2f}"
-    from rl.video import upscale
-
     return caption(upscale(f[None])[0], text) if text else upscale(f[None])[0]
 
 
@@ -159,8 +28,6 @@ def _frame_for_video(obs: dict, info: dict, i: int = 0):
 def final_rollouts(policy, env, steps: int, seed: int) -> dict:
     """Deterministic (mean-action, bottleneck off) rollouts of every env for ``steps`` steps:
     per-env return of the first episode and its frames (for best/worst videos)."""
-    import numpy as np
-
     policy.eval()
     obs = env.reset(seed=seed)
     n = env.num_envs
@@ -173,7 +40,7 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
         nobs, r, term, trunc, info = env.step(mean)
         for i in range(n):
             if alive[i]:
-                frames[i].append(_frame_for_video(obs, info, i))
+                frames[i].append(frame_for_video(obs, info, i))
         ret += r.cpu() * alive
         if "event_probs" in info and "distance" in info:
             q = 1 - (1 - torch.as_tensor(info["event_probs"]).clamp(0, 1)).prod(-1)
@@ -186,103 +53,3 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
     return {"returns": ret.numpy(), "frames": [np.stack(f) for f in frames],
             "predicted_per_100km": pred / (dist / 1000.0) * 100.0 if dist > 0 else float("nan"),
             "km": dist / 1000.0}
-
-
-def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
-    import lightning as L
-    from tqdm.auto import tqdm
-
-    from drivegpt.training import resume_path
-    from rl.envs import learned_sim_settings, make_learned_env
-    from rl.ppo import PPOConfig, train_ppo
-    from rl.video import write_video
-
-    bc_path = cfg.get("checkpoint") or cfg.get("init")
-    if not bc_path:
-        raise ValueError("train policy stage=rl: set checkpoint=BC_POLICY (policy.pt or the BC run dir)")
-    if not cfg.get("world_model_checkpoint"):
-        raise ValueError("train policy stage=rl: set world_model_checkpoint=WORLD_MODEL (the learned sim)")
-    bc = load_policy(bc_path)
-    p = cfg.rl.ppo
-    pcfg = PPOConfig.from_dict(OmegaConf.to_container(p, resolve=True))
-    fabric = L.Fabric(accelerator=str(p.get("accelerator", "auto")), devices=p.get("devices", 1),
-                      precision=str(p.get("precision", "32-true")))
-    fabric.launch()
-    fabric.seed_everything(int(cfg.seed))
-    settings = learned_sim_settings(cfg)
-    settings["device"] = str(fabric.device)
-    env = make_learned_env(pcfg.num_envs, bc.cfg.context_frames, settings)
-    if tuple(env.env.single_observation_space["image"].shape) != tuple(bc.obs_shape[1:]):
-        raise ValueError(f"{bc_path}: policy frames {list(bc.obs_shape[1:])} but the learned sim "
-                         f"renders {list(env.env.single_observation_space['image'].shape)}")
-    policy = copy.deepcopy(bc)
-    start, opt_state = 0, None
-    state_path = run_dir / "checkpoints" / "rl_state.pt"
-    resume = resume_path(cfg, run_dir) is not None or (cfg.trainer.get("ckpt_path") == "last" and state_path.exists())
-    if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        policy.load_state_dict(st["policy"])
-        start, opt_state = int(st["iteration"]) + 1, st["optimizer"]
-    logger = RLLogger(cfg, run_dir, resume=start > 0)
-    video_every = int(p.get("video_every") or 0)
-    rec = {"it": start, "frames": []}
-    bar = tqdm(total=pcfg.iterations, initial=start, desc="rl", disable=not cfg.trainer.enable_progress_bar)
-
-    def on_step(obs, action, reward, done, info):
-        if video_every and rec["it"] % video_every == 0:
-            rec["frames"].append(_frame_for_video(obs, info))
-
-    def on_iteration(it, stats, optimizer):
-        logger.log(it, stats)
-        if rec["frames"]:
-            import numpy as np
-
-            paths = write_video(run_dir / "videos" / f"rollout_{it:05d}", np.stack(rec["frames"]))
-            logger.video(it, paths)
-            rec["frames"] = []
-        rec["it"] = it + 1
-        raw = getattr(policy, "module", policy)
-        with atomic_path(state_path) as tmp:
-            torch.save({"policy": raw.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it}, tmp)
-        bar.update(1)
-        bar.set_postfix(ret=f"{stats['episode_return']:.3f}", ev=f"{stats['event_rate']:.3f}",
-                        kl=f"{stats['kl_to_ref']:.4f}")
-
-    t0 = time.perf_counter()
-    history = train_ppo(policy, env, pcfg, fabric=fabric, ref_policy=bc, seed=int(cfg.seed),
-                        on_step=on_step, on_iteration=on_iteration, start_iteration=start,
-                        optimizer_state=opt_state)
-    train_s = time.perf_counter() - t0
-    bar.close()
-    policy = getattr(policy, "module", policy)
-    policy.eval()
-    hist = logger.history
-    # deterministic rollouts of the final and the BC policy in the learned sim: best/worst videos
-    steps = int(settings.get("max_steps", 50))
-    final = final_rollouts(policy, env, steps, seed=int(cfg.seed) + 10_000)
-    base = final_rollouts(bc, env, steps, seed=int(cfg.seed) + 10_000)
-    order = final["returns"].argsort()
-    for tag, i in (("worst", int(order[0])), ("best", int(order[-1]))):
-        write_video(run_dir / "videos" / f"final_{tag}", final["frames"][i])
-
-    def first_last(key):
-        vals = [h.get(key) for h in hist if h.get(key) is not None and math.isfinite(h.get(key))]
-        return (vals[0], vals[-1]) if vals else (float("nan"), float("nan"))
-
-    metrics = {"rl/train_seconds": train_s, "rl/iterations": len(hist),
-               "rl/env_steps": len(hist) * pcfg.num_envs * pcfg.rollout_steps,
-               "rl/sim_predicted_per_100km": final["predicted_per_100km"],
-               "rl/bc_sim_predicted_per_100km": base["predicted_per_100km"],
-               "rl/sim_return": float(final["returns"].mean()), "rl/bc_sim_return": float(base["returns"].mean())}
-    metrics["return_mean"] = metrics["rl/sim_return"]  # the pipeline's headline name
-    for key in ("episode_return", "event_rate", "kl_to_ref", "uncertainty", "predicted_per_100km"):
-        a, z = first_last(key)
-        metrics[f"rl/{key}_first"], metrics[f"rl/{key}_last"] = a, z
-    save_policy(policy, run_dir / "policy.pt", meta={
-        "stage": "rl", "bc_checkpoint": str(bc_path), "world_model": str(cfg.world_model_checkpoint),
-        "stride": int(bc.checkpoint_meta.get("stride", cfg.data.stride)), "fps": float(cfg.data.fps),
-        "metrics": metrics})
-    write_metrics(run_dir, metrics)
-    logger.close()
-    mark_done(run_dir, {"stage": "rl", "policy": str(run_dir / "policy.pt")})
-    return metrics

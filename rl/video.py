@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from drivegpt.sim.learned.video import write_gif, write_webm
 
 
 def upscale(frames: np.ndarray, min_height: int = 128) -> np.ndarray:
@@ -25,7 +26,6 @@ def caption(frame: np.ndarray, text: str) -> np.ndarray:
 def write_video(stem: str | Path, frames: np.ndarray, fps: float = 5.0) -> list[Path]:
     """Write ``stem``.webm and ``stem``.gif atomically from RGB uint8 [T H W 3]; returns the paths
     (the WebM only where OpenCV can encode VP9/VP8; the GIF always)."""
-    from sim.learned.video import write_gif, write_webm
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:

@@ -8,10 +8,10 @@ Importing ``sim`` registers the gymnasium environments:
 import gymnasium as gym
 
 _ENVS = {
-    "drivegpt/RoadWorld-v0": dict(entry_point="sim.roadworld.env:RoadWorldEnv"),
+    "drivegpt/RoadWorld-v0": dict(entry_point="drivegpt.sim.roadworld.env:RoadWorldEnv"),
     "drivegpt/WorldModel-v0": dict(
-        entry_point="sim.learned.env:WorldModelEnv",
-        vector_entry_point="sim.learned.vector_env:WorldModelVectorEnv",
+        entry_point="drivegpt.sim.learned.env:WorldModelEnv",
+        vector_entry_point="drivegpt.sim.learned.vector_env:WorldModelVectorEnv",
     ),
 }
 for _id, _kw in _ENVS.items():

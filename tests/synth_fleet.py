@@ -7,8 +7,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data.poses import matrix_to_pose, pose_to_matrix
-from data.schema import Segment
+from drivegpt.data.poses import matrix_to_pose, pose_to_matrix
+from drivegpt.data.schema import Segment
 
 
 def road_frames(t: int, h: int = 32, w: int = 64, seed: int = 0) -> np.ndarray:

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rl.bc import BCModule, bc_targets, bc_weights, policy_frames
-from sim.vehicle import compose_pose2d, initial_state, step
+from drivegpt.rl.bc import BCModule, bc_targets, bc_weights, policy_frames
+from drivegpt.sim.vehicle import compose_pose2d, initial_state, step
 
 FPS, STRIDE = 20, 4
 DT = STRIDE / FPS

@@ -62,3 +62,12 @@ def test_write_metrics_merges(tmp_path):
     write_metrics(tmp_path, {"a": 1})
     write_metrics(tmp_path, {"b": 2})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 1, "b": 2}
+
+
+def test_cli_and_pipeline_read_one_stage_registry():
+    from drivegpt import pipeline
+    from drivegpt.stages import REGISTRY
+
+    assert [c.name for c in cli.COMMANDS] == list(REGISTRY)
+    assert {s.stage for s in pipeline.STAGES} <= set(REGISTRY)
+    assert all(s.config == REGISTRY[s.stage].config for s in pipeline.STAGES)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data.schema import Cause
-from rl.metrics import Trajectory, closed_loop_metrics, markdown_table
+from drivegpt.data.schema import Cause
+from drivegpt.rl.metrics import Trajectory, closed_loop_metrics, markdown_table
 
 
 def _constant(n, speed, flow, k=0.0, offset=0.0, dt=0.05):
@@ -58,8 +58,8 @@ def test_table_lists_every_controller():
 
 def test_drive_rejects_policy_of_another_frame_size():
     from drivegpt.config import compose
-    from rl.evaluate import drive
-    from rl.policy import Policy
+    from drivegpt.rl.evaluate import drive
+    from drivegpt.rl.policy import Policy
 
     cfg = compose("eval_policy", ["experiment=tiny"])  # road world renders 32x64
     p = Policy(dict(context_frames=2, frame_height=64, frame_width=128, channels=[8], pool_grid=[1, 2],
@@ -70,8 +70,8 @@ def test_drive_rejects_policy_of_another_frame_size():
 
 def test_drive_records_the_first_scenario_for_the_video():
     from drivegpt.config import compose
-    from rl.evaluate import drive
-    from rl.policy import Policy
+    from drivegpt.rl.evaluate import drive
+    from drivegpt.rl.policy import Policy
 
     cfg = compose("eval_policy", ["experiment=tiny"])  # 32x64 at 20 Hz
     p = Policy(dict(context_frames=2, frame_height=32, frame_width=64, channels=[8], pool_grid=[1, 2],

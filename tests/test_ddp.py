@@ -14,7 +14,7 @@ from drivegpt.world_model.patch_tokenizer import PatchTokenizer
 
 
 def token_item(i: int) -> dict:
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     seg = drive_segment(200 + i, 4.0, None, 32, 64)
     tok = PatchTokenizer().encode(seg.frames).numpy().astype(np.int16)
@@ -26,8 +26,8 @@ def token_item(i: int) -> dict:
 
 @pytest.mark.slow
 def test_two_rank_ddp_spawn_disjoint_data_identical_weights(tmp_path):
-    from data.shards import write_shards
-    from drivegpt.world_model.train import run
+    from drivegpt.data.shards import write_shards
+    from drivegpt.stages.train_world_model import run
 
     shards = tmp_path / "tokens"
     write_shards(shards, 8, token_item, maxcount=1, progress=False)  # 8 shards -> 4 per rank

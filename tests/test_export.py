@@ -11,10 +11,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from export import onnx_export as ox
-from export.frames import synthetic_windows
-from export.quantize import CalibrationError, quantize_qdq
-from export.verify import action_errors
+from drivegpt.export import onnx_export as ox
+from drivegpt.export.frames import synthetic_windows
+from drivegpt.export.quantize import CalibrationError, quantize_qdq
+from drivegpt.export.verify import action_errors
 
 SHAPE = (3, 32, 64, 3)  # K, H, W, C (configs/experiment/tiny.yaml)
 
@@ -122,9 +122,9 @@ def test_calibration_set_errors(fp32, windows):
 
 
 def test_fleet_windows_respect_the_held_out_split(tmp_path):
-    from data.loaders import split_of
-    from data.shards import iter_samples, write_shards
-    from export.frames import fleet_windows
+    from drivegpt.data.loaders import split_of
+    from drivegpt.data.shards import iter_samples, write_shards
+    from drivegpt.export.frames import fleet_windows
     from synth_fleet import make_segment
 
     write_shards(tmp_path, 8, lambda i: make_segment(seed=i, t=12), maxcount=4, progress=False)
@@ -143,7 +143,7 @@ def test_fleet_windows_respect_the_held_out_split(tmp_path):
         fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
 
     from drivegpt.config import compose
-    from export.frames import get_windows
+    from drivegpt.export.frames import get_windows
 
     cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x", f"data.shards={tmp_path}",
                                     "data.val_fraction=0.5"])  # what the pipeline passes
@@ -152,9 +152,9 @@ def test_fleet_windows_respect_the_held_out_split(tmp_path):
 
 
 def test_roadworld_windows_come_from_held_out_segments():
-    from data.loaders import split_of
-    from export.frames import roadworld_windows
-    from sim.roadworld import drive_segment, segment_id
+    from drivegpt.data.loaders import split_of
+    from drivegpt.export.frames import roadworld_windows
+    from drivegpt.sim.roadworld import drive_segment, segment_id
 
     from drivegpt.config import compose
 

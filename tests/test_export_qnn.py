@@ -9,11 +9,12 @@ import torch
 from onnx import TensorProto, helper
 
 from drivegpt.config import compose
-from export import onnx_export as ox
-from export import qnn
-from export.export import NotAPolicyError, export_module, load_export_module, run
-from export.report import verify_manifest
-from export.verify import action_errors
+from drivegpt.export import onnx_export as ox
+from drivegpt.export import qnn
+from drivegpt.export.export import NotAPolicyError, export_module, load_export_module
+from drivegpt.stages.export_policy import run
+from drivegpt.export.report import verify_manifest
+from drivegpt.export.verify import action_errors
 
 from test_export import SHAPE, fp32, policy, qdq, windows  # noqa: F401 (fixtures)
 
@@ -63,7 +64,7 @@ def _cfg(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def policy_ckpt(tmp_path_factory):
-    from rl.policy import Policy, PolicyConfig, save_policy
+    from drivegpt.rl.policy import Policy, PolicyConfig, save_policy
 
     torch.manual_seed(0)
     p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
@@ -110,7 +111,7 @@ def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
 
 
 def test_flops_match_a_hand_count(policy):
-    from export.report import count_flops
+    from drivegpt.export.report import count_flops
 
     convs = [(9, 12, 16 * 32), (12, 12, 8 * 16), (12, 16, 4 * 8)]  # (c_in, c_out, output pixels), 3x3
     macs = sum(ci * co * 9 * px for ci, co, px in convs) + 17 * 32 + 32 * 2

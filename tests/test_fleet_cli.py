@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.schema import CAUSE_NAMES
-from data.shards import iter_samples, read_manifest
+from drivegpt.data.schema import CAUSE_NAMES
+from drivegpt.data.shards import iter_samples, read_manifest
 from drivegpt import cli
 
 
@@ -63,7 +63,7 @@ def test_rerun_resumes_and_refuses_other_settings(fleet):
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     assert after.keys() == before.keys() and after["fleet-000000.tar"] == before["fleet-000000.tar"]
     assert json.loads((tmp / "gen2" / "metrics.json").read_text())["frames_this_run"] == 2 * 120
-    from data.sources.procedural import run
+    from drivegpt.stages.fleet import run
     from drivegpt.config import compose
 
     with pytest.raises(ValueError, match=r"fleet\.json: .*other settings \(differs in seconds\)"):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data.labels import disengagement_targets
+from drivegpt.data.labels import disengagement_targets
 
 
 def test_event_window_is_half_open_after_t():

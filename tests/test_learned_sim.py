@@ -7,10 +7,10 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-import sim  # noqa: F401  (registers the envs)
-from sim.learned import (LearnedSimConfig, ModelMismatchError, Models, WorldModelEnv,
+import drivegpt.sim  # noqa: F401  (registers the envs)
+from drivegpt.sim.learned import (LearnedSimConfig, ModelMismatchError, Models, WorldModelEnv,
                          WorldModelVectorEnv, pool_from_samples, pool_from_shards)
-from sim.learned.testing import FakeTokenizer, fake_samples, fake_setup, fake_step
+from drivegpt.sim.learned.testing import FakeTokenizer, fake_samples, fake_setup, fake_step
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +138,8 @@ def test_reward_equals_weighted_head_output(fakes):
 
 
 def test_reset_contexts_come_from_held_out_split_only(tmp_path):
-    from data.loaders import split_of
-    from data.shards import write_shards
+    from drivegpt.data.loaders import split_of
+    from drivegpt.data.shards import write_shards
 
     samples = fake_samples(n_segments=24, T=20)
     val = {s["meta"]["segment_id"] for s in samples if split_of(s["meta"]["segment_id"], 0.3) == "val"}
@@ -240,7 +240,7 @@ def test_domain_randomization_per_env_and_reproducible(fakes):
 
 
 def test_ensemble_disagreement_and_torch_output(fakes):
-    from sim.learned.testing import FakeWorldModel
+    from drivegpt.sim.learned.testing import FakeWorldModel
 
     m, p, v = fakes
     same = Models(m.world_model, m.tokenizer, fake_step, ensemble=[m.world_model], source="<ens>")
@@ -261,8 +261,8 @@ def test_ensemble_disagreement_and_torch_output(fakes):
 
 
 def test_rollout_policy_driver_reads_dreamed_frames(fakes):
-    from sim.learned.core import SimCore
-    from sim.learned.rollout import rollout_batch
+    from drivegpt.sim.learned.core import SimCore
+    from drivegpt.sim.learned.rollout import rollout_batch
 
     m, p_, v = fakes
     pool = pool_from_samples(fake_samples(n_segments=4, T=40), 3, 2, lambda sid: "val", future=4)

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sim import vehicle
-from sim.learned import Models, WorldModelVectorEnv, pool_from_samples
-from sim.learned.testing import FakeTokenizer, fake_samples
+from drivegpt.sim import vehicle
+from drivegpt.sim.learned import Models, WorldModelVectorEnv, pool_from_samples
+from drivegpt.sim.learned.testing import FakeTokenizer, fake_samples
 
 K, DT, HORIZONS = 3, 0.1, (0.5, 1.0, 2.0)
 
@@ -44,7 +44,7 @@ def _moves(g: torch.Generator, n: int):
 
 
 def _compose2d(a, b):
-    from sim.learned.geometry import compose
+    from drivegpt.sim.learned.geometry import compose
 
     return compose(a, b)
 

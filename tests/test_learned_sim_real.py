@@ -7,9 +7,9 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-import sim  # noqa: F401
-from sim.learned import ModelMismatchError, WorldModelEnv, WorldModelVectorEnv, pool_from_samples
-from sim.learned.testing import fake_samples, tiny_checkpoints
+import drivegpt.sim  # noqa: F401
+from drivegpt.sim.learned import ModelMismatchError, WorldModelEnv, WorldModelVectorEnv, pool_from_samples
+from drivegpt.sim.learned.testing import fake_samples, tiny_checkpoints
 
 
 @pytest.fixture(scope="module")

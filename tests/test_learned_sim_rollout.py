@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from drivegpt.config import compose
-from sim.learned.testing import fake_samples, tiny_checkpoints
+from drivegpt.sim.learned.testing import fake_samples, tiny_checkpoints
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from data.shards import write_shards
+    from drivegpt.data.shards import write_shards
 
     d = tmp_path_factory.mktemp("rollout")
     wm, _ = tiny_checkpoints(d / "models", vocab_size=16, context_frames=3, fps=10.0)
@@ -21,8 +21,8 @@ def setup(tmp_path_factory):
 
 
 def test_rollout_writes_videos_curves_metrics(setup):
-    from data.loaders import split_of
-    from sim.learned.rollout import run
+    from drivegpt.data.loaders import split_of
+    from drivegpt.stages.rollout import run
 
     d, wm, tokens = setup
     out = d / "run_keep"
@@ -58,7 +58,7 @@ def test_rollout_writes_videos_curves_metrics(setup):
 
 
 def test_rollout_logged_driver_and_bad_driver(setup):
-    from sim.learned.rollout import run
+    from drivegpt.stages.rollout import run
 
     d, wm, tokens = setup
     cfg = compose("rollout", ["experiment=tiny", f"run_dir={d / 'run_logged'}", f"checkpoint={wm}",

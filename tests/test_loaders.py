@@ -7,13 +7,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data.labels import disengagement_targets
-from data.loaders import (frame_dataset, make_loader, segment_windows, split_of, window_dataset,
+from drivegpt.data.labels import disengagement_targets
+from drivegpt.data.loaders import (frame_dataset, make_loader, segment_windows, split_of, window_dataset,
                           window_starts)
-from data.poses import matrix_to_pose, pose_to_matrix
-from data.schema import Segment
-from data.shards import ShardError, write_shards
-from tests.synth_fleet import make_item, make_segment
+from drivegpt.data.poses import matrix_to_pose, pose_to_matrix
+from drivegpt.data.schema import Segment
+from drivegpt.data.shards import ShardError, write_shards
+from synth_fleet import make_item, make_segment
 
 
 def test_split_of_is_deterministic_by_segment_and_near_fraction():
@@ -122,7 +122,7 @@ def test_stride_labels_assign_skipped_frame_events_to_their_interval():
 
 
 def test_window_dataset_tokens_and_frames_agree(tmp_path):
-    from tests.synth_fleet import make_token_item
+    from synth_fleet import make_token_item
 
     write_shards(tmp_path / "f", 2, make_item, maxcount=1, progress=False)
     write_shards(tmp_path / "t", 2, make_token_item, maxcount=1, progress=False)
@@ -162,7 +162,7 @@ def test_loader_bad_sample_fails_or_is_skipped(tmp_path):
 
 
 def test_datamodule_from_tiny_config(six_shards):
-    from data.datamodule import FleetDataModule
+    from drivegpt.data.datamodule import FleetDataModule
     from drivegpt.config import compose
 
     cfg = compose("fleet_generate", ["experiment=tiny", f"data.shards={six_shards}",
@@ -183,9 +183,9 @@ def test_datamodule_from_tiny_config(six_shards):
 def test_road_world_segment_through_shards_and_windows(tmp_path):
     """A real road-world drive: bit-exact arrays, frames within tolerance, and the strided
     poses agree with the drive's world poses (inv(W_i) @ W_{i+stride})."""
-    roadworld = pytest.importorskip("sim.roadworld")
-    from data.shards import iter_samples
-    from data.video import psnr
+    roadworld = pytest.importorskip("drivegpt.sim.roadworld")
+    from drivegpt.data.shards import iter_samples
+    from drivegpt.data.video import psnr
 
     seg = roadworld.drive_segment(1, seconds=3, height=32, width=64)
     write_shards(tmp_path, 1, lambda i: seg, maxcount=1, progress=False)

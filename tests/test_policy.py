@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rl.policy import (Policy, PolicyConfig, PolicyInputError, count_flops, gaussian_kl,
+from drivegpt.rl.policy import (Policy, PolicyConfig, PolicyInputError, count_flops, gaussian_kl,
                        gaussian_log_prob, load_policy, save_policy)
 
 TINY = dict(context_frames=2, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,

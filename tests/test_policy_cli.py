@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.shards import write_shards
+from drivegpt.data.shards import write_shards
 from drivegpt.cli import main
-from rl.policy import load_policy
+from drivegpt.rl.policy import load_policy
 
 
 def token_item(i: int) -> dict:
@@ -54,7 +54,7 @@ def test_bc_cli_writes_policy_and_metrics(bc_run):
 
 @pytest.fixture(scope="module")
 def learned_sim(tmp_path_factory):
-    from sim.learned.testing import tiny_checkpoints
+    from drivegpt.sim.learned.testing import tiny_checkpoints
 
     tmp = tmp_path_factory.mktemp("sim")
     wm, _ = tiny_checkpoints(tmp / "models")
@@ -102,7 +102,7 @@ def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
     assert main(args + ["trainer.ckpt_path=last"]) == 0
     assert len(json.loads((run_dir / "rl_history.json").read_text())) == 3
     from drivegpt.config import compose
-    from rl.train import run
+    from drivegpt.stages.train_policy import run
 
     with pytest.raises(ValueError, match="checkpoint=BC_POLICY"):
         run(compose("train_policy", ["stage=rl", "experiment=tiny", f"run_dir={tmp_path / 'x'}"]))

@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from rl.ppo import PPOConfig, compute_gae, train_ppo
+from drivegpt.rl.ppo import PPOConfig, compute_gae, train_ppo
 
 
 def test_gae_hand_computed():

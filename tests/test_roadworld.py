@@ -9,9 +9,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from omegaconf import OmegaConf
 
-import sim  # noqa: F401  (registers the envs)
-from data.schema import Cause, validate
-from sim.roadworld import RoadWorldConfig, RoadWorldEnv, drive_segment, replay
+import drivegpt.sim  # noqa: F401  (registers the envs)
+from drivegpt.data.schema import Cause, validate
+from drivegpt.sim.roadworld import RoadWorldConfig, RoadWorldEnv, drive_segment, replay
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sim" / "default.yaml"
 
@@ -130,7 +130,7 @@ def test_composed_hydra_config_builds_the_world_config():
 
 
 def test_fleet_stats_counts_causes_per_100km(seg, poor):
-    from sim.roadworld import fleet_stats
+    from drivegpt.sim.roadworld import fleet_stats
 
     st = fleet_stats([seg, poor])
     km = (seg.speed.sum() + poor.speed.sum()) / 20 / 1000
@@ -142,7 +142,7 @@ def test_fleet_stats_counts_causes_per_100km(seg, poor):
 def test_preview_writes_sheet_video_and_gif(seg, tmp_path):
     import cv2
 
-    from sim.roadworld.preview import write_preview
+    from drivegpt.sim.roadworld.preview import write_preview
 
     paths = write_preview(seg, tmp_path)
     sheet = cv2.imread(paths["png"])

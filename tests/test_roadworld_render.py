@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from sim.roadworld import Camera, Renderer, RoadWorldConfig
-from sim.roadworld.road import Look, Road, Scenery
+from drivegpt.sim.roadworld import Camera, Renderer, RoadWorldConfig
+from drivegpt.sim.roadworld.road import Look, Road, Scenery
 
 
 @pytest.fixture(scope="module")

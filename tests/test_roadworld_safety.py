@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from data.schema import Cause
-from sim.roadworld import HumanDriver, RoadWorldConfig, RoadWorldEnv, SafetyDriver
+from drivegpt.data.schema import Cause
+from drivegpt.sim.roadworld import HumanDriver, RoadWorldConfig, RoadWorldEnv, SafetyDriver
 
 DT = 0.05
 CLEAN = dict(lane_offset=0.1, heading_error=0.01, speed=25.0, accel=0.0, curvature=0.001,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data.schema import Cause, Segment, SegmentError, validate
+from drivegpt.data.schema import Cause, Segment, SegmentError, validate
 
 
 def make_segment(t=10, h=8, w=16, fps=20.0):

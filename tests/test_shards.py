@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data.schema import ARRAY_FIELDS, SegmentError
-from data.shards import (MANIFEST, ShardError, expand_urls, item_to_members, iter_samples,
+from drivegpt.data.schema import ARRAY_FIELDS, SegmentError
+from drivegpt.data.shards import (MANIFEST, ShardError, expand_urls, item_to_members, iter_samples,
                          read_manifest, write_shards)
-from data.video import decode_frames, encode_frames, psnr
-from tests.synth_fleet import make_item, make_segment, make_token_item, road_frames
+from drivegpt.data.video import decode_frames, encode_frames, psnr
+from synth_fleet import make_item, make_segment, make_token_item, road_frames
 
 LABELS = [k for k in ARRAY_FIELDS if k != "frames"]
 
@@ -228,7 +228,7 @@ def test_large_arrays_are_compressed_and_bit_exact(tmp_path):
 
 
 def test_directory_spec_finds_shards_in_rank_subdirectories(tmp_path):
-    from data.shards import expand_urls
+    from drivegpt.data.shards import expand_urls
 
     for rel in ("rank0/shard-000000.tar", "rank1/shard-000000.tar", "top.tar", ".tmp/partial.tar",
                 "rank0/.shard-000001.tar.tmp.tar"):

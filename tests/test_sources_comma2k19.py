@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data.schema import validate
-from data.sources.comma2k19 import Comma2k19Source, find_segments, load_segment
-from data.sources.common import SourceError
+from drivegpt.data.schema import validate
+from drivegpt.data.sources.comma2k19 import Comma2k19Source, find_segments, load_segment
+from drivegpt.data.sources.common import SourceError
 
 LAT, LON, ALT = np.radians(37.4), np.radians(-122.1), 10.0
 FPS, V = 20.0, 10.0  # 10 m/s -> 0.5 m per frame

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data.schema import Cause
-from data.sources.common import SourceError
-from data.sources.csv_video import CsvVideoSource, load_csv_video
+from drivegpt.data.schema import Cause
+from drivegpt.data.sources.common import SourceError
+from drivegpt.data.sources.csv_video import CsvVideoSource, load_csv_video
 
 T, FPS = 12, 20.0
 

@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 
-from data.schema import Cause
-from data.sources.common import SourceError
-from data.sources.gym_recorder import GymSource, import_path
+from drivegpt.data.schema import Cause
+from drivegpt.data.sources.common import SourceError
+from drivegpt.data.sources.gym_recorder import GymSource, import_path
 
 EXAMPLE = dict(
     env_id="CarRacing-v3",
-    policy="data.sources.gym_recorder:CarRacingPilot",
-    takeover="data.sources.gym_recorder:CarRacingPilot",
-    pose="data.sources.gym_recorder:car_racing_pose",
-    speed="data.sources.gym_recorder:car_racing_speed",
-    disengage="data.sources.gym_recorder:car_racing_off_track",
+    policy="drivegpt.data.sources.gym_recorder:CarRacingPilot",
+    takeover="drivegpt.data.sources.gym_recorder:CarRacingPilot",
+    pose="drivegpt.data.sources.gym_recorder:car_racing_pose",
+    speed="drivegpt.data.sources.gym_recorder:car_racing_speed",
+    disengage="drivegpt.data.sources.gym_recorder:car_racing_off_track",
     height=16, width=32, center_row=0.55,
 )
 
@@ -54,11 +54,11 @@ def test_bad_plugin_paths_are_named():
     with pytest.raises(SourceError, match=r"'nope\.module:f'.*cannot import module 'nope\.module'"):
         import_path("nope.module:f")
     with pytest.raises(SourceError, match=r"has no attribute 'missing'"):
-        GymSource(**{**EXAMPLE, "pose": "data.sources.gym_recorder:missing"})
+        GymSource(**{**EXAMPLE, "pose": "drivegpt.data.sources.gym_recorder:missing"})
 
 
 def test_ingest_config_block_builds_the_car_racing_example(tmp_path):
-    from data.ingest import make_source
+    from drivegpt.stages.ingest import make_source
     from drivegpt.config import compose
 
     cfg = compose("data_ingest", ["experiment=tiny", "source=gym", "segments=3", "seconds=0.3",
@@ -67,3 +67,10 @@ def test_ingest_config_block_builds_the_car_racing_example(tmp_path):
     assert src.n_items == 3
     seg = src.make_item(2)
     assert seg.meta["seed"] == 9 and len(seg) == 15 and seg.frames.shape[1:] == (32, 64, 3)
+
+
+def test_import_paths_of_the_old_layout_still_resolve():
+    from drivegpt.data.sources.common import import_path
+    from drivegpt.data.sources.gym_recorder import car_racing_pose
+
+    assert import_path("data.sources.gym_recorder:car_racing_pose") is car_racing_pose

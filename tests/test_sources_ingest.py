@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from data.inspect import inspect_shards
-from data.schema import Cause
-from data.shards import iter_samples, read_manifest, write_shards
+from drivegpt.data.inspect import inspect_shards
+from drivegpt.data.schema import Cause
+from drivegpt.data.shards import iter_samples, read_manifest, write_shards
 from drivegpt import cli
-from tests.synth_fleet import make_segment
-from tests.test_sources_comma2k19 import write_segment
-from tests.test_sources_csv_video import circle_rows, write_csv, write_video
+from synth_fleet import make_segment
+from test_sources_comma2k19 import write_segment
+from test_sources_csv_video import circle_rows, write_csv, write_video
 
 
 def test_ingest_csv_video_then_inspect(tmp_path):
@@ -83,8 +83,8 @@ def test_inspect_summary_matches_arrays_and_labels_sheet(tmp_path):
 
 
 def test_unknown_source_and_missing_path(tmp_path):
-    from data.ingest import make_source
-    from data.sources.common import SourceError
+    from drivegpt.stages.ingest import make_source
+    from drivegpt.data.sources.common import SourceError
     from drivegpt.config import compose
 
     with pytest.raises(SourceError, match="unknown source='nope'"):

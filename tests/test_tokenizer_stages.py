@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.shards import iter_samples, write_shards
+from drivegpt.data.shards import iter_samples, write_shards
 from drivegpt.config import compose
 from drivegpt.runs import read_json
 from drivegpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
@@ -17,8 +17,8 @@ from drivegpt.tokenizer.evaluate import Scorer
 from drivegpt.tokenizer.losses import ReconstructionLoss, psnr
 from drivegpt.tokenizer.model import to_float
 from drivegpt.tokenizer.tokenize import EmptyShardError
-from drivegpt.tokenizer.tokenize import run as tokenize_run
-from tests.synth_fleet import make_segment
+from drivegpt.stages.tokenize import run as tokenize_run
+from synth_fleet import make_segment
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_tiny_tokenizer_overfits_road_world_frames():
     """A tiny VQ tokenizer (32x64 frames, 8x16 tokens, 64 codes) reaches >= 25 dB on 4
     road-world frames within 300 CPU steps (measured: 120 steps, 56 CPU-seconds; 130 s wall on 2
     cores shared with ~9 other jobs, load ~10)."""
-    from sim.roadworld import drive_segment
+    from drivegpt.sim.roadworld import drive_segment
 
     torch.manual_seed(0)
     seg = drive_segment(3, 2.0, None, 32, 64)
@@ -132,7 +132,7 @@ def test_scorer_metrics_known_values():
 
 
 def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
-    from drivegpt.tokenizer.train import run as train_run
+    from drivegpt.stages.train_tokenizer import run as train_run
 
     _write_fleet(tmp_path / "fleet", n=2, maxcount=1)
     common = ["experiment=tiny", f"run_dir={tmp_path / 'train'}", f"data.shards={tmp_path / 'fleet'}",

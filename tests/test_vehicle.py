@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sim import vehicle as V
+from drivegpt.sim import vehicle as V
 
 
 def _drive(state, action, n, dt=0.05):

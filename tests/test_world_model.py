@@ -14,7 +14,7 @@ from drivegpt.training import make_trainer
 from drivegpt.world_model import WorldModel, WorldModelConfig, load_world_model, save_world_model
 from drivegpt.world_model import sampling
 from drivegpt.world_model.metrics import disengage_metrics
-from drivegpt.world_model.train import build_module
+from drivegpt.stages.train_world_model import build_module
 
 V, GRID, K = 16, (2, 4), 3
 

@@ -35,7 +35,7 @@ def look_around(seg, rng: np.random.Generator):
     world_pose. Logged driving alone is a poor teacher of pose conditioning: the car yaws
     because the road curves, so a model learns "left yaw = road bending left" and predicts the
     opposite of what a counterfactual left turn shows (the scene swinging right)."""
-    from sim.roadworld import replay
+    from drivegpt.sim.roadworld import replay
 
     h = rng.uniform(0.2, 0.35) * np.sin(2 * np.pi * seg.times / rng.uniform(0.8, 1.4) + rng.uniform(0, 2 * np.pi))
     rel = seg.rel_pose.astype(np.float64).copy()
@@ -53,8 +53,8 @@ def look_around(seg, rng: np.random.Generator):
 
 def token_item(i: int) -> dict:
     """Road-world segment i as a token sample; training-split segments are look-around renders."""
-    from data.loaders import split_of
-    from sim.roadworld import drive_segment
+    from drivegpt.data.loaders import split_of
+    from drivegpt.sim.roadworld import drive_segment
 
     seg = drive_segment(100 + i, 10.0, None, 32, 64)
     item = {k: v for k, v in seg.arrays().items() if k != "lane_mask"}
@@ -68,7 +68,7 @@ def token_item(i: int) -> dict:
 
 @pytest.fixture(scope="module")
 def token_shards(tmp_path_factory):
-    from data.shards import write_shards
+    from drivegpt.data.shards import write_shards
 
     out = tmp_path_factory.mktemp("wm_tokens")
     write_shards(out, 8, token_item, maxcount=2, progress=False)
@@ -77,7 +77,7 @@ def token_shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(token_shards, tmp_path_factory):
-    from drivegpt.world_model.train import run
+    from drivegpt.stages.train_world_model import run
 
     run_dir = tmp_path_factory.mktemp("wm_train")
     cfg = compose("train_world_model", [
@@ -99,8 +99,8 @@ def test_train_stage_writes_a_loadable_model_that_beats_chance(trained):
 
 def turn_cases(token_shards):
     """Held-out (val-split, logged-driving) contexts from three starts per segment."""
-    from data.loaders import split_of
-    from data.shards import iter_samples
+    from drivegpt.data.loaders import split_of
+    from drivegpt.data.shards import iter_samples
     from drivegpt.world_model.counterfactual import make_cases
 
     items = [it for it in iter_samples(str(token_shards), frames=False)
@@ -122,7 +122,8 @@ def turn_margins(model, cases, yaw_rate: float = 2.0, cfg_scale: float = 3.0):
     """
     import torch.nn.functional as F
 
-    from drivegpt.world_model.counterfactual import ground_truth, perturb
+    from drivegpt.stages.eval_world_model import replay_ground_truth as ground_truth
+    from drivegpt.world_model.counterfactual import perturb
 
     tk = PatchTokenizer()
     toks, poses, speeds = [], [], []
@@ -167,7 +168,7 @@ def test_left_and_right_moves_generate_frames_that_turn_the_right_way(trained, t
 
 
 def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path):
-    from drivegpt.world_model.evaluate import run
+    from drivegpt.stages.eval_world_model import run
 
     run_dir, _ = trained
     cfg = compose("eval_world_model", [

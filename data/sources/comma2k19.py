@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.schema import Segment, validate
-from data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize,
+from drivegpt.data.schema import Segment, validate
+from drivegpt.data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize,
                                  quat_to_matrix, read_video, rel_from_world, sanitize_id,
                                  world_pose_array)
 

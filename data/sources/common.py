@@ -16,8 +16,8 @@ from typing import Callable, Iterator, Protocol
 import cv2
 import numpy as np
 
-from data.poses import euler_to_matrix, matrix_to_euler  # noqa: F401  (re-exported)
-from data.schema import Segment
+from drivegpt.data.poses import euler_to_matrix, matrix_to_euler  # noqa: F401  (re-exported)
+from drivegpt.data.schema import Segment
 
 
 class Source(Protocol):
@@ -177,11 +177,17 @@ def sanitize_id(text: str) -> str:
     return s or "segment"
 
 
+# Top-level names the product folders had before they installed as ``drivegpt.<name>``.
+_OLD_TOP_LEVEL = ("data", "sim", "rl", "export")
+
+
 def import_path(spec: str):
     """``"package.module:attr"`` -> the attribute (SourceError naming the spec otherwise)."""
     if not isinstance(spec, str) or ":" not in spec:
         raise SourceError(f"import path {spec!r}: expected 'package.module:attribute'")
     mod, attr = spec.split(":", 1)
+    if mod.split(".")[0] in _OLD_TOP_LEVEL:  # configs written before the drivegpt namespace
+        mod = f"drivegpt.{mod}"
     try:
         obj = importlib.import_module(mod)
     except ImportError as e:

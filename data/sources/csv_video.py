@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.schema import CAUSE_NAMES, Cause, Segment, validate
-from data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize,
+from drivegpt.data.schema import CAUSE_NAMES, Cause, Segment, validate
+from drivegpt.data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize,
                                  read_video, rel_from_world, sanitize_id, euler_to_matrix,
                                  world_from_rel)
 

@@ -36,8 +36,8 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from data.schema import Cause, Segment, validate
-from data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize, euler_to_matrix,
+from drivegpt.data.schema import Cause, Segment, validate
+from drivegpt.data.sources.common import (SourceError, camera_after_crop, crop_box, crop_resize, euler_to_matrix,
                                  import_path, rel_from_world)
 
 

@@ -1,8 +1,7 @@
-"""``drivegpt eval tokenizer``: reconstruction quality and codebook use on held-out frames.
+"""Scoring a tokenizer (``drivegpt eval tokenizer``, stage ``drivegpt.stages.eval_tokenizer``):
+reconstruction quality and codebook use on held-out frames.
 
-    drivegpt eval tokenizer checkpoint=runs/tok data.shards=runs/fleet/shards run_dir=runs/tok_eval
-
-Frames come from the held-out segments (data.loaders.split_of, data.val_fraction). Metrics
+Frames come from the held-out segments (drivegpt.data.loaders.split_of, data.val_fraction). Metrics
 (metrics.json, prefix ``tokenizer_eval/``): PSNR and SSIM (mean over frames), lane-marking
 PSNR (pooled MSE over the pixels of the road world's ``lane_mask``; null when the shards
 carry no mask), codebook usage (% of codes used over the eval set) and perplexity of the
@@ -13,21 +12,12 @@ code distribution. Beside them, the trivial baseline the tokenizer must beat (``
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
-from drivegpt.runs import mark_done, write_metrics
-from drivegpt.tokenizer.images import recon_grid, save_png, upscale_for, usage_plot
 from drivegpt.tokenizer.losses import psnr, ssim
-from drivegpt.tokenizer.model import Tokenizer, load_tokenizer, to_float, to_uint8
-
-log = logging.getLogger(__name__)
+from drivegpt.tokenizer.model import Tokenizer, to_float, to_uint8
 
 
 class Scorer:
@@ -100,7 +90,7 @@ def score(model: Tokenizer, batches, max_frames: int) -> tuple[dict, Scorer, tup
     return metrics, scorer, sample
 
 
-def _batches(dataset, batch_size: int):
+def batches(dataset, batch_size: int):
     buf: list[dict] = []
     for item in dataset:
         buf.append(item)
@@ -115,38 +105,4 @@ def _stack(items: list[dict]) -> dict:
     out = {"frame": np.stack([i["frame"] for i in items])}
     if all("lane_mask" in i for i in items):
         out["lane_mask"] = np.stack([i["lane_mask"] for i in items])
-    return out
-
-
-def run(cfg: DictConfig) -> dict:
-    from data.loaders import frame_dataset
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = cfg.get("device", "auto")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = load_tokenizer(cfg.checkpoint, map_location=device)
-    d = cfg.data
-
-    def dataset(split):
-        return frame_dataset(d.shards, split=split, val_fraction=float(d.val_fraction), shuffle_buffer=0,
-                             size=model.frame_size, skip_bad=bool(d.get("skip_bad", False)))
-
-    t0 = time.time()
-    split = "val"
-    metrics, scorer, sample = score(model, _batches(dataset("val"), int(cfg.batch_size)), int(cfg.max_frames))
-    if scorer.n == 0:
-        log.warning("no held-out segments (data.val_fraction=%s): scoring ALL frames, training ones included",
-                    d.val_fraction)
-        split = "all (no held-out segment in these shards)"
-        metrics, scorer, sample = score(model, _batches(dataset("all"), int(cfg.batch_size)), int(cfg.max_frames))
-    if scorer.n == 0:
-        raise ValueError(f"data.shards={d.shards}: no frames to evaluate")
-    metrics.update(split=split, seconds=time.time() - t0, checkpoint=model.path, device=device,
-                   grid=list(model.grid), frame_size=list(model.frame_size))
-    save_png(run_dir / "eval_recon.png", recon_grid(*sample), scale=upscale_for(model.frame_size[0]))
-    usage_plot(scorer.counts, run_dir / "eval_usage.png", "eval codebook usage")
-    out = {f"tokenizer_eval/{k}": v for k, v in metrics.items()}
-    write_metrics(run_dir, out)
-    mark_done(run_dir, {"checkpoint": model.path})
     return out

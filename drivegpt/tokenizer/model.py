@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from drivegpt.tokenizer.quantizers import build_quantizer
+from drivegpt.runs import atomic_path
 
 CHECKPOINT_KIND = "drivegpt-tokenizer"
 # Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
@@ -199,8 +200,6 @@ def tokenizer_config(cfg) -> dict:
 
 def save_tokenizer(model: Tokenizer, path: str | Path, extra: dict | None = None) -> Path:
     """Write a standalone checkpoint {kind, config, state_dict, ...} atomically."""
-    from drivegpt.runs import atomic_path
-
     blob = {"kind": CHECKPOINT_KIND, "config": tokenizer_config(model.cfg),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
     with atomic_path(path) as tmp:

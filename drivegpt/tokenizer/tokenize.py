@@ -1,7 +1,5 @@
-"""``drivegpt tokenize``: encode frame shards into token shards with ``trainer.predict``.
-
-    drivegpt tokenize checkpoint=runs/tok/tokenizer.pt data.shards=runs/fleet/shards out=runs/tokens
-    drivegpt tokenize ... trainer=ddp          # every GPU of the node; trainer=slurm for nodes
+"""Encoding frame shards into token shards with ``trainer.predict`` (``drivegpt tokenize``,
+stage ``drivegpt.stages.tokenize``).
 
 Work unit = one input frame shard. Rank r of W takes input shards r, r+W, ... (no padding, no
 duplicates) and writes ``out/<input shard stem>/tokens-000000.tar`` (+ that directory's
@@ -16,17 +14,16 @@ shards with ``data.shards=<out>/*/*.tar``.
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from drivegpt.runs import atomic_write_json, mark_done, read_json, write_metrics
-from drivegpt.tokenizer.model import Tokenizer, load_tokenizer
+from drivegpt.data.shards import iter_samples, write_shards
+from drivegpt.frameops import resize
+from drivegpt.runs import atomic_write_json, read_json
+from drivegpt.tokenizer.model import Tokenizer
 
 MANIFEST = "manifest.json"
 
@@ -45,14 +42,13 @@ def part_name(url: str) -> str:
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int], allow: bool, where: str) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> [T, h, w, 3] (INTER_AREA, as the frame loader does)."""
+    """uint8 [T, H, W, 3] -> [T, h, w, 3] (``drivegpt.frameops.resize``, as the frame loader does);
+    ``allow=False`` (data.resize=false) refuses frames of another size."""
     h, w = size
-    if frames.shape[1:3] == (h, w):
-        return frames
-    if not allow:
+    if frames.shape[1:3] != (h, w) and not allow:
         raise ValueError(f"{where}: frames are {frames.shape[1]}x{frames.shape[2]} but the tokenizer "
                          f"takes {h}x{w} (set data.resize=true to resize)")
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+    return resize(frames, size)
 
 
 @torch.no_grad()
@@ -79,8 +75,6 @@ class _SequentialSegments:
         self.url, self.fn, self.it, self.pos = url, fn, None, 0
 
     def __call__(self, i: int):
-        from data.shards import iter_samples
-
         if self.it is None or i < self.pos:
             self.it, self.pos = iter_samples(self.url), 0
         while True:
@@ -104,8 +98,6 @@ class TokenizeModule(L.LightningModule):
         return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size)
 
     def predict_step(self, url, batch_idx=0):
-        from data.shards import iter_samples, write_shards
-
         part = self.out / part_name(url)
         if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
             m = read_json(part / MANIFEST)
@@ -148,38 +140,3 @@ def combine_manifests(out: Path, urls: list[str]) -> dict:
         raise ValueError(f"{out}: segment ids appear in more than one input shard: {dup}")
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
-
-
-def run(cfg: DictConfig) -> dict:
-    from data.shards import expand_urls
-
-    from drivegpt.training import make_trainer
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = Path(cfg.out)
-    model = load_tokenizer(cfg.checkpoint)
-    if model.vocab_size > np.iinfo(np.int16).max + 1:
-        raise ValueError(f"{cfg.checkpoint}: vocab_size {model.vocab_size} does not fit int16 tokens")
-    urls = expand_urls(cfg.data.shards)
-    tokens_meta = {"vocab_size": model.vocab_size, "grid": list(model.grid), "frame_size": list(model.frame_size),
-                   "tokenizer": str(Path(model.path).resolve())}
-    module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
-                            bool(cfg.data.get("resize", True)), tokens_meta, urls)
-    trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,
-                           inference_mode=True)
-    t0 = time.time()
-    trainer.predict(module, return_predictions=False)
-    trainer.strategy.barrier()
-    seconds = time.time() - t0
-    metrics: dict = {}
-    if trainer.is_global_zero:
-        manifest = combine_manifests(out, urls)
-        metrics = {"tokenize/segments": manifest["samples"], "tokenize/frames": manifest["frames"],
-                   "tokenize/parts": len(manifest["parts"]), "tokenize/seconds": seconds,
-                   "tokenize/frames_per_s": manifest["frames"] / max(seconds, 1e-9),
-                   "tokenize/out": str(out), "tokenize/shards": manifest["pattern"],
-                   "tokenize/complete": manifest["complete"], **{f"tokenize/{k}": v for k, v in tokens_meta.items()}}
-        write_metrics(run_dir, metrics)
-        mark_done(run_dir, {"shards": manifest["pattern"]})
-    return metrics

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from drivegpt.runs import write_png
+from drivegpt.tokenizer import load_tokenizer
+from drivegpt.world_model.sampling import step
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +20,6 @@ def load_tokenizer_or_none(path):
     if not path:
         return None
     try:
-        from drivegpt.tokenizer import load_tokenizer
-
         return load_tokenizer(path)
     except Exception as e:  # the tokenizer is optional for training
         log.warning("world model: no decoded samples (tokenizer %s: %s)", path, e)
@@ -46,7 +46,6 @@ class SampleRollouts(Callback):
             self._tried, self._tok = True, load_tokenizer_or_none(self.tokenizer_path)
         if self._tok is None:
             return
-        from drivegpt.world_model.sampling import step
 
         model = pl_module.model
         was = model.training

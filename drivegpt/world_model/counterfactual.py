@@ -1,6 +1,7 @@
 """Counterfactual fidelity: roll the world model out along logged and perturbed moves from
 held-out contexts and compare the decoded frames with the road world's render of the same
-moves (sim.roadworld.replay), against the copy-last-frame baseline.
+moves, against the copy-last-frame baseline. The ground truth is handed in (``ground_truth``:
+the road world's replay, given by the eval stage), so the world model depends on no simulator.
 
 A case = one held-out token segment (with meta["sim"], world_pose and the traffic extra) and a
 start: C context frames at the model's stride, then N = max(seconds) * fps future frames.
@@ -9,10 +10,12 @@ start: C context frames at the model's stride, then N = max(seconds) * fps futur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
+from drivegpt.data.poses import strided_rel_poses
 from drivegpt.world_model.metrics import psnr, ssim
 from drivegpt.world_model.sampling import rollout
 
@@ -30,8 +33,6 @@ class Case:
 
 def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) -> list[Case]:
     """Cases from token sample dicts (data.shards.iter_samples of held-out token shards)."""
-    from data.poses import strided_rel_poses
-
     cases = []
     span = (context + n_future) * stride
     for item in items:
@@ -81,17 +82,14 @@ def perturb(rel: np.ndarray, speed: np.ndarray, kind: str, dt: float, yaw_rate: 
     return rel.astype(np.float32), speed.astype(np.float32)
 
 
-def ground_truth(case: Case, moves: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The road world's render after each move: uint8 [N, H, W, 3]."""
-    from sim.roadworld import replay
-
-    return replay(case.meta, case.world_pose, moves, start_index=0, traffic=case.traffic, height=height, width=width)
-
-
 @torch.no_grad()
 def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds, fps: float, yaw_rate: float,
-                             accel: float, temperature: float = 0.0, cfg_scale: float = 1.0, seed: int = 0):
+                             accel: float, temperature: float = 0.0, cfg_scale: float = 1.0, seed: int = 0, *,
+                             ground_truth: Callable[[Case, np.ndarray, int, int], np.ndarray]):
     """Roll out every (case, kind); returns (metrics dict, records for plots and pose-following).
+
+    ``ground_truth(case, moves [N,6], height, width)`` -> uint8 [N, H, W, 3]: the true frames
+    after each move (the road world's replay).
 
     records: list of dicts {case, kind, pred uint8 [N,H,W,3], true [N,H,W,3], last [H,W,3]
     (decoded last context frame), moves [N,6]}.

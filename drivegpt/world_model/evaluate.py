@@ -1,4 +1,5 @@
-"""``drivegpt eval world_model``: held-out metrics of a trained world model -> metrics.json.
+"""Held-out metrics of a trained world model (``drivegpt eval world_model``, stage
+``drivegpt.stages.eval_world_model``, which also writes the pictures and metrics.json).
 
 - tokens: bits/token and top-1 over held-out windows (all frames, and the last frame of each
   window alone = next-frame prediction from the full context);
@@ -12,21 +13,16 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, open_dict
 
-from drivegpt.runs import mark_done, write_metrics
-from drivegpt.world_model.checkpoint import load_world_model
-from drivegpt.world_model.metrics import disengage_metrics
+from drivegpt.data.loaders import split_of
+from drivegpt.data.poses import strided_rel_poses
+from drivegpt.data.shards import iter_samples
 from drivegpt.world_model.module import unpack_batch
-
-log = logging.getLogger(__name__)
+from drivegpt.world_model.pose_following import motion_targets
 
 
 @torch.no_grad()
@@ -59,10 +55,8 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
     return res, dis
 
 
-def _items(shards: str, split: str, val_fraction: float, limit: int):
-    from data.loaders import split_of
-    from data.shards import iter_samples
-
+def held_out_items(shards: str, split: str, val_fraction: float, limit: int):
+    """Token samples of segments in ``split`` (up to ``limit``)."""
     out = []
     for item in iter_samples(shards, frames=False):
         if isinstance(item, dict) and split_of(str(item["meta"]["segment_id"]), val_fraction) == split:
@@ -74,9 +68,6 @@ def _items(shards: str, split: str, val_fraction: float, limit: int):
 
 def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: int):
     """Decoded real frame pairs (i, i+stride) and their motion targets."""
-    from data.poses import strided_rel_poses
-    from drivegpt.world_model.pose_following import motion_targets
-
     rng = np.random.default_rng(seed)
     pairs = []
     for item in items:
@@ -93,81 +84,3 @@ def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: 
         y.append(motion_targets(strided_rel_poses(item["rel_pose"], np.array([i]), stride)[0], fps))
     dec = lambda tk: np.asarray(tokenizer.decode(torch.as_tensor(np.stack(tk), dtype=torch.long)))  # noqa: E731
     return dec(ta), dec(tb), np.stack(y)
-
-
-def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
-    from drivegpt.world_model.counterfactual import evaluate_counterfactuals, make_cases
-    from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
-                                                     train_inverse_dynamics)
-    from drivegpt.world_model.viz import counterfactual_grid
-
-    e, d = cfg.eval, cfg.data
-    stride, fps = int(d.stride), float(d.fps) / float(d.stride)
-    seconds = [float(s) for s in e.seconds]
-    n_future = int(round(max(seconds) * fps))
-    val = _items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4)
-    cases = make_cases(val, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
-    if not cases:
-        log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
-        return {"counterfactual_cases": 0}
-    kinds = list(e.perturbations)
-    res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, seconds, fps, float(e.steer_yaw_rate),
-                                            float(e.accel), float(e.temperature), float(e.cfg_scale), int(e.seed))
-    res["counterfactual_cases"] = len(cases)
-    first = records[0]["case"].segment_id
-    idx = [int(round(s * fps)) - 1 for s in seconds]
-    rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
-    counterfactual_grid(run_dir / "counterfactual_grid.png", rows, seconds, records[0]["last"])
-    # pose-following
-    train = _items(str(d.shards), "train", float(d.val_fraction), 64)
-    pairs = real_pairs(train, tokenizer, stride, fps, 2048, int(e.seed))
-    if pairs is None:
-        return res
-    net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
-    held = real_pairs(val, tokenizer, stride, fps, 512, int(e.seed) + 1)
-    if held is not None:
-        res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
-    a = np.concatenate([np.concatenate([r["last"][None], r["pred"][:-1]]) for r in records])
-    b = np.concatenate([r["pred"] for r in records])
-    commanded = np.concatenate([motion_targets(r["moves"], fps) for r in records])
-    res.update(following_metrics(predict_motion(net, mean, std, a, b), commanded, "pose_following_"))
-    return res
-
-
-def run(cfg: DictConfig, tokenizer=None) -> dict:
-    """``tokenizer``: an already loaded tokenizer (else cfg.tokenizer_path or the model's)."""
-    from data.datamodule import FleetDataModule
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(cfg.seed))
-    t0 = time.time()
-    model = load_world_model(cfg.checkpoint)
-    cfg = cfg.copy()
-    with open_dict(cfg):  # windows of the model's length, labels at the model's horizons
-        cfg.data.context_frames = model.cfg.max_frames
-        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate
-        cfg.data.horizons = list(model.cfg.horizons)
-    dm = FleetDataModule(cfg, kind="windows", key="tokens")
-    metrics, dis = token_metrics(model, dm.dataloader("val", shuffle=False, resampled=False), int(cfg.eval.max_batches))
-    if dis is not None:
-        from drivegpt.world_model.viz import roc_plot
-
-        metrics.update({f"disengage_{k}": v for k, v in disengage_metrics(*dis, model.cfg.horizons).items()})
-        roc_plot(run_dir / "roc.png", *dis, model.cfg.horizons)
-    tok_path = cfg.get("tokenizer_path") or model.tokenizer_path
-    if tokenizer is None and tok_path:
-        from drivegpt.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tok_path)
-    if tokenizer is not None:
-        metrics.update(counterfactual_and_following(cfg, model, tokenizer, run_dir))
-    else:
-        log.warning("eval world_model: no tokenizer path; skipping counterfactual fidelity and pose-following")
-    for alias, key in (("auroc_2s", "disengage_auroc_2s"), ("counterfactual_psnr_gain_1s", "psnr_gain_1s")):
-        if key in metrics:  # the pipeline summary's headline names
-            metrics[alias] = metrics[key]
-    metrics.update(params=model.num_params(), eval_seconds=time.time() - t0, checkpoint=str(cfg.checkpoint))
-    write_metrics(run_dir, metrics)
-    mark_done(run_dir, {"metrics": "metrics.json"})
-    return metrics

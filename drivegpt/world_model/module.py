@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from drivegpt.world_model.model import WorldModel, WorldModelConfig
+from drivegpt.world_model.metrics import disengage_metrics
 
 LN2 = math.log(2.0)
 TARGET_KEYS = ("disengage", "disengage_targets", "targets")
@@ -142,7 +143,6 @@ class WorldModelModule(L.LightningModule):
             return
         probs, target, mask = (torch.cat(x) for x in zip(*self._val))
         self._val.clear()
-        from drivegpt.world_model.metrics import disengage_metrics
 
         horizons = self.model.cfg.horizons
         res = disengage_metrics(probs, target, mask, horizons)

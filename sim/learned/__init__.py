@@ -6,12 +6,12 @@
 - ``Models`` / ``load_models``, ``ContextPool`` / ``pool_from_shards``: what the core runs on
 """
 
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool, pool_from_samples, pool_from_shards
-from sim.learned.core import SimCore, StepResult
-from sim.learned.env import WorldModelEnv, make_core
-from sim.learned.models import Models, ModelMismatchError, VehicleModel, check_compatible, load_models
-from sim.learned.vector_env import WorldModelVectorEnv
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples, pool_from_shards
+from drivegpt.sim.learned.core import SimCore, StepResult
+from drivegpt.sim.learned.env import WorldModelEnv, make_core
+from drivegpt.sim.learned.models import Models, ModelMismatchError, VehicleModel, check_compatible, load_models
+from drivegpt.sim.learned.vector_env import WorldModelVectorEnv
 
 __all__ = [
     "ContextPool", "LearnedSimConfig", "ModelMismatchError", "Models", "SimCore", "StepResult",

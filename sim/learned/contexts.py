@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from drivegpt.data.loaders import segment_windows, split_of, window_starts
+from drivegpt.data.shards import expand_urls, iter_samples
 
 
 @dataclass
@@ -51,7 +53,6 @@ def _segment_id(sample: Any) -> str:
 def windows_of(sample: Any, K: int, stride: int, future: int = 0, max_windows: int | None = None):
     """Window dicts of one token sample (``data.loaders.segment_windows``: composed strided poses),
     starting every K kept frames, kept only where the car is engaged over the K context frames."""
-    from data.loaders import segment_windows, window_starts
 
     n_keep = K + future
     t = len(np.asarray(_get(sample, "times")))
@@ -104,9 +105,6 @@ def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Cal
 def pool_from_shards(spec: str, K: int, stride: int, val_fraction: float, future: int = 0,
                      max_contexts: int = 256, grid=None, vocab_size=None) -> ContextPool:
     """Held-out start contexts from token shards (``data.shards`` / ``data.loaders``)."""
-    from data.loaders import split_of
-    from data.shards import expand_urls, iter_samples
-
     urls = expand_urls(spec)
     return pool_from_samples(iter_samples(urls), K, stride,
                              lambda sid: split_of(sid, val_fraction), future=future,

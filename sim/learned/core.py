@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool
-from sim.learned.geometry import compose, uniform
-from sim.learned.models import Models, ModelMismatchError, VehicleModel
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.contexts import ContextPool
+from drivegpt.sim.learned.geometry import compose, uniform
+from drivegpt.sim.learned.models import Models, ModelMismatchError, VehicleModel
 
 
 @dataclass

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool, pool_from_shards
-from sim.learned.core import SimCore
-from sim.learned.models import Models, VehicleModel, check_compatible, load_models
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_shards
+from drivegpt.sim.learned.core import SimCore
+from drivegpt.sim.learned.models import Models, VehicleModel, check_compatible, load_models
 
 MAX_SPEED = 100.0  # m/s, observation bound (the logged speed is clamped to [0, MAX_SPEED])
 

@@ -15,7 +15,11 @@ from typing import Any, Callable
 
 import torch
 
-from sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.tokenizer import load_tokenizer
+from drivegpt.world_model import load_world_model
+from drivegpt.world_model.sampling import step as step_fn
+import drivegpt.sim.vehicle as vehicle_module
 
 
 class ModelMismatchError(ValueError):
@@ -113,8 +117,6 @@ def check_compatible(models: Models) -> Models:
 def load_models(cfg: LearnedSimConfig) -> Models:
     """Load world model (+ ensemble) and its tokenizer from ``cfg`` and check they fit."""
     ckpt = _existing(cfg.checkpoint, "checkpoint")
-    from drivegpt.world_model import load_world_model
-    from drivegpt.world_model.sampling import step as step_fn
 
     device = torch.device(cfg.device)
     wm = load_world_model(str(ckpt)).to(device).eval()
@@ -127,7 +129,6 @@ def load_models(cfg: LearnedSimConfig) -> Models:
     if not tp.exists():
         raise FileNotFoundError(f"{ckpt}: tokenizer {str(tok_path)!r} (recorded in the checkpoint or "
                                 f"learned_sim.tokenizer) does not exist")
-    from drivegpt.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(tp), map_location=device)
     ensemble = [load_world_model(str(_existing(p, f"ensemble[{i}]"))).to(device).eval()
@@ -152,7 +153,7 @@ class VehicleModel:
 
     def __init__(self, module=None, overrides: dict | None = None):
         if module is None:
-            import sim.vehicle as module  # roadworld's kinematic bicycle model
+            module = vehicle_module  # roadworld's kinematic bicycle model
         # keep functions, not the module: gym.make deep-copies its kwargs
         self._step, self._normalize = module.step, module.normalize_action
         self.base = module.VehicleParams(**(overrides or {}))

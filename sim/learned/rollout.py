@@ -1,12 +1,11 @@
-"""``drivegpt rollout``: dream rollouts from held-out logged contexts, batched on the device.
-
-    drivegpt rollout checkpoint=WM.pt data.shards=TOKENS driver=hard_brake n=16 horizon=4
+"""Dream rollouts from held-out logged contexts, batched on the device (``drivegpt rollout``,
+stage ``drivegpt.stages.rollout``).
 
 Drivers: ``logged`` (the logged moves and speeds, fed to the world model directly),
 ``keep_lane`` (the logged path's curvature at constant speed, through the vehicle model),
 ``drift_left`` (that + ``drift_curvature`` to the left), ``hard_brake`` (logged curvature,
-full braking), ``policy`` (``policy=PATH``, an rl.policy checkpoint, deterministic, on the
-last K dreamed frames). Writes under run_dir:
+full braking), ``policy`` (a loaded policy with ``act(frames, speed)``, deterministic, on the
+last K dreamed frames; the stage loads it from ``policy=PATH``). The stage writes under run_dir:
 
 - ``videos/rollout_XXX.webm`` (+ ``.gif``): dreamed | real (the logged frames, decoded from
   their tokens by the same tokenizer), with a hazard bar;
@@ -24,37 +23,25 @@ a stateful closed loop, not a dataset map, and writes files per rollout.)
 
 from __future__ import annotations
 
-import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from data.schema import CAUSE_NAMES
-from drivegpt.runs import atomic_write_json, mark_done, write_metrics
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool, pool_from_shards
-from sim.learned.core import SimCore
-from sim.learned.models import Models, VehicleModel, load_models
-from sim.learned.video import plot_curves, side_by_side, write_gif, write_webm
+from drivegpt.data.schema import CAUSE_NAMES
+from drivegpt.sim.learned.contexts import ContextPool
+from drivegpt.sim.learned.core import SimCore
+from drivegpt.sim.vehicle import achieved
 
 DRIVERS = ("logged", "keep_lane", "drift_left", "hard_brake", "policy")
 
 
-def _dist():
+def dist_info():
     """(rank, world, local_rank); initializes torch.distributed under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _achieved(rel: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor, dt: float) -> torch.Tensor:
-    from sim.vehicle import achieved
-
-    return achieved(rel, v0, v1, dt)
 
 
 class Driver:
@@ -85,7 +72,7 @@ class Driver:
             with torch.no_grad():
                 a = self.policy.act(frames, self.core.speed[:, -1], deterministic=True)
             return (a[0] if isinstance(a, tuple) else a).to(torch.float32)
-        ach = _achieved(self.fut_pose[:, t], self.fut_speed[:, t], self.fut_speed[:, t + 1], self.core.cfg.dt)
+        ach = achieved(self.fut_pose[:, t], self.fut_speed[:, t], self.fut_speed[:, t + 1], self.core.cfg.dt)
         curv = ach[:, 0]
         accel = torch.zeros_like(curv)
         if self.kind == "drift_left":
@@ -140,83 +127,3 @@ def summarize(rows: list[dict], driver: str, dt: float) -> dict:
         "rollout/mean_hazard": float(np.mean([r["mean_hazard"] for r in rows])) if rows else None,
         "rollout/p_disengaged_by_end": float(np.mean([r["p_disengaged_by_end"] for r in rows])) if rows else None,
     }
-
-
-def run(cfg: DictConfig) -> dict:
-    from tqdm.auto import tqdm
-
-    rank, world, local_rank = _dist()
-    run_dir = Path(str(cfg.run_dir))
-    if world > 1:  # ranks may have composed different ${now:} run dirs: use rank 0's
-        box = [str(run_dir)]
-        torch.distributed.broadcast_object_list(box, src=0)
-        run_dir = Path(box[0])
-    ls = OmegaConf.to_container(cfg.learned_sim, resolve=True)
-    if ls.get("device") == "auto":
-        ls["device"] = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    driver = str(cfg.driver)
-    if driver not in DRIVERS:
-        raise ValueError(f"driver: {driver!r} is not one of {DRIVERS}")
-    sim_cfg = LearnedSimConfig.from_mapping(ls, checkpoint=cfg.checkpoint, shards=cfg.data.shards,
-                                            termination="never")
-    steps = max(1, int(round(float(cfg.horizon) / sim_cfg.dt)))
-    sim_cfg = LearnedSimConfig.from_mapping(vars(sim_cfg).copy(), max_steps=steps + 1)
-    models: Models = load_models(sim_cfg)
-    pool = pool_from_shards(sim_cfg.shards, models.context_frames, sim_cfg.stride, sim_cfg.val_fraction,
-                            future=steps, max_contexts=int(cfg.n), grid=models.grid,
-                            vocab_size=models.vocab_size).to(sim_cfg.device)
-    policy = None
-    if driver == "policy":
-        if not cfg.get("policy"):
-            raise ValueError("driver=policy needs policy=PATH (an rl.policy checkpoint)")
-        from rl.policy import load_policy
-
-        policy = load_policy(str(cfg.policy)).to(sim_cfg.device).eval()
-    vehicle = VehicleModel(overrides=sim_cfg.vehicle)
-    mine = list(range(rank, len(pool), world))
-    bs = int(cfg.batch_size)
-    rows, videos = [], []
-    bar = tqdm(total=len(mine) * steps, desc=f"rollout {driver}", unit="step", disable=rank != 0)
-    for start in range(0, len(mine), bs):
-        ids = mine[start:start + bs]
-        core = SimCore(sim_cfg, models, pool, len(ids), vehicle)
-        idx = torch.tensor(ids, dtype=torch.int64, device=core.device)
-        out = rollout_batch(core, pool, idx, steps, driver, float(cfg.drift_curvature), policy, bar)
-        times = np.arange(1, steps + 1) * sim_cfg.dt
-        for j, i in enumerate(ids):
-            event = out["event"][j]
-            row = {
-                "index": i, "segment_id": pool.segment_ids[i], "start": pool.starts[i],
-                "seconds": steps * sim_cfg.dt, "km": float(out["distance"][j].sum()) / 1000.0,
-                "expected_disengagements": event.sum(0).tolist(),
-                "p_disengaged_by_end": float(1 - np.prod(1 - event)),
-                "mean_hazard": float(out["probs"][j].mean()),
-                "mean_entropy": (float(np.nanmean(out["entropy"][j]))
-                                 if np.isfinite(out["entropy"][j]).any() else None),
-            }
-            if i < int(cfg.videos):
-                name = f"rollout_{i:03d}"
-                hazard = np.concatenate([[0.0], 1 - np.prod(1 - out["probs"][j][:, models.horizons.index(
-                    max(models.horizons))], axis=-1)])
-                frames = side_by_side(out["dreamed"][j], out["real"][j], hazard)
-                fps = 1.0 / sim_cfg.dt
-                webm = write_webm(run_dir / "videos" / f"{name}.webm", frames, fps)
-                write_gif(run_dir / "videos" / f"{name}.gif", frames, fps)
-                plot_curves(run_dir / "curves" / f"{name}.png", times, out["probs"][j], event,
-                            models.horizons, f"{driver} | {pool.segment_ids[i]} @ {pool.starts[i]}")
-                row.update(video=str(webm) if webm else None, gif=f"videos/{name}.gif",
-                           curve=f"curves/{name}.png")
-                videos.append(name)
-            rows.append(row)
-    bar.close()
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, rows)
-        rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
-    metrics = summarize(rows, driver, sim_cfg.dt)
-    metrics["rollout/videos"] = len([r for r in rows if r.get("gif")])
-    if rank == 0:
-        atomic_write_json(run_dir / "rollouts.json", rows)
-        write_metrics(run_dir, metrics)
-        mark_done(run_dir, {"stage": "rollout"})
-    return metrics

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from sim.learned.contexts import ContextPool, pool_from_samples
-from sim.learned.models import Models, VehicleModel
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples
+from drivegpt.sim.learned.models import Models, VehicleModel
+from drivegpt.tokenizer import Tokenizer, save_tokenizer
+from drivegpt.world_model import WorldModel, WorldModelConfig, save_world_model
 
 
 class FakeWorldModel(torch.nn.Module):
@@ -111,9 +113,6 @@ def tiny_checkpoints(out_dir, vocab_size=16, frame_size=(32, 64), downsample=16,
     from pathlib import Path
 
     from omegaconf import OmegaConf
-
-    from drivegpt.tokenizer import Tokenizer, save_tokenizer
-    from drivegpt.world_model import WorldModel, WorldModelConfig, save_world_model
 
     out = Path(out_dir)
     torch.manual_seed(seed)

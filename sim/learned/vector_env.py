@@ -23,10 +23,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from sim.learned.config import LearnedSimConfig
-from sim.learned.contexts import ContextPool
-from sim.learned.env import batch_obs, make_core, observation_space, to_numpy
-from sim.learned.models import Models, VehicleModel
+from drivegpt.sim.learned.config import LearnedSimConfig
+from drivegpt.sim.learned.contexts import ContextPool
+from drivegpt.sim.learned.env import batch_obs, make_core, observation_space, to_numpy
+from drivegpt.sim.learned.models import Models, VehicleModel
 
 
 class WorldModelVectorEnv(VectorEnv):

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from drivegpt.runs import atomic_write_bytes
-from data.schema import CAUSE_NAMES
+from drivegpt.data.schema import CAUSE_NAMES
 
 WEBM_CODECS = ("VP90", "VP80")
 

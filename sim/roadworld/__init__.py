@@ -5,7 +5,9 @@ Public surface:
 - ``drive_segment(seed, seconds, cfg_sim, height, width) -> data.schema.Segment``
 - ``replay(meta, world_pose0, rel_poses, start_index, traffic=None) -> frames``
 - controllers ``Autopilot``, ``HumanDriver`` (``act(env) -> normalized action``)
-- ``fleet_stats(segments)``; ``python -m sim.roadworld.preview`` (contact sheet, WebM, GIF)
+- ``Takeover``: the fleet's human-takeover protocol (fleet and closed-loop evaluation)
+- ``ProceduralSource`` (``.source``): the road world as a fleet-log source
+- ``fleet_stats(segments)``; ``python -m drivegpt.sim.roadworld.preview`` (contact sheet, WebM, GIF)
 - building blocks: ``World`` (one drive), ``Camera``/``Renderer``, ``SafetyDriver``
 """
 
@@ -16,8 +18,9 @@ from .fleet import TRAFFIC_COLUMNS, drive_segment, fleet_stats, make_config, seg
 from .render import Camera, Renderer
 from .replay import replay, world_from_meta
 from .safety import SafetyDriver
+from .takeover import Takeover, safe_to_engage
 from .world import World
 
 __all__ = ["RoadWorldEnv", "RoadWorldConfig", "drive_segment", "replay", "world_from_meta",
            "Autopilot", "HumanDriver", "World", "Camera", "Renderer", "SafetyDriver",
-           "TRAFFIC_COLUMNS", "make_config", "segment_id", "fleet_stats"]
+           "TRAFFIC_COLUMNS", "make_config", "segment_id", "fleet_stats", "Takeover", "safe_to_engage"]

@@ -21,7 +21,7 @@ from collections import deque
 
 import numpy as np
 
-from sim.vehicle import ACTION_SCALE
+from drivegpt.sim.vehicle import ACTION_SCALE
 
 from .config import AutopilotConfig
 

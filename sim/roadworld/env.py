@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from data.schema import Cause
+from drivegpt.data.schema import Cause
 
 from .config import RoadWorldConfig
 from .safety import SafetyDriver

@@ -1,9 +1,9 @@
 """One synthetic-fleet segment: ``drive_segment(seed, ...) -> data.schema.Segment``.
 
-The randomized autopilot drives; the ground-truth safety driver disengages it (cause
-logged on that frame, which is still engaged); the competent human drives for
-``takeover_seconds`` and re-engages once the car is centered and the lead is at a safe
-distance. Deterministic per seed (road, traffic, lighting and autopilot all derive from it).
+The randomized autopilot drives under the fleet's takeover protocol (``takeover.Takeover``):
+the ground-truth safety driver disengages it (cause logged on that frame, which is still
+engaged); the competent human drives for ``takeover_seconds`` and re-engages once the car is
+centered and the lead is at a safe distance. Deterministic per seed (road, traffic, lighting and autopilot all derive from it).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from data.schema import Cause, Segment, validate
+from drivegpt.data.schema import Cause, Segment, validate
 
 from .config import RoadWorldConfig
-from .controllers import Autopilot, HumanDriver
-from .safety import SafetyDriver
+from .controllers import Autopilot
+from .takeover import Takeover
 from .world import World
 
 TRAFFIC_COLUMNS = ["s", "lateral", "speed", "length"]
@@ -32,13 +32,6 @@ def segment_id(seed: int) -> str:
     return f"proc_{int(seed):06d}"
 
 
-def _safe_to_engage(m: dict) -> bool:
-    closing = m["speed"] - m["lead_speed"]
-    ttc_ok = closing <= 0 or m["lead_gap"] / closing > 4.0
-    return (abs(m["lane_offset"]) < 0.35 and abs(m["heading_error"]) < 0.04 and ttc_ok
-            and m["lead_gap"] > max(8.0, 1.0 * m["speed"]))
-
-
 def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height: int | None = None,
                   width: int | None = None, quality: float | None = None) -> Segment:
     """Drive ``seconds`` of road ``seed``; returns a validated Segment with extras
@@ -48,8 +41,7 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
     cfg = make_config(cfg_sim, seconds=float(seconds), **sizes)
     world = World(cfg, seed)
     ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality)
-    human = HumanDriver()
-    safety = SafetyDriver(cfg.safety, cfg.dt)
+    takeover = Takeover(cfg)
     T = int(round(seconds * cfg.fps))
     H, W = world.camera.height, world.camera.width
     frames = np.empty((T, H, W, 3), np.uint8)
@@ -61,32 +53,22 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
     engaged = np.zeros(T, bool)
     disengage = np.zeros(T, np.int8)
     events = []
-    on, takeover_left = True, 0
-    takeover = int(round(cfg.autopilot.takeover_seconds * cfg.fps))
     for t in range(T):
         frames[t], lane_mask[t] = world.render(mask=True)
         traffic[t] = world.traffic_array()
         world_pose[t] = world.world_pose6()
         speed[t] = world.state[0]
         m = world.metrics()
-        if not on and takeover_left <= 0 and _safe_to_engage(m):
-            on = True
-            safety.reset()
+        if takeover.reengage(m):
             ap.reset()
-        if on:
+        if takeover.engaged:
             engaged[t] = True
-            cause = safety.check(m)
+            cause = takeover.check(m)
             if cause != Cause.NONE:
                 disengage[t] = int(cause)
-                events.append(dict(frame=t, cause=cause.name, reason=safety.reason,
+                events.append(dict(frame=t, cause=cause.name, reason=takeover.reason,
                                    speed=float(m["speed"]), lane_offset=float(m["lane_offset"])))
-                on, takeover_left = False, takeover
-                human.reset()
-        if on:
-            action = ap.act(world)
-        else:
-            action = human.act(world)
-            takeover_left -= 1
+        action = ap.act(world) if takeover.engaged else takeover.human_act(world)
         if t < T - 1:  # the last frame has no next frame: its rel_pose stays zero
             rel_pose[t] = world.step(action)
     meta = dict(

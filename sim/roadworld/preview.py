@@ -1,6 +1,6 @@
 """Look at a road-world segment: contact sheet PNG, WebM video and GIF with a HUD.
 
-    python -m sim.roadworld.preview --seed 3 --seconds 20 --out runs/preview [--height 128 --width 256]
+    python -m drivegpt.sim.roadworld.preview --seed 3 --seconds 20 --out runs/preview [--height 128 --width 256]
 
 HUD: speed, engaged (green) / human driving (orange), the disengagement cause and rule on
 the frame it fires; lane-marking mask pixels tinted magenta in the contact sheet.
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.schema import Cause, Segment
+from drivegpt.data.schema import Cause, Segment
 
 from .fleet import drive_segment
 

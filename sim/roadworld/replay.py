@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.vehicle import compose_pose2d
+from drivegpt.sim.vehicle import compose_pose2d
 
 from .config import RoadWorldConfig
 from .world import World

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from data.schema import Cause
+from drivegpt.data.schema import Cause
 
 from .config import SafetyConfig
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from sim import vehicle as V
+from drivegpt.sim import vehicle as V
 
 from .config import RoadWorldConfig
 from .render import Camera, Renderer

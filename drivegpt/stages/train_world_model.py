@@ -1,7 +1,7 @@
 """``drivegpt train world_model``: Lightning training over token-window shards.
 
 Reads windows of ``data.context_frames`` frames at ``data.stride`` through
-``data.datamodule.FleetDataModule(kind="windows", key="tokens")``; writes
+``drivegpt.data.datamodule.FleetDataModule(kind="windows", key="tokens")``; writes
 ``run_dir/checkpoints`` (resumable: ``trainer.ckpt_path=last``), ``run_dir/world_model.pt``
 (config + tokenizer path + weights, for ``load_world_model``), ``run_dir/samples/*.png``
 (decoded real | predicted, when the tokenizer is loadable) and ``metrics.json``.
@@ -10,13 +10,18 @@ Reads windows of ``data.context_frames`` frames at ``data.stride`` through
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from drivegpt.data.datamodule import FleetDataModule
+from drivegpt.data.shards import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
-from drivegpt.world_model.checkpoint import save_world_model
+from drivegpt.stages.common import run_dir_of
+from drivegpt.training import make_trainer, resume_path
+from drivegpt.world_model.callbacks import SampleRollouts
+from drivegpt.world_model.checkpoint import load_world_model, save_world_model
 from drivegpt.world_model.module import WorldModelModule
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head")
@@ -25,8 +30,6 @@ OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "di
 
 def token_meta(shards: str) -> dict:
     """{vocab_size, grid, tokenizer_path} from the first token sample's meta["tokens"]."""
-    from data.shards import expand_urls, iter_samples
-
     urls = expand_urls(shards)
     for sample in iter_samples(urls):
         meta = sample.meta if hasattr(sample, "meta") else sample.get("meta", {})
@@ -59,21 +62,12 @@ def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | N
     module = WorldModelModule(model_config(cfg, vocab_size, grid), tokenizer_path=tokenizer_path,
                               max_steps=max_steps(cfg), **optim)
     if cfg.get("checkpoint"):
-        from drivegpt.world_model.checkpoint import load_world_model
-
         module.model.load_state_dict(load_world_model(cfg.checkpoint).state_dict())
     return module
 
 
 def run(cfg: DictConfig) -> dict:
-    import lightning as L
-
-    from data.datamodule import FleetDataModule
-    from drivegpt.training import make_trainer, resume_path
-    from drivegpt.world_model.callbacks import SampleRollouts
-
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir_of(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     meta = token_meta(str(cfg.data.shards))
     tok_path = cfg.get("tokenizer_path") or meta["tokenizer_path"]

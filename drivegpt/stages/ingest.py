@@ -1,9 +1,9 @@
 """``drivegpt data ingest source=procedural|comma2k19|csv_video|gym path=... out=...``.
 
-Builds the source named by ``source`` (data.sources.SOURCES) from its config block, writes
-its segments to webdataset shards under ``out`` with ``data.shards.write_shards`` (``workers``
+Builds the source named by ``source`` from its config block, writes its segments to
+webdataset shards under ``out`` with ``drivegpt.data.shards.write_shards`` (``workers``
 processes, resumable: finished shards are skipped on a re-run) and writes the fleet summary
-(data.inspect) to ``run_dir/metrics.json``.
+(``drivegpt.data.inspect``) to ``run_dir/metrics.json``.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from data.sources import SOURCES
-from data.sources.common import SourceError, import_path
+from drivegpt.data.inspect import format_summary, inspect_shards
+from drivegpt.data.shards import write_shards
+from drivegpt.data.sources import SOURCES as DATA_SOURCES
+from drivegpt.data.sources.common import SourceError, import_path
+from drivegpt.data.video import DEFAULT_CODEC
+from drivegpt.runs import write_metrics
+from drivegpt.sim.roadworld.source import ProceduralSource
+from drivegpt.stages.common import plain
 
-
-def _plain(node) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    if node is None:
-        return {}
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+# source= names: the road world's synthetic fleet, then the data layer's log readers.
+SOURCES = {"procedural": ProceduralSource, **DATA_SOURCES}
 
 
 def make_source(cfg):
@@ -28,11 +29,12 @@ def make_source(cfg):
     name = str(cfg.source)
     if name not in SOURCES:
         raise SourceError(f"data ingest: unknown source={name!r}; choose one of {', '.join(SOURCES)}")
-    cls = import_path(SOURCES[name])
+    cls = SOURCES[name]
+    cls = import_path(cls) if isinstance(cls, str) else cls
     size = dict(height=int(cfg.data.frame_height), width=int(cfg.data.frame_width))
-    block = _plain(cfg.get(name))
+    block = plain(cfg.get(name))
     if name == "procedural":
-        return cls(segments=cfg.segments, seconds=cfg.seconds, sim=_plain(cfg.sim),
+        return cls(segments=cfg.segments, seconds=cfg.seconds, sim=plain(cfg.sim),
                    first_seed=cfg.first_seed, **size)
     if name == "gym":
         return cls(episodes=cfg.segments, seconds=cfg.seconds, first_seed=cfg.first_seed, **size, **block)
@@ -42,11 +44,6 @@ def make_source(cfg):
 
 
 def run(cfg) -> dict:
-    from data.inspect import format_summary, inspect_shards
-    from data.shards import write_shards
-    from data.video import DEFAULT_CODEC
-    from drivegpt.runs import write_metrics
-
     src = make_source(cfg)
     out = Path(cfg.out)
     if src.n_items == 0:
