@@ -47,7 +47,8 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
     sizes = {k: v for k, v in dict(height=height, width=width).items() if v is not None}
     cfg = make_config(cfg_sim, seconds=float(seconds), **sizes)
     world = World(cfg, seed)
-    ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality)
+    lane0 = world.lane  # the start lane (lane changes move world.lane)
+    ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality, behaviours=cfg.autopilot.behaviours.enabled)
     human = HumanDriver()
     safety = SafetyDriver(cfg.safety, cfg.dt)
     T = int(round(seconds * cfg.fps))
@@ -82,6 +83,8 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
                                    speed=float(m["speed"]), lane_offset=float(m["lane_offset"])))
                 on, takeover_left = False, takeover
                 human.reset()
+                if ap.behaviours is not None:  # the human finishes (or undoes) a lane change
+                    world.lane = ap.behaviours.takeover_lane(world)
         if on:
             action = ap.act(world)
         else:
@@ -98,10 +101,11 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
         traffic_columns=TRAFFIC_COLUMNS,
         disengagements=events,
         sim=dict(seed=int(seed), config=cfg.to_dict(), height=H, width=W, seconds=float(seconds),
-                 lane=world.lane, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
+                 lane=lane0, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
                  s0=float(world.road.project(world_pose[0, 0], world_pose[0, 1], 40.0)[0]),
                  autopilot=ap.params, brightness=world.look.brightness,
-                 fog_distance=world.look.fog_distance),
+                 fog_distance=world.look.fog_distance,
+                 behaviours=None if ap.behaviours is None else ap.behaviours.log()),
     )
     seg = Segment(frames=frames, rel_pose=rel_pose.astype(np.float32),
                   world_pose=world_pose.astype(np.float32), speed=speed.astype(np.float32),
