@@ -33,22 +33,11 @@ import numpy as np  # noqa: E402
 from data.loaders import split_of  # noqa: E402
 from data.schema import CAUSE_NAMES  # noqa: E402
 from sim.roadworld import drive_segment  # noqa: E402
-from sim.roadworld.replay import world_from_meta  # noqa: E402
+from sim.roadworld.fleet import road_deviation  # noqa: E402
 
 
 def yaw_deviation(seg) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame (but the last): yaw rate - road curvature x speed [rad/s], and the lateral
-    offset from the centre of the lane the ego is in [m], from the logged poses and the road."""
-    world = world_from_meta(seg.meta, 8, 16)
-    road, fps = world.road, float(seg.meta["fps"])
-    wp = seg.world_pose.astype(np.float64)
-    s = float(seg.meta["sim"]["s0"])
-    rk, lat = np.empty(len(seg)), np.empty(len(seg))
-    for t in range(len(seg)):
-        s, lat[t], _, rk[t] = road.project(wp[t, 0], wp[t, 1], s)
-    yaw_rate = seg.rel_pose[:-1, 5].astype(np.float64) * fps
-    dev = yaw_rate - rk[:-1] * seg.speed[:-1].astype(np.float64)
-    offset = lat - road.lane_center(road.lane_of(lat))
+    dev, _, offset = road_deviation(seg)
     return dev, offset
 
 

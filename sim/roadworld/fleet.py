@@ -114,6 +114,24 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
     return validate(seg, fps=cfg.fps)
 
 
+def road_deviation(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the road does not explain, from a road-world segment's logged poses and its road
+    (rebuilt from the meta): per frame but the last, yaw rate - road curvature x speed
+    [rad/s]; per frame, the road lateral [m] and the offset from the centre of the lane the
+    ego is in [m]."""
+    from .replay import world_from_meta
+
+    road = world_from_meta(seg.meta, 8, 16).road
+    wp = seg.world_pose.astype(np.float64)
+    s = float(seg.meta["sim"]["s0"])
+    rk, lat = np.empty(len(seg)), np.empty(len(seg))
+    for t in range(len(seg)):
+        s, lat[t], _, rk[t] = road.project(wp[t, 0], wp[t, 1], s)
+    yaw_rate = seg.rel_pose[:-1, 5].astype(np.float64) * float(seg.meta["fps"])
+    dev = yaw_rate - rk[:-1] * seg.speed[:-1].astype(np.float64)
+    return dev, lat, lat - road.lane_center(road.lane_of(lat))
+
+
 def fleet_stats(segments) -> dict:
     """Fleet summary of Segments: hours, km, engaged fraction, autopilot disengagements by
     cause (counts and per 100 km of driving)."""
