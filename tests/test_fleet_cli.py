@@ -37,6 +37,16 @@ def test_summary_matches_shard_arrays(fleet):
     assert m["engaged_fraction"] == pytest.approx(np.mean(np.concatenate([s.engaged for s in segs])), abs=1e-6)
     counts = {c: int(sum((s.disengage == k + 1).sum() for s in segs)) for k, c in enumerate(CAUSE_NAMES)}
     assert m["disengagements_by_cause"] == counts
+    # per held-out split (by segment id, data.val_fraction), adding up to the fleet
+    from drivegpt.data.loaders import split_of
+
+    sp = m["splits"]
+    for name in ("train", "val"):
+        mine = [s for s in segs if split_of(s.meta["segment_id"], sp["val_fraction"]) == name]
+        assert sp[name]["segments"] == len(mine)
+        assert sp[name]["disengagements_by_cause"] == {
+            c: int(sum((s.disengage == k + 1).sum() for s in mine)) for k, c in enumerate(CAUSE_NAMES)}
+    assert sp["train"]["km"] + sp["val"]["km"] == pytest.approx(km, rel=1e-6)
     assert sum(counts.values()) >= 1, "the tiny fleet should hold a disengagement (road seed 4)"
     assert 0 < m["engaged_fraction"] < 1  # the human drove after it
     if ekm > 0:

@@ -8,7 +8,9 @@ core), written as shards plus ``manifest.json`` under ``out``; a re-run skips fi
 (resumable), and refuses to extend a directory generated with different settings
 (``fleet.json`` records them). The fleet summary (``drivegpt.data.inspect``: hours, km,
 disengagements per 100 km by cause, engaged fraction) is printed and written to
-``run_dir/metrics.json`` with the timing.
+``run_dir/metrics.json`` with the timing, and ``splits``: per held-out split
+(``data.val_fraction``, by segment id) the disengagements by cause and per km, so later stages
+can check they have events of every cause to score.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import json
 import time
 from pathlib import Path
 
-from drivegpt.data.inspect import format_summary, inspect_shards
-from drivegpt.data.shards import read_manifest, write_shards
+from drivegpt.data.inspect import FleetStats, format_summary, inspect_shards
+from drivegpt.data.loaders import split_of
+from drivegpt.data.shards import iter_samples, read_manifest, write_shards
 from drivegpt.data.video import DEFAULT_CODEC
 from drivegpt.runs import atomic_write_json, read_json, write_metrics
 from drivegpt.sim.roadworld.source import ProceduralSource
@@ -42,6 +45,21 @@ def check_settings(out: Path, settings: dict) -> None:
         path.chmod(0o644)
 
 
+def split_summary(shards, val_fraction: float) -> dict:
+    """Per held-out split (``drivegpt.data.loaders.split_of`` by segment id, as every stage splits):
+    segments, km, ``disengagements_by_cause`` and per km of driving; labels only."""
+    stats = {"train": FleetStats(), "val": FleetStats()}
+    for seg in iter_samples(str(shards), frames=False):
+        stats[split_of(seg.meta["segment_id"], val_fraction)].add(seg)
+    out = {"val_fraction": val_fraction}
+    for name, st in stats.items():
+        s = st.summary()
+        out[name] = {k: s[k] for k in ("segments", "km", "disengagements", "disengagements_by_cause")}
+        out[name]["disengagements_per_km_by_cause"] = {c: (n / s["km"] if s["km"] > 0 else None)
+                                                       for c, n in s["disengagements_by_cause"].items()}
+    return out
+
+
 def run(cfg) -> dict:
     run_dir = Path(cfg.run_dir)
     out = Path(cfg.out)
@@ -60,6 +78,7 @@ def run(cfg) -> dict:
                             codec=str(cfg.data.get("codec", DEFAULT_CODEC)))
     elapsed = time.perf_counter() - t0
     summary = inspect_shards(out, sheet_path=None)  # labels only: no video decoding
+    summary["splits"] = split_summary(out, float(cfg.data.val_fraction))
     summary.update(
         out=str(out), shards=len(manifest["shards"]), complete=bool(manifest["complete"]),
         generate_seconds=elapsed, workers=int(cfg.workers),
@@ -67,6 +86,10 @@ def run(cfg) -> dict:
         frames_per_second=(summary["frames"] - before) / elapsed if elapsed > 0 else None,
     )
     print(format_summary(summary))
+    for name in ("train", "val"):
+        sp = summary["splits"][name]
+        print(f"{name} split (val_fraction {summary['splits']['val_fraction']:g}): {sp['segments']} segments, "
+              f"{sp['km']:.2f} km, by cause {sp['disengagements_by_cause']}")
     print(f"wrote {summary['shards']} shards to {out} in {elapsed:.1f} s with {cfg.workers} workers")
     write_metrics(run_dir, summary)
     return summary

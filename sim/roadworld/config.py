@@ -79,6 +79,44 @@ class SafetyConfig:
 
 
 @dataclass
+class BehaviourConfig:
+    """Fleet driver behaviours (README "Road world", fleet drivers): episodes the autopilot
+    drives while engaged, started at ``*_rate`` per minute of engaged driving times a
+    per-segment propensity (one per kind, Gamma(``propensity_shape``) with mean 1). One
+    lateral episode (weave, drift, lane change) and one longitudinal one (hard brake, late
+    brake, tailgate, surge) at a time, drawn independently. ``enabled`` is read by
+    ``drive_segment`` only: a bare ``Autopilot`` (the closed-loop baseline) never uses them."""
+
+    enabled: bool = True
+    propensity_shape: float = 1.5  # Gamma shape of the per-segment rate multipliers (mean 1)
+    # lateral: pursuit on a target offset from the lane centre
+    weave_rate: float = 3.0  # 1/min
+    weave_amplitude: tuple = (0.3, 1.1)  # m, sinusoid of lateral offset
+    weave_period: tuple = (2.5, 6.0)  # s
+    weave_seconds: tuple = (8.0, 25.0)
+    drift_rate: float = 1.5  # 1/min: the target offset creeps away, then snaps back
+    drift_speed: tuple = (0.1, 0.4)  # m/s lateral
+    drift_offset: tuple = (0.4, 1.5)  # m reached before the correction
+    lane_change_rate: float = 1.0  # 1/min, to an adjacent lane with room (none on the other side)
+    lane_change_seconds: tuple = (3.0, 6.0)
+    lane_change_complete: float = 0.7  # P(the human completes a flagged lane change), else returns
+    # longitudinal
+    brake_rate: float = 1.5  # 1/min hard brakes
+    brake_decel: tuple = (1.5, 4.0)  # m/s^2
+    brake_seconds: tuple = (0.5, 2.5)
+    brake_jerk: tuple = (4.0, 20.0)  # m/s^3 jerk limit of brakes and surges
+    late_brake_rate: float = 1.0  # 1/min: ignore the lead until the time-to-collision is short
+    late_brake_ttc: tuple = (1.5, 3.5)  # s, then brake hard (brake_decel, brake_jerk)
+    late_brake_seconds: tuple = (8.0, 20.0)  # how long the driver stays inattentive
+    tailgate_rate: float = 1.0  # 1/min
+    tailgate_time_gap: tuple = (0.2, 0.6)  # s
+    tailgate_seconds: tuple = (8.0, 25.0)
+    surge_rate: float = 1.0  # 1/min sudden accelerations
+    surge_accel: tuple = (1.0, 3.0)  # m/s^2
+    surge_seconds: tuple = (1.0, 3.0)
+
+
+@dataclass
 class AutopilotConfig:
     quality: tuple = (2.2, 1.4)  # Beta(a, b) of per-segment quality (1 = good)
     curvature_noise: float = 0.0025  # 1/m AR(1) noise std at quality 0
@@ -89,6 +127,7 @@ class AutopilotConfig:
     min_time_gap: float = 0.5  # s following time gap at quality 0 (1.6 at quality 1)
     slowdown_rate: float = 0.04  # 1/s phantom slow-downs at quality 0
     takeover_seconds: float = 3.0  # human drives this long after a disengagement
+    behaviours: BehaviourConfig = field(default_factory=BehaviourConfig)
 
 
 @dataclass

@@ -40,7 +40,8 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
     sizes = {k: v for k, v in dict(height=height, width=width).items() if v is not None}
     cfg = make_config(cfg_sim, seconds=float(seconds), **sizes)
     world = World(cfg, seed)
-    ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality)
+    lane0 = world.lane  # the start lane (lane changes move world.lane)
+    ap = Autopilot(seed, cfg.autopilot, cfg.fps, quality=quality, behaviours=cfg.autopilot.behaviours.enabled)
     takeover = Takeover(cfg)
     T = int(round(seconds * cfg.fps))
     H, W = world.camera.height, world.camera.width
@@ -68,6 +69,8 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
                 disengage[t] = int(cause)
                 events.append(dict(frame=t, cause=cause.name, reason=takeover.reason,
                                    speed=float(m["speed"]), lane_offset=float(m["lane_offset"])))
+                if ap.behaviours is not None:  # the human finishes (or undoes) a lane change
+                    world.lane = ap.behaviours.takeover_lane(world)
         action = ap.act(world) if takeover.engaged else takeover.human_act(world)
         if t < T - 1:  # the last frame has no next frame: its rel_pose stays zero
             rel_pose[t] = world.step(action)
@@ -80,16 +83,35 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
         traffic_columns=TRAFFIC_COLUMNS,
         disengagements=events,
         sim=dict(seed=int(seed), config=cfg.to_dict(), height=H, width=W, seconds=float(seconds),
-                 lane=world.lane, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
+                 lane=lane0, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
                  s0=float(world.road.project(world_pose[0, 0], world_pose[0, 1], 40.0)[0]),
                  autopilot=ap.params, brightness=world.look.brightness,
-                 fog_distance=world.look.fog_distance),
+                 fog_distance=world.look.fog_distance,
+                 behaviours=None if ap.behaviours is None else ap.behaviours.log()),
     )
     seg = Segment(frames=frames, rel_pose=rel_pose.astype(np.float32),
                   world_pose=world_pose.astype(np.float32), speed=speed.astype(np.float32),
                   engaged=engaged, disengage=disengage, times=np.arange(T, dtype=np.float64) / cfg.fps,
                   meta=meta, extras=dict(lane_mask=lane_mask, traffic=traffic))
     return validate(seg, fps=cfg.fps)
+
+
+def road_deviation(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the road does not explain, from a road-world segment's logged poses and its road
+    (rebuilt from the meta): per frame but the last, yaw rate - road curvature x speed
+    [rad/s]; per frame, the road lateral [m] and the offset from the centre of the lane the
+    ego is in [m]."""
+    from .replay import world_from_meta
+
+    road = world_from_meta(seg.meta, 8, 16).road
+    wp = seg.world_pose.astype(np.float64)
+    s = float(seg.meta["sim"]["s0"])
+    rk, lat = np.empty(len(seg)), np.empty(len(seg))
+    for t in range(len(seg)):
+        s, lat[t], _, rk[t] = road.project(wp[t, 0], wp[t, 1], s)
+    yaw_rate = seg.rel_pose[:-1, 5].astype(np.float64) * float(seg.meta["fps"])
+    dev = yaw_rate - rk[:-1] * seg.speed[:-1].astype(np.float64)
+    return dev, lat, lat - road.lane_center(road.lane_of(lat))
 
 
 def fleet_stats(segments) -> dict:
