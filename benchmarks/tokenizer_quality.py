@@ -65,7 +65,7 @@ def tiny_run(steps: int, segments: int, seconds: float, seed: int = 0) -> dict:
     tr, _ = road_world("train", segments, seconds, h, w)
     va, va_mask = road_world("val", max(1, segments // 2), seconds, h, w)
     model = Tokenizer(cfg)
-    loss_fn = ReconstructionLoss(cfg.loss.l1, cfg.loss.mse, cfg.loss.ssim, cfg.loss.gradient)
+    loss_fn = ReconstructionLoss(cfg.loss.l1, cfg.loss.mse, cfg.loss.ssim, cfg.loss.gradient, cfg.loss.get("edge", 0.0))
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas))
     rng = np.random.default_rng(seed)
     bs = 16

@@ -40,7 +40,7 @@ class TokenizerModule(L.LightningModule):
         self.save_hyperparameters({"tokenizer_config": tcfg, "clip_val": clip_val})
         self.model = Tokenizer(tcfg)
         c = self.model.cfg
-        self.rec_loss = ReconstructionLoss(c.loss.l1, c.loss.mse, c.loss.ssim, c.loss.gradient)
+        self.rec_loss = ReconstructionLoss(c.loss.l1, c.loss.mse, c.loss.ssim, c.loss.gradient, c.loss.get("edge", 0.0))
         self.gan_weight = float(c.loss.gan)
         self.gan_start = int(c.loss.gan_start)
         self.disc = PatchDiscriminator(int(c.loss.disc_channels), int(c.loss.disc_layers)) if self.gan_weight > 0 else None
