@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
     """Bits/token, top-1 and disengagement predictions over held-out window batches."""
     nll = top1 = count = nll_last = top1_last = count_last = 0.0
-    probs, targets, masks = [], [], []
+    probs, targets, masks, speeds = [], [], [], []
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
@@ -50,13 +50,41 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
             probs.append(torch.sigmoid(out["disengage"].float()))
             targets.append(b["target"])
             masks.append(m)
+            speeds.append(b["speed"])  # speed at each frame: the speed-only baseline's input
     if count == 0:
         raise ValueError("no held-out windows (check data.shards, data.val_fraction and segment lengths)")
     res = {"bits_per_token": nll / count / math.log(2), "top1": top1 / count,
            "bits_per_token_next_frame": nll_last / count_last / math.log(2), "top1_next_frame": top1_last / count_last,
            "eval_windows_tokens": int(count)}
-    dis = tuple(torch.cat(x) for x in (probs, targets, masks)) if probs else None
+    dis = tuple(torch.cat(x) for x in (probs, targets, masks, speeds)) if probs else None
     return res, dis
+
+
+def label_windows(loader, max_batches: int):
+    """(speed [N], target [N, n_h, 3], mask [N, n_h, 3]) of frames 1.. of window batches (the
+    frames the disengagement head is scored on), e.g. to fit the speed-only baseline."""
+    sp, tg, mk = [], [], []
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        b = unpack_batch(batch)
+        if b["target"] is None:
+            return None
+        sp.append(b["speed"][:, 1:].reshape(-1))
+        tg.append(b["target"][:, 1:].flatten(0, 1))
+        mk.append(b["mask"][:, 1:].flatten(0, 1))
+    return (torch.cat(sp), torch.cat(tg), torch.cat(mk)) if sp else None
+
+
+def disengagement_section(probs, target, mask, speed, horizons, train_labels) -> dict:
+    """Held-out disengagement metrics per horizon and cause, with the speed-only logistic
+    regression (fit on ``train_labels`` = label_windows(train split)) beside each."""
+    from drivegpt.world_model.metrics import speed_baseline
+
+    base = None
+    if train_labels is not None:
+        base = speed_baseline(*train_labels, speed.reshape(-1)).reshape(probs.shape)
+    return disengage_metrics(probs, target, mask, horizons, baseline=base)
 
 
 def _items(shards: str, split: str, val_fraction: float, limit: int):
@@ -96,10 +124,10 @@ def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: 
 
 
 def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
-    from drivegpt.world_model.counterfactual import evaluate_counterfactuals, make_cases
+    from drivegpt.world_model.counterfactual import command_confusion, evaluate_counterfactuals, make_cases
     from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
                                                      train_inverse_dynamics)
-    from drivegpt.world_model.viz import counterfactual_grid
+    from drivegpt.world_model.viz import confusion_plot, counterfactual_grid
 
     e, d = cfg.eval, cfg.data
     stride, fps = int(d.stride), float(d.fps) / float(d.stride)
@@ -110,10 +138,16 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     if not cases:
         log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
         return {"counterfactual_cases": 0}
-    kinds = list(e.perturbations)
-    res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, seconds, fps, float(e.steer_yaw_rate),
-                                            float(e.accel), float(e.temperature), float(e.cfg_scale), int(e.seed))
+    commands = [str(c) for c in (e.get("commands") or ["logged", "left", "right", "brake"])]
+    kinds = list(dict.fromkeys([*e.perturbations, *commands]))
+    args = (seconds, fps, float(e.steer_yaw_rate), float(e.accel), float(e.temperature))
+    res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, *args, float(e.cfg_scale), int(e.seed))
     res["counterfactual_cases"] = len(cases)
+    # pose-following against the road world's replay of every command, and the pose-zeroed model
+    _, zeroed = evaluate_counterfactuals(model, tokenizer, cases, [commands[0]], *args, 0.0, int(e.seed))
+    following, conf, conf0 = command_confusion(records, commands, zeroed)
+    res.update(following)
+    confusion_plot(run_dir / "command_confusion.png", conf, conf0, commands)
     first = records[0]["case"].segment_id
     idx = [int(round(s * fps)) - 1 for s in seconds]
     rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
@@ -125,8 +159,10 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
         return res
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     held = real_pairs(val, tokenizer, stride, fps, 512, int(e.seed) + 1)
-    if held is not None:
+    if held is not None:  # the inverse-dynamics net's ceiling: its R^2 on real held-out frame pairs
         res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
+        for q in ("yaw_rate", "lateral"):
+            res[f"pose_following_{q}_r2_ceiling"] = res.get(f"real_pairs_{q}_r2")
     a = np.concatenate([np.concatenate([r["last"][None], r["pred"][:-1]]) for r in records])
     b = np.concatenate([r["pred"] for r in records])
     commanded = np.concatenate([motion_targets(r["moves"], fps) for r in records])
@@ -153,8 +189,18 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     if dis is not None:
         from drivegpt.world_model.viz import roc_plot
 
-        metrics.update({f"disengage_{k}": v for k, v in disengage_metrics(*dis, model.cfg.horizons).items()})
-        roc_plot(run_dir / "roc.png", *dis, model.cfg.horizons)
+        nb = cfg.eval.get("baseline_batches")  # null = every training window (labels only: cheap)
+        train_labels = label_windows(dm.dataloader("train", shuffle=False, resampled=False),
+                                     int(nb) if nb is not None else 10 ** 9)
+        dm_metrics = disengagement_section(*dis, model.cfg.horizons, train_labels)
+        metrics.update({f"disengage_{k}": v for k, v in dm_metrics.items()})
+        for h in model.cfg.horizons:  # headline names: auroc_2s_steer, auroc_2s_steer_baseline, positives_2s_steer
+            for c in ("steer", "brake", "gas"):
+                for k in (f"auroc_{h:g}s_{c}", f"auroc_{h:g}s_{c}_baseline", f"ap_{h:g}s_{c}",
+                          f"ap_{h:g}s_{c}_baseline", f"positives_{h:g}s_{c}"):
+                    if f"disengage_{k}" in metrics:
+                        metrics[k] = metrics[f"disengage_{k}"]
+        roc_plot(run_dir / "roc.png", *dis[:3], model.cfg.horizons)
     tok_path = cfg.get("tokenizer_path") or model.tokenizer_path
     if tokenizer is None and tok_path:
         from drivegpt.tokenizer import load_tokenizer
