@@ -19,7 +19,7 @@ from drivegpt.runs import mark_done, write_metrics
 from drivegpt.world_model.checkpoint import save_world_model
 from drivegpt.world_model.module import WorldModelModule
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond")
 OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
 
 
