@@ -29,12 +29,12 @@ from drivegpt.sim.roadworld import replay
 from drivegpt.stages.common import run_dir_of
 from drivegpt.tokenizer import load_tokenizer
 from drivegpt.world_model.checkpoint import load_world_model
-from drivegpt.world_model.counterfactual import Case, evaluate_counterfactuals, make_cases
-from drivegpt.world_model.evaluate import held_out_items, real_pairs, token_metrics
-from drivegpt.world_model.metrics import disengage_metrics
+from drivegpt.world_model.counterfactual import Case, command_confusion, evaluate_counterfactuals, make_cases
+from drivegpt.world_model.evaluate import (disengagement_section, held_out_items, label_windows, real_pairs,
+                                           token_metrics)
 from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
                                                  train_inverse_dynamics)
-from drivegpt.world_model.viz import counterfactual_grid, roc_plot
+from drivegpt.world_model.viz import confusion_plot, counterfactual_grid, roc_plot
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,18 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     if not cases:
         log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
         return {"counterfactual_cases": 0}
-    kinds = list(e.perturbations)
-    res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, seconds, fps, float(e.steer_yaw_rate),
-                                            float(e.accel), float(e.temperature), float(e.cfg_scale), int(e.seed),
+    commands = [str(c) for c in (e.get("commands") or ["logged", "left", "right", "brake"])]
+    kinds = list(dict.fromkeys([*e.perturbations, *commands]))
+    args = (seconds, fps, float(e.steer_yaw_rate), float(e.accel), float(e.temperature))
+    res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, *args, float(e.cfg_scale), int(e.seed),
                                             ground_truth=replay_ground_truth)
     res["counterfactual_cases"] = len(cases)
+    # pose-following against the road world's replay of every command, and the pose-zeroed model
+    _, zeroed = evaluate_counterfactuals(model, tokenizer, cases, [commands[0]], *args, 0.0, int(e.seed),
+                                         ground_truth=replay_ground_truth)
+    following, conf, conf0 = command_confusion(records, commands, zeroed)
+    res.update(following)
+    confusion_plot(run_dir / "command_confusion.png", conf, conf0, commands)
     first = records[0]["case"].segment_id
     idx = [int(round(s * fps)) - 1 for s in seconds]
     rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
@@ -71,8 +78,10 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
         return res
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     held = real_pairs(val, tokenizer, stride, fps, 512, int(e.seed) + 1)
-    if held is not None:
+    if held is not None:  # the inverse-dynamics net's ceiling: its R^2 on real held-out frame pairs
         res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
+        for q in ("yaw_rate", "lateral"):
+            res[f"pose_following_{q}_r2_ceiling"] = res.get(f"real_pairs_{q}_r2")
     a = np.concatenate([np.concatenate([r["last"][None], r["pred"][:-1]]) for r in records])
     b = np.concatenate([r["pred"] for r in records])
     commanded = np.concatenate([motion_targets(r["moves"], fps) for r in records])
@@ -94,8 +103,18 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
     metrics, dis = token_metrics(model, dm.dataloader("val", shuffle=False, resampled=False), int(cfg.eval.max_batches))
     if dis is not None:
-        metrics.update({f"disengage_{k}": v for k, v in disengage_metrics(*dis, model.cfg.horizons).items()})
-        roc_plot(run_dir / "roc.png", *dis, model.cfg.horizons)
+        nb = cfg.eval.get("baseline_batches")  # null = every training window (labels only: cheap)
+        train_labels = label_windows(dm.dataloader("train", shuffle=False, resampled=False),
+                                     int(nb) if nb is not None else 10 ** 9)
+        dm_metrics = disengagement_section(*dis, model.cfg.horizons, train_labels)
+        metrics.update({f"disengage_{k}": v for k, v in dm_metrics.items()})
+        for h in model.cfg.horizons:  # headline names: auroc_2s_steer, auroc_2s_steer_baseline, positives_2s_steer
+            for c in ("steer", "brake", "gas"):
+                for k in (f"auroc_{h:g}s_{c}", f"auroc_{h:g}s_{c}_baseline", f"ap_{h:g}s_{c}",
+                          f"ap_{h:g}s_{c}_baseline", f"positives_{h:g}s_{c}"):
+                    if f"disengage_{k}" in metrics:
+                        metrics[k] = metrics[f"disengage_{k}"]
+        roc_plot(run_dir / "roc.png", *dis[:3], model.cfg.horizons)
     tok_path = cfg.get("tokenizer_path") or model.tokenizer_path
     if tokenizer is None and tok_path:
         tokenizer = load_tokenizer(tok_path)

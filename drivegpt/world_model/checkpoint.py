@@ -49,5 +49,6 @@ def load_world_model(path: str | Path, map_location="cpu") -> WorldModel:
         raise ValueError(f"{path}: not a world-model checkpoint (no kind={KIND!r} or Lightning "
                          "hyper_parameters.model_config)")
     model = WorldModel(WorldModelConfig.from_dict(cfg), tokenizer_path=tok)
+    state.setdefault("dis_prior", model.dis_prior)  # older exports: uncalibrated (balanced) head
     model.load_state_dict(state)
     return model.eval()

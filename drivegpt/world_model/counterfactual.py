@@ -141,3 +141,56 @@ def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds
 
 def _np(x) -> np.ndarray:
     return x.cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def command_confusion(records, commands, baseline_records=None) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Pose-following anchored in the ground truth: for every held-out case and command c, is the
+    rollout under c nearer (mean squared error over all future frames) to the road world's replay
+    of c than to its replay of any other command?
+
+    ``records``: evaluate_counterfactuals records covering every command in ``commands`` for each
+    case; ``baseline_records``: one record per case (any kind) whose ``pred`` is the rollout of the
+    same model with its pose conditioning removed (cfg_scale=0: the null move), used as rollout(c)
+    for every c. Returns (metrics, confusion [C, C] counts: row = commanded, column = the replay
+    nearest to the rollout, baseline confusion or None). Chance = 1 / len(commands); a model that
+    ignores the pose makes the same rollout for every command, so one column takes each row.
+    """
+    commands = list(commands)
+    by_case: dict = {}
+    for r in records:
+        if r["kind"] in commands:
+            by_case.setdefault(r["case"].segment_id, {})[r["kind"]] = r
+    base = {r["case"].segment_id: r for r in (baseline_records or [])}
+    k = len(commands)
+    conf = np.zeros((k, k), np.int64)
+    conf_base = np.zeros((k, k), np.int64) if baseline_records else None
+    margins = []
+    for sid, rs in by_case.items():
+        if any(c not in rs for c in commands):
+            continue
+        true = np.stack([rs[c]["true"].astype(np.float64) for c in commands])  # [C, N, H, W, 3]
+
+        def dist(pred):
+            return ((true - pred.astype(np.float64)[None]) ** 2).mean(axis=(1, 2, 3, 4))  # [C]
+
+        for i, c in enumerate(commands):
+            d = dist(rs[c]["pred"])
+            conf[i, int(np.argmin(d))] += 1
+            others = np.delete(d, i)
+            margins.append(10 * np.log10(others.min() / max(d[i], 1e-10)))  # dB the true replay wins by
+            if conf_base is not None and sid in base:
+                conf_base[i, int(np.argmin(dist(base[sid]["pred"])))] += 1
+    n = int(conf.sum())
+    out = {"command_following_accuracy": float(np.trace(conf) / n) if n else None,
+           "command_following_chance": 1.0 / k, "command_following_cases": n // k if k else 0,
+           "command_following_margin_db": float(np.mean(margins)) if margins else None,
+           "command_following_commands": commands}
+    if conf_base is not None and conf_base.sum():
+        out["command_following_accuracy_pose_zeroed"] = float(np.trace(conf_base) / conf_base.sum())
+    for i, c in enumerate(commands):
+        row = conf[i].sum()
+        out[f"command_following_accuracy_{c}"] = float(conf[i, i] / row) if row else None
+    out["command_following_confusion"] = conf.tolist()
+    if conf_base is not None:
+        out["command_following_confusion_pose_zeroed"] = conf_base.tolist()
+    return out, conf, conf_base

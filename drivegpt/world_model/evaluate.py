@@ -21,6 +21,7 @@ import torch
 from drivegpt.data.loaders import split_of
 from drivegpt.data.poses import strided_rel_poses
 from drivegpt.data.shards import iter_samples
+from drivegpt.world_model.metrics import disengage_metrics, speed_baseline
 from drivegpt.world_model.module import unpack_batch
 from drivegpt.world_model.pose_following import motion_targets
 
@@ -29,7 +30,7 @@ from drivegpt.world_model.pose_following import motion_targets
 def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
     """Bits/token, top-1 and disengagement predictions over held-out window batches."""
     nll = top1 = count = nll_last = top1_last = count_last = 0.0
-    probs, targets, masks = [], [], []
+    probs, targets, masks, speeds = [], [], [], []
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
@@ -46,13 +47,39 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
             probs.append(torch.sigmoid(out["disengage"].float()))
             targets.append(b["target"])
             masks.append(m)
+            speeds.append(b["speed"])  # speed at each frame: the speed-only baseline's input
     if count == 0:
         raise ValueError("no held-out windows (check data.shards, data.val_fraction and segment lengths)")
     res = {"bits_per_token": nll / count / math.log(2), "top1": top1 / count,
            "bits_per_token_next_frame": nll_last / count_last / math.log(2), "top1_next_frame": top1_last / count_last,
            "eval_windows_tokens": int(count)}
-    dis = tuple(torch.cat(x) for x in (probs, targets, masks)) if probs else None
+    dis = tuple(torch.cat(x) for x in (probs, targets, masks, speeds)) if probs else None
     return res, dis
+
+
+def label_windows(loader, max_batches: int):
+    """(speed [N], target [N, n_h, 3], mask [N, n_h, 3]) of frames 1.. of window batches (the
+    frames the disengagement head is scored on), e.g. to fit the speed-only baseline."""
+    sp, tg, mk = [], [], []
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        b = unpack_batch(batch)
+        if b["target"] is None:
+            return None
+        sp.append(b["speed"][:, 1:].reshape(-1))
+        tg.append(b["target"][:, 1:].flatten(0, 1))
+        mk.append(b["mask"][:, 1:].flatten(0, 1))
+    return (torch.cat(sp), torch.cat(tg), torch.cat(mk)) if sp else None
+
+
+def disengagement_section(probs, target, mask, speed, horizons, train_labels) -> dict:
+    """Held-out disengagement metrics per horizon and cause, with the speed-only logistic
+    regression (fit on ``train_labels`` = label_windows(train split)) beside each."""
+    base = None
+    if train_labels is not None:
+        base = speed_baseline(*train_labels, speed.reshape(-1)).reshape(probs.shape)
+    return disengage_metrics(probs, target, mask, horizons, baseline=base)
 
 
 def held_out_items(shards: str, split: str, val_fraction: float, limit: int):

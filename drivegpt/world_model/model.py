@@ -62,6 +62,9 @@ class WorldModelConfig:
     horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # seconds
     n_causes: int = 3  # STEER, BRAKE, GAS
     pose_head: bool = True
+    # the disengagement head also reads the normalised conditioning of its frame (the move into
+    # it and the speed) directly, through a small MLP, besides the start token's hidden state
+    dis_cond: bool = False
     fps: float = 5.0  # frame rate the model reads (fleet fps / stride)
 
     def __post_init__(self):
@@ -177,8 +180,16 @@ class WorldModel(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied
-        self.dis_head = nn.Linear(d, len(cfg.horizons) * cfg.n_causes)
+        n_dis = len(cfg.horizons) * cfg.n_causes
+        if cfg.dis_cond:
+            self.dis_head = nn.Sequential(nn.Linear(d + 7, d), nn.GELU(), nn.Linear(d, n_dis))
+        else:
+            self.dis_head = nn.Linear(d, n_dis)
         self.pose_head = nn.Linear(d, 6) if cfg.pose_head else None
+        # log-odds of the training positive rate per (horizon, cause): the head is trained
+        # class-balanced (its raw output is the log-odds at a 50% prior), so it is added back to
+        # give calibrated probabilities (logit adjustment); set by the training module
+        self.register_buffer("dis_prior", torch.zeros(len(cfg.horizons), cfg.n_causes))
         # conditioning normaliser (rel_pose 6 + speed 1), fitted on the first training batch
         self.register_buffer("cond_mean", torch.zeros(7))
         self.register_buffer("cond_std", torch.ones(7))
@@ -211,12 +222,20 @@ class WorldModel(nn.Module):
     def normalize_pose(self, rel_pose: torch.Tensor) -> torch.Tensor:
         return (rel_pose - self.cond_mean[:6]) / self.cond_std[:6]
 
-    def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
-        """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
+    def cond_features(self, rel_pose: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        """rel_pose [..., 6], speed [...] -> the normalised, clamped conditioning vector [..., 7]."""
         c = torch.cat([rel_pose, speed[..., None]], dim=-1).to(self.cond_mean.dtype)
         # clamp: a dimension nearly constant in the fitting batch must not blow up later inputs
-        c = ((c - self.cond_mean) / self.cond_std).clamp(-10, 10).to(self.start_emb.dtype)
-        e = self.cond_mlp(c)
+        return ((c - self.cond_mean) / self.cond_std).clamp(-10, 10).to(self.start_emb.dtype)
+
+    def frame_features(self, rel_pose, speed, n_frames: int) -> torch.Tensor:
+        """Conditioning vectors [b, n_frames, 7] of frames 0..n_frames-1 (frame 0: zeros)."""
+        c = self.cond_features(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1])
+        return torch.cat([torch.zeros_like(c[:, :1]).expand(c.shape[0], 1, 7), c], dim=1)
+
+    def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
+        """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
+        e = self.cond_mlp(self.cond_features(rel_pose, speed))
         if drop is not None:
             e = torch.where(drop[:, None, None], self.null_cond.expand_as(e), e)
         return e
@@ -270,9 +289,15 @@ class WorldModel(nn.Module):
             cache.length += x.shape[1]
         return self.ln_f(x)
 
-    def disengage_logits(self, h_start: torch.Tensor) -> torch.Tensor:
-        """[..., d] -> [..., n_horizons, n_causes]."""
-        return rearrange(self.dis_head(h_start), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
+    def disengage_logits(self, h_start: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """h_start [..., d] (and with ``cfg.dis_cond`` the frame's conditioning vector [..., 7],
+        ``frame_features``) -> calibrated logits [..., n_horizons, n_causes] (raw + dis_prior)."""
+        if self.cfg.dis_cond:
+            if feats is None:
+                raise ValueError("this model's disengagement head reads the frame's conditioning: pass feats")
+            h_start = torch.cat([h_start, feats.to(h_start.dtype)], dim=-1)
+        raw = rearrange(self.dis_head(h_start), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
+        return raw + self.dis_prior.to(raw.dtype)
 
     def forward(self, tokens, rel_pose, speed, drop=None) -> dict[str, torch.Tensor]:
         """Teacher-forced pass over windows.
@@ -286,7 +311,7 @@ class WorldModel(nn.Module):
         h = rearrange(h, "b (f n) d -> b f n d", f=k)
         out = {
             "logits": self.lm_head(h[:, :, :-1]),
-            "disengage": self.disengage_logits(h[:, :, 0]),
+            "disengage": self.disengage_logits(h[:, :, 0], self.frame_features(rel_pose, speed, k)),
         }
         if self.pose_head is not None:
             out["pose"] = self.pose_head(h[:, :, -1])

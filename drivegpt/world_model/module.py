@@ -1,4 +1,8 @@
-"""LightningModule: token cross-entropy + lambda * class-balanced disengagement BCE (+ pose prior)."""
+"""LightningModule: token cross-entropy + lambda * class-balanced disengagement BCE (+ pose prior).
+
+The disengagement loss is class-balanced on the raw head; the model adds the training
+prior's log-odds back (``WorldModel.dis_prior``, logit adjustment) so the probabilities the
+learned simulator reads are calibrated rates, not 50%-prior odds."""
 
 from __future__ import annotations
 
@@ -72,6 +76,8 @@ class WorldModelModule(L.LightningModule):
         self.model = WorldModel(WorldModelConfig.from_dict(model_config), tokenizer_path=tokenizer_path)
         n_h, n_c = len(self.model.cfg.horizons), self.model.cfg.n_causes
         self.register_buffer("pos_rate", torch.full((n_h, n_c), -1.0))  # -1 = not seen yet
+        self.register_buffer("pos_count", torch.zeros(n_h, n_c, dtype=torch.float64))
+        self.register_buffer("label_count", torch.zeros(n_h, n_c, dtype=torch.float64))
         self._val = []
 
     # ------------------------------------------------------------------ losses
@@ -98,7 +104,9 @@ class WorldModelModule(L.LightningModule):
             if train:
                 self._update_rate(b["target"], mask)
             rate = self.pos_rate if bool((self.pos_rate >= 0).all()) else torch.full_like(self.pos_rate, 0.5)
-            dis = balanced_bce(out["disengage"], b["target"], mask, rate)
+            # class-balanced loss on the raw head (log-odds at a 50% prior); the model adds the
+            # training prior's log-odds back (dis_prior) so its probabilities are calibrated
+            dis = balanced_bce(out["disengage"] - m.dis_prior, b["target"], mask, rate)
             loss = loss + self.hparams.dis_weight * dis
             logs["loss_disengage"] = dis
             out["mask"], out["target"] = mask, b["target"]
@@ -112,14 +120,16 @@ class WorldModelModule(L.LightningModule):
 
     @torch.no_grad()
     def _update_rate(self, target, mask):
-        n = mask.sum(dim=(0, 1))
-        pos = (target * mask).sum(dim=(0, 1))
-        seen = n > 0
-        rate = torch.where(seen, pos / n.clamp_min(1), self.pos_rate)
-        first = self.pos_rate < 0
-        mom = self.hparams.rate_momentum
-        new = torch.where(first, rate, mom * self.pos_rate + (1 - mom) * rate)
-        self.pos_rate.copy_(torch.where(seen | ~first, new, self.pos_rate))
+        """Positive rate per (horizon, cause) over every training label seen so far (cumulative
+        counts: rare events make a per-batch or moving-average rate noisy), and the model's
+        prior log-odds from it."""
+        self.label_count += mask.sum(dim=(0, 1)).to(self.label_count)
+        self.pos_count += (target * mask).sum(dim=(0, 1)).to(self.pos_count)
+        seen = self.label_count > 0
+        rate = (self.pos_count / self.label_count.clamp_min(1)).to(self.pos_rate)
+        self.pos_rate.copy_(torch.where(seen, rate, self.pos_rate))
+        p = rate.clamp(1e-4, 1 - 1e-4)
+        self.model.dis_prior.copy_(torch.where(seen, torch.log(p / (1 - p)), self.model.dis_prior))
 
     def training_step(self, batch, batch_idx):
         logs, _ = self.losses(batch, train=True)

@@ -79,7 +79,7 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
     cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]  # the new frame's move
     cache = KVCache(model.cfg, emb.shape[0], emb.shape[1] + n - 1, emb.device, emb.dtype)
     hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
-    dis = model.disengage_logits(hid[:b])
+    dis = model.disengage_logits(hid[:b], model.frame_features(rel_pose, speed, k + 1)[:, k])
     out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
     ent = torch.zeros(b, device=tokens.device)
     for i in range(n):
@@ -111,7 +111,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
     for i in range(n):
         hid = model.hidden(torch.cat([prefix, *embs], dim=1))
         if dis is None:
-            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1])
+            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1], model.frame_features(rel_pose, speed, k + 1)[:, k])
         logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
         out[:, i] = _pick(logits, temperature, top_k, generator)
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])

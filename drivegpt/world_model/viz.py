@@ -42,7 +42,9 @@ def counterfactual_grid(path, rows: dict[str, tuple[np.ndarray, np.ndarray]], ti
 
 
 def roc_plot(path, probs, target, mask, horizons) -> Path:
-    """ROC per horizon (causes pooled) with AUROC in the legend."""
+    """ROC per cause (STEER, BRAKE, GAS) at the 2 s horizon (or the nearest one), and "any
+    cause" per horizon. Causes are never pooled into one ranking (each head has its own
+    calibration)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,20 +52,64 @@ def roc_plot(path, probs, target, mask, horizons) -> Path:
     import torch
     from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+    from drivegpt.world_model.metrics import CAUSES, _any_cause
+
     probs, target, mask = (torch.as_tensor(x).float().reshape(-1, len(horizons), 3) for x in (probs, target, mask))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for i, h in enumerate(horizons):
-        sel = mask[:, i] > 0
-        p, y = probs[:, i][sel], target[:, i][sel].long()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+
+    def curve(ax, p, y, label, **kw):
+        y = y.long()
         if y.numel() == 0 or y.min() == y.max():
-            continue
+            return
         fpr, tpr, _ = binary_roc(p, y)
-        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{h:g} s (AUROC {float(binary_auroc(p, y)):.2f}, base {float(y.float().mean()):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("disengagement (held out)")
-    ax.legend(fontsize=7, loc="lower right")
+        ax.plot(fpr.numpy(), tpr.numpy(), label=f"{label} (AUROC {float(binary_auroc(p, y)):.2f}, "
+                f"{int(y.sum())} pos)", **kw)
+
+    i2 = min(range(len(horizons)), key=lambda i: abs(horizons[i] - 2.0))
+    for c, name in enumerate(CAUSES):
+        sel = mask[:, i2, c] > 0
+        curve(axes[0], probs[:, i2, c][sel], target[:, i2, c][sel], name)
+    axes[0].set_title(f"per cause, {horizons[i2]:g} s (held out)")
+    for i, h in enumerate(horizons):
+        p, y, known = _any_cause(probs[:, i], target[:, i], mask[:, i])
+        curve(axes[1], p[known], y[known], f"{h:g} s")
+    axes[1].set_title("any cause, per horizon (held out)")
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_plot(path, conf, conf_zeroed, commands) -> Path:
+    """Command-following confusion matrices (row = commanded, column = nearest replay), the
+    model beside the same model with its pose conditioning removed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    mats = [("world model", np.asarray(conf))]
+    if conf_zeroed is not None:
+        mats.append(("pose zeroed", np.asarray(conf_zeroed)))
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats), 3.4), squeeze=False)
+    for ax, (title, m) in zip(axes[0], mats):
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, m.sum(1).max()))
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=9)
+        acc = np.trace(m) / max(1, m.sum())
+        ax.set_title(f"{title}: acc {acc:.2f} (chance {1 / len(commands):.2f})", fontsize=9)
+        ax.set_xticks(range(len(commands)), commands, fontsize=8, rotation=30)
+        ax.set_yticks(range(len(commands)), commands, fontsize=8)
+        ax.set_xlabel("nearest replay")
+        ax.set_ylabel("commanded")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
