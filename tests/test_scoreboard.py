@@ -19,9 +19,10 @@ def _demo_run(tmp_path, rl_rate):
                                           "tokenizer_eval/lane_psnr": 19.0, "tokenizer_eval/bicubic_lane_psnr": 12.0})
     _write(tmp_path, 7, "eval_world_model", {
         "disengage_positives_2s_steer": 25, "disengage_auroc_2s_steer": 0.8,
-        "disengage_auroc_2s_steer_speed_baseline": 0.55,
+        "disengage_auroc_2s_steer_baseline": 0.55,
         "disengage_positives_2s_gas": 5, "disengage_auroc_2s_gas": 0.99,  # too few positives: not counted
-        "pose_following_yaw_rate_r2": 0.6, "psnr_gain_1s": 1.0})
+        "pose_following_yaw_rate_r2": 0.6, "psnr_gain_1s": 1.0,
+        "command_following_accuracy": 0.5, "command_following_accuracy_pose_zeroed": 0.25})
     _write(tmp_path, 8, "bc", {"bc/action_mae": 0.1, "bc/zero_action_mae": 0.16})
     _write(tmp_path, 11, "eval_policy", {"controllers": {"rl": {"per_100km": rl_rate, "km": 15.0},
                                                          "bc": {"per_100km": 300.0, "km": 15.0}}})
@@ -36,6 +37,7 @@ def test_demo_scoreboard_met_and_missed(tmp_path):
     assert by["auroc_2s_best_cause"]["baseline"] == 0.55
     assert by["tokenizer_eval/lane_psnr"]["met"] and by["tokenizer_eval/lane_psnr"]["baseline"] == 12.0
     assert by["rl_per_100km"]["met"] and by["rl_per_100km"]["baseline"] == 300.0
+    assert by["command_following_accuracy"]["met"] and by["command_following_accuracy"]["baseline"] == 0.25
     assert summary(rows)["targets_met"] is True
     # pipeline order: a stage never precedes an earlier one
     idx = [STAGE_ORDER.index(r["stage"]) for r in rows]
