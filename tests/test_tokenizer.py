@@ -131,3 +131,20 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a DriveGPT tokenizer checkpoint"):
         load_tokenizer(tmp_path / "other.pt")
+
+
+def test_edge_weighted_l1_charges_a_lost_lane_line_more_than_uniform_error():
+    """Same total absolute error; erasing a thin high-contrast line must cost more than a
+    uniform tint, so the tokenizer spends its bits on lane markings."""
+    from drivegpt.tokenizer.losses import ReconstructionLoss, edge_weighted_l1
+
+    target = torch.full((1, 3, 32, 64), -0.5)
+    target[..., 20] = 0.9  # a 1-px bright line on dark asphalt
+    erased = target.clone()
+    erased[..., 20] = -0.5  # the line blurred away
+    per_pixel = (erased - target).abs().mean()
+    tinted = target + per_pixel  # uniform error with the same mean |error|
+    assert torch.isclose((tinted - target).abs().mean(), per_pixel)
+    assert edge_weighted_l1(erased, target) > 5 * edge_weighted_l1(tinted, target)
+    with_edge = ReconstructionLoss(1.0, 0.0, 0.0, 0.0, edge=1.0)(erased, target)
+    assert "edge" in with_edge and with_edge["rec"] > ReconstructionLoss(1.0, 0.0)(erased, target)["rec"]
