@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from einops import rearrange
 from torch import nn
-from drivegpt.runs import atomic_path
 
-CHECKPOINT_KIND = "drivegpt-policy"
+from drivegpt.checkpoints import POLICY, read_artifact, save_artifact
+
+CHECKPOINT_KIND = POLICY
 POLICY_FILE = "policy.pt"
 ACTION_DIM = 2
 
@@ -339,52 +340,27 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
 # -------------------------------------------------------------------- checkpoints
 def save_policy(policy: Policy, path: str | Path, meta: dict | None = None) -> Path:
     """Atomically write a policy checkpoint (kind, config, observation shape, weights, meta)."""
-    path = Path(path)
-    ckpt = {
-        "kind": CHECKPOINT_KIND,
-        "config": policy.cfg.to_dict(),
-        "obs_shape": list(policy.obs_shape),
-        "action_space": {"dim": ACTION_DIM, "low": -1.0, "high": 1.0,
-                         "meaning": ["desired curvature (normalized)", "desired accel (normalized)"]},
-        "bottleneck_bits": policy.bottleneck_bits,
-        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return path
+    return save_artifact(
+        path, CHECKPOINT_KIND, policy.cfg.to_dict(), policy.state_dict(),
+        obs_shape=list(policy.obs_shape),
+        action_space={"dim": ACTION_DIM, "low": -1.0, "high": 1.0,
+                      "meaning": ["desired curvature (normalized)", "desired accel (normalized)"]},
+        bottleneck_bits=policy.bottleneck_bits, meta=dict(meta or {}))
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Read and validate a policy checkpoint dict (file, or run directory holding policy.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        cand = [path / POLICY_FILE, path / "checkpoints" / POLICY_FILE]
-        found = [c for c in cand if c.exists()]
-        if not found:
-            raise FileNotFoundError(f"{path}: a directory without {POLICY_FILE} (looked in {', '.join(map(str, cand))})")
-        path = found[0]
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such policy checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a drivegpt policy checkpoint (a {type(ckpt).__name__}, not a dict)")
-    # A Lightning checkpoint of the BC module: hyper_parameters carry the policy config.
-    if ckpt.get("kind") is None and "state_dict" in ckpt and "policy_config" in ckpt.get("hyper_parameters", {}):
-        cfg = PolicyConfig.from_dict(ckpt["hyper_parameters"]["policy_config"])
-        sd = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    """Read and validate a policy checkpoint dict (file, or run directory holding policy.pt),
+    loaded safely (drivegpt.checkpoints); other kinds and non-checkpoints raise naming the file."""
+    art = read_artifact(path, CHECKPOINT_KIND)
+    if "hyper_parameters" in art.blob:  # a Lightning checkpoint of the BC module
+        cfg = PolicyConfig.from_dict(art.config)
         ckpt = {"kind": CHECKPOINT_KIND, "config": cfg.to_dict(), "obs_shape": list(cfg.obs_shape),
-                "state_dict": sd, "meta": {"from_lightning": str(path)}}
-    kind = ckpt.get("kind")
-    if kind != CHECKPOINT_KIND:
-        raise ValueError(f"{path}: key 'kind' is {kind!r}, expected {CHECKPOINT_KIND!r} (not a policy checkpoint)")
-    for key in ("config", "obs_shape", "state_dict"):
-        if key not in ckpt:
-            raise ValueError(f"{path}: policy checkpoint lacks key {key!r}")
-    ckpt["path"] = str(path)
+                "state_dict": art.state_dict, "meta": {"from_lightning": str(art.path)}}
+    else:
+        ckpt = dict(art.blob)
+    if "obs_shape" not in ckpt:
+        raise ValueError(f"{art.path}: policy checkpoint lacks key 'obs_shape'")
+    ckpt["path"] = str(art.path)
     return ckpt
 
 

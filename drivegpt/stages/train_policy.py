@@ -166,7 +166,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     state_path = run_dir / "checkpoints" / "rl_state.pt"
     resume = resume_path(cfg, run_dir) is not None or (cfg.trainer.get("ckpt_path") == "last" and state_path.exists())
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = torch.load(state_path, map_location="cpu", weights_only=True)  # tensors and plain data only
         policy.load_state_dict(st["policy"])
         start, opt_state = int(st["iteration"]) + 1, st["optimizer"]
     logger = RLLogger(cfg, run_dir, resume=start > 0)

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import DictConfig
 
+from drivegpt.checkpoints import lightning_global_step
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.tokenizer.model import save_tokenizer
@@ -49,7 +49,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     steps = int(trainer.global_step)
     last = run_dir / "checkpoints" / "last.ckpt"
     if steps == 0 and last.exists():  # ddp_spawn: the launching process's trainer never stepped
-        steps = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+        steps = lightning_global_step(last)
     counts = module.usage_counts.cpu().numpy()
     metrics = {
         "tokenizer/steps": steps,

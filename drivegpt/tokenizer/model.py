@@ -19,10 +19,10 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from drivegpt.checkpoints import TOKENIZER, read_artifact, save_artifact
 from drivegpt.tokenizer.quantizers import build_quantizer
-from drivegpt.runs import atomic_path
 
-CHECKPOINT_KIND = "drivegpt-tokenizer"
+CHECKPOINT_KIND = TOKENIZER
 # Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
 SHAPE_KEYS = ("frame_height", "frame_width", "downsample", "quantizer", "codebook_size", "embed_dim",
               "channels", "channel_mult", "res_blocks")
@@ -199,41 +199,15 @@ def tokenizer_config(cfg) -> dict:
 
 
 def save_tokenizer(model: Tokenizer, path: str | Path, extra: dict | None = None) -> Path:
-    """Write a standalone checkpoint {kind, config, state_dict, ...} atomically."""
-    blob = {"kind": CHECKPOINT_KIND, "config": tokenizer_config(model.cfg),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-    return Path(path)
-
-
-def _resolve_path(path: str | Path) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for cand in (p / "tokenizer.pt", p / "checkpoints" / "last.ckpt"):
-            if cand.exists():
-                return cand
-        raise FileNotFoundError(f"{p}: directory holds no tokenizer.pt or checkpoints/last.ckpt")
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such tokenizer checkpoint")
-    return p
+    """Write a standalone checkpoint {kind, config, state_dict, ...} atomically (drivegpt.checkpoints)."""
+    return save_artifact(path, CHECKPOINT_KIND, tokenizer_config(model.cfg), model.state_dict(), **(extra or {}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict, Path]:
-    """(config dict, state_dict of the Tokenizer, resolved path) from tokenizer.pt or a Lightning .ckpt."""
-    p = _resolve_path(path)
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{p}: not a readable torch checkpoint ({e})") from None
-    if isinstance(blob, dict) and blob.get("kind") == CHECKPOINT_KIND:
-        return dict(blob["config"]), blob["state_dict"], p
-    if isinstance(blob, dict) and "state_dict" in blob and "tokenizer_config" in blob.get("hyper_parameters", {}):
-        cfg = dict(blob["hyper_parameters"]["tokenizer_config"])
-        sd = {k[len("model."):]: v for k, v in blob["state_dict"].items() if k.startswith("model.")}
-        return cfg, sd, p
-    raise ValueError(f"{p}: not a DriveGPT tokenizer checkpoint (no kind={CHECKPOINT_KIND!r} and no "
-                     f"Lightning hyper_parameters.tokenizer_config)")
+    """(config dict, state_dict of the Tokenizer, resolved path) from tokenizer.pt or a Lightning .ckpt,
+    loaded safely; another kind of checkpoint or a non-checkpoint raises naming the file."""
+    art = read_artifact(path, CHECKPOINT_KIND)
+    return art.config, art.state_dict, art.path
 
 
 def check_compatible(stored: Mapping, expected: Mapping, where: str) -> None:

@@ -1,14 +1,9 @@
-"""Held-out metrics of a trained world model (``drivegpt eval world_model``, stage
-``drivegpt.stages.eval_world_model``, which also writes the pictures and metrics.json).
+"""Held-out token metrics of a trained world model and the inputs of its other checks.
 
-- tokens: bits/token and top-1 over held-out windows (all frames, and the last frame of each
-  window alone = next-frame prediction from the full context);
-- disengagement: AUROC and AP per horizon and per (horizon, cause) vs the base rate (roc.png);
-- counterfactual fidelity (needs the tokenizer and road-world segments): PSNR/SSIM at 1 s and
-  2 s of rollouts along logged/perturbed moves vs the road world's replay of the same moves,
-  against copy-last-frame (counterfactual_grid.png);
-- pose-following: an inverse-dynamics net trained on real decoded frame pairs recovers the
-  yaw rate and lateral motion from generated frames: MAE and R^2 vs the commanded move.
+``token_metrics``: bits/token and top-1 over held-out windows (all frames, and the last frame
+of each window alone) plus the disengagement predictions; ``held_out_items`` and
+``real_pairs`` feed counterfactual fidelity and pose-following. The stage that runs them all
+and writes the pictures and metrics.json is ``drivegpt.stages.eval_world_model``.
 """
 
 from __future__ import annotations

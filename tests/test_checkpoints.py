@@ -1,0 +1,58 @@
+"""One safe, kind-aware artifact loader (drivegpt.checkpoints) behind every model loader."""
+
+import pathlib
+import pickle
+
+import pytest
+import torch
+
+from drivegpt.checkpoints import (NotACheckpointError, UnsafeCheckpointError, WrongKindError, read_artifact,
+                                  save_artifact)
+from drivegpt.rl.policy import load_policy
+from drivegpt.tokenizer import load_tokenizer
+from drivegpt.world_model import load_world_model
+
+
+class Payload:
+    """Unpickling this runs code: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+LOADERS = [load_policy, load_tokenizer, load_world_model]
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda f: f.__name__)
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, loader):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"kind": "drivegpt-policy", "config": {}, "state_dict": {}, "meta": Payload(marker)}, evil)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pt: refused"):
+        loader(evil)
+    assert not marker.exists()
+    raw = tmp_path / "evil.pkl"  # a plain pickle, not torch's zip format
+    raw.write_bytes(pickle.dumps({"kind": "drivegpt-tokenizer", "x": Payload(marker)}))
+    with pytest.raises(NotACheckpointError, match="evil.pkl"):
+        loader(raw)
+    assert not marker.exists()
+
+
+def test_the_loader_knows_the_kind(tmp_path):
+    path = save_artifact(tmp_path / "tok.pt", "drivegpt-tokenizer", {"a": [1, 2]}, {"w": torch.ones(2)},
+                         global_step=3)
+    art = read_artifact(path, "drivegpt-tokenizer")
+    assert art.config == {"a": [1, 2]} and art.get("global_step") == 3 and torch.equal(art.state_dict["w"], torch.ones(2))
+    with pytest.raises(WrongKindError, match=r"tok.pt: key 'kind' is 'drivegpt-tokenizer' \(a tokenizer checkpoint\), "
+                                             r"expected 'drivegpt-world-model'"):
+        load_world_model(path)
+    with pytest.raises(WrongKindError, match="a tokenizer checkpoint"):
+        load_policy(path)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(NotACheckpointError, match="other.pt: not a DriveGPT policy checkpoint"):
+        read_artifact(tmp_path / "other.pt", "drivegpt-policy")
+    with pytest.raises(TypeError, match="JSON values only"):
+        save_artifact(tmp_path / "x.pt", "drivegpt-policy", {"p": pathlib.Path("x")}, {})
