@@ -5,7 +5,9 @@
 ``autoreset_mode="same_step"``) and turns them into the policy's observation
 {"frames" [n K H W 3] uint8, "speed" [n] float32}, all on the env's device. At (auto)reset the
 history is filled from the start context the learned sim began from (the last K logged frames,
-decoded) when the env exposes it, else by repeating the first frame.
+decoded) when the env exposes it, else by repeating the first frame. ``info["final_obs"]``
+(SAME_STEP autoreset) is passed on in the policy's format: the K frames each done episode
+ended on and its final speed.
 """
 
 from __future__ import annotations
@@ -69,10 +71,17 @@ class FrameHistoryVecEnv:
         term = _t(term, self.device, torch.bool).reshape(self.num_envs)
         trunc = _t(trunc, self.device, torch.bool).reshape(self.num_envs)
         done = term | trunc
+        info = dict(info) if isinstance(info, dict) else {}
+        final = info.get("final_obs")
+        if bool(done.any()) and isinstance(final, dict) and "image" in final:
+            # the observation each done episode ended on, in the policy's format (PPO bootstraps
+            # a truncated episode from its value)
+            fimg = _t(final["image"], self.device, torch.uint8)
+            fspeed = _t(final["speed"], self.device, torch.float32).reshape(self.num_envs)
+            info["final_obs"] = {"frames": torch.cat([self.frames[:, 1:], fimg[:, None]], 1), "speed": fspeed}
         self.frames = torch.cat([self.frames[:, 1:], image[:, None]], 1)
         if bool(done.any()):
             self._fill(done, image)
-        info = dict(info) if isinstance(info, dict) else {}
         return self._obs(obs), _t(reward, self.device, torch.float32).reshape(self.num_envs), term, trunc, info
 
 
