@@ -52,6 +52,11 @@ class PPOConfig:
     target_kl: float | None = 0.05
     uncertainty_coef: float = 0.0
     normalize_advantages: bool = True
+    reward_scale: float = 1.0          # rewards are multiplied by this before GAE
+    termination_penalty: float = 0.0   # subtracted (after scaling) on terminated steps: with rewards
+                                       # that are minus a hazard, ending the episode must not pay
+    detach_critic: bool = True         # value loss does not train the shared features (policy.detach_critic)
+    value_warmup_iterations: int = 0   # first N iterations fit the critic only (BC trains no critic)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PPOConfig":
@@ -85,8 +90,10 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
     return adv, adv + values
 
 
-def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate + value loss - entropy bonus + KL(pi || reference) on one minibatch."""
+def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig, critic_only: bool = False
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate + value loss - entropy bonus + KL(pi || reference) on one minibatch
+    (``critic_only``: the value loss alone, for the critic's warm-up)."""
     mean, log_std, value = policy(**batch["obs"], noise=batch.get("noise"))
     logp = gaussian_log_prob(batch["action"], mean, log_std)
     ratio = (logp - batch["logp"]).exp()
@@ -102,6 +109,8 @@ def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig) -> tuple[torch.Tenso
         kl_ref = gaussian_kl(mean, log_std, batch["ref_mean"], batch["ref_log_std"]).mean()
         if cfg.kl_coef > 0:
             loss = loss + cfg.kl_coef * kl_ref
+    if critic_only:
+        loss = cfg.value_coef * v_loss
     with torch.no_grad():
         approx_kl = ((ratio - 1) - (logp - batch["logp"])).mean()
         clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
@@ -200,12 +209,15 @@ def rollout_targets(buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfi
     reward = buf["reward"]
     if cfg.uncertainty_coef and "uncertainty" in buf:
         reward = reward - cfg.uncertainty_coef * buf["uncertainty"]
+    reward = reward * cfg.reward_scale
+    if cfg.termination_penalty and "event" in buf:
+        reward = reward - cfg.termination_penalty * buf["event"]
     return compute_gae(reward, buf["value"], buf["done"], last_value, cfg.gamma, cfg.gae_lambda,
                        buf.get("final_value"))
 
 
 def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfig,
-               generator: torch.Generator | None = None) -> dict[str, float]:
+               generator: torch.Generator | None = None, critic_only: bool = False) -> dict[str, float]:
     """GAE on the rollout, then ``cfg.epochs`` epochs of minibatch PPO. Returns mean statistics."""
     adv, ret = rollout_targets(buf, last_value, cfg)
     flat = {k: _flatten(buf[k]) for k in ("action", "logp", "noise", "ref_mean", "ref_log_std") if k in buf}
@@ -222,7 +234,7 @@ def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch
             idx = perm[start:start + mb]
             batch = {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
                      for k, v in flat.items()}
-            loss, stats = ppo_loss(policy, batch, cfg)
+            loss, stats = ppo_loss(policy, batch, cfg, critic_only)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             if cfg.max_grad_norm:
@@ -231,7 +243,7 @@ def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             count += 1
-            if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
+            if not critic_only and cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
                 stop = True
                 break
         if stop:
@@ -282,6 +294,8 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     _freeze_norm(policy)
+    if hasattr(policy, "detach_critic"):
+        policy.detach_critic = bool(cfg.detach_critic)
     policy, optimizer = fabric.setup(policy, optimizer)
     if ref_policy is not None:
         ref_policy = _freeze_norm(ref_policy.to(fabric.device).eval())
@@ -302,7 +316,8 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
         if running is None:
             running = torch.zeros_like(buf["reward"][0])
         finished, running = episode_returns(buf["reward"], buf["done"], running)
-        stats = ppo_update(policy, optimizer, fabric, buf, last_value, cfg, gen)
+        stats = ppo_update(policy, optimizer, fabric, buf, last_value, cfg, gen,
+                           critic_only=it < cfg.value_warmup_iterations)
         stats.update(
             iteration=it,
             mean_reward=float(buf["reward"].mean()),
