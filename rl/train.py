@@ -61,10 +61,19 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     b = cfg.rl.bc
     steps = int(b.get("max_steps") or cfg.trainer.max_steps)  # this stage's own length
     dt = float(cfg.data.stride) / float(cfg.data.fps)
+    min_q = b.get("min_quality")
+    qualities = {}
+    if min_q is not None:
+        from rl.bc import segment_qualities
+
+        qualities = segment_qualities(cfg.data.shards)
     module = BCModule(pcfg.to_dict(), dt=dt, lr=float(b.lr), weight_decay=float(b.weight_decay),
                       exclude_before_disengage_s=float(b.exclude_before_disengage_s),
                       horizons_s=[float(h) for h in cfg.data.horizons], log_std_target=float(b.log_std_target),
-                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps)
+                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps,
+                      min_quality=None if min_q is None else float(min_q), qualities=qualities,
+                      human_weight=float(b.get("human_weight", 1.0)), photometric=float(b.get("photometric", 0.0)),
+                      warmup_steps=int(b.get("warmup_steps") or 0))
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
