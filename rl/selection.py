@@ -124,6 +124,13 @@ def context_pools(core, shards: str | None, val_fraction: float):
             from data.shards import expand_urls, iter_samples
 
             m = core.models
+            try:  # every window of the held-out segments (the sim's own pool keeps 4 per segment)
+                select = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
+                                           lambda sid: split_of(sid, val_fraction), max_contexts=core.cfg.max_contexts,
+                                           per_segment=core.cfg.max_contexts, grid=m.grid,
+                                           vocab_size=m.vocab_size, where=f"data.shards={shards}").to(core.device)
+            except ValueError:
+                pass
             train = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
                                       lambda sid: "val" if split_of(sid, val_fraction) == "train" else "train",
                                       max_contexts=core.cfg.max_contexts, grid=m.grid, vocab_size=m.vocab_size,
