@@ -33,10 +33,33 @@ class FrameHistoryVecEnv:
         self.frames: torch.Tensor | None = None
 
     def _context_frames(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """Decoded last K context frames [m K H W 3] of the envs in ``mask`` (learned sim only)."""
+        """Decoded last K context frames [m K H W 3] of the envs in ``mask`` (learned sim only).
+        Cached per start context (``core.ctx_index``): right after a reset an env's tokens are
+        its pool window's, so each window is decoded once, not at every episode start."""
         core = getattr(self.env, "core", None)
         if core is None or not hasattr(core, "tokens") or not hasattr(core, "decode"):
             return None
+        ctx = getattr(core, "ctx_index", None)
+        pool = getattr(core, "pool", None)
+        if ctx is not None and pool is not None:
+            if getattr(self, "_cache_pool", None) is not pool:
+                self._cache_pool, self._cache = pool, {}
+            idx = ctx[mask.to(ctx.device)].tolist()
+            missing = sorted({i for i in idx if i not in self._cache})
+            if missing:
+                sub = torch.zeros_like(mask)
+                first = {}
+                for j, i in enumerate(ctx.tolist()):
+                    if bool(mask[j]) and i in missing and i not in first:
+                        first[i] = j
+                        sub[j] = True
+                dec = self._decode_last(core, sub)
+                for row, i in enumerate(sorted(first, key=first.get)):
+                    self._cache[i] = dec[row]
+            return torch.stack([self._cache[i] for i in idx])
+        return self._decode_last(core, mask)
+
+    def _decode_last(self, core, mask: torch.Tensor) -> torch.Tensor:
         toks = core.tokens[mask.to(core.tokens.device)]  # [m Kc h w]
         kc = toks.shape[1]
         take = toks[:, max(0, kc - self.k):]

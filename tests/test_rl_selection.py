@@ -54,3 +54,22 @@ def test_keep_best_never_ships_worse_than_bc():
     shipped = Policy(bc.cfg)
     shipped.load_state_dict(kb.best_state)
     assert all(torch.equal(shipped.state_dict()[k], v) for k, v in bc.state_dict().items())
+
+
+def test_frame_history_context_cache_equals_fresh_decode():
+    """Episode starts read each start window's decoded frames from a cache: same pixels as decoding."""
+    from rl.envs import FrameHistoryVecEnv
+    from sim.learned import WorldModelVectorEnv
+
+    models, pool, veh = fake_setup(context_frames=3, stride=2)
+    venv = WorldModelVectorEnv(4, models=models, contexts=pool, vehicle=veh, stride=2, max_steps=2,
+                               termination="never", output="torch", autoreset_mode="same_step")
+    env = FrameHistoryVecEnv(venv, 2)
+    obs = env.reset(seed=0)
+    all_ = torch.ones(4, dtype=torch.bool)
+    assert torch.equal(obs["frames"], env._decode_last(venv.core, all_))
+    for _ in range(6):  # episodes of 2 steps: three rounds of resets
+        obs, _, _, trunc, _ = env.step(torch.zeros(4, 2))
+        if bool(trunc.any()):
+            assert torch.equal(obs["frames"][trunc], env._decode_last(venv.core, trunc))
+    assert len(env._cache) >= 1
