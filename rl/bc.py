@@ -15,16 +15,26 @@ noise, so it is not undone (documented choice; ``test_bc`` measures the error).
 
 Which windows count: human-driven decisions (engaged False) and engaged decisions with no
 disengagement within ``exclude_before_disengage_s`` (and not censored), so the policy does
-not clone the autopilot's mistakes that led to a takeover.
+not clone the autopilot's mistakes that led to a takeover. Optionally (``min_quality``) only
+the engaged decisions of segments whose autopilot quality (the procedural fleet's
+``meta.sim.autopilot.quality``, read once from the shards' ``meta.json``) is at least that
+value; human-driven decisions (the safety driver's takeovers: good demonstrations) are kept
+from every segment, weighted ``human_weight``.
+
+Augmentation: ``pad_prob`` (padded histories, as at episode starts) and ``photometric``
+(per-window brightness/contrast jitter of +-that fraction: the closed-loop roads differ in
+lighting from the training roads).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 
+from drivegpt.data.shards import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 
@@ -90,6 +100,41 @@ def bc_weights(batch: dict[str, Any], horizons_s: list[float] | None, exclude_s:
     return (keep & ~bad).float()
 
 
+def segment_qualities(spec) -> dict[str, float]:
+    """segment id -> autopilot quality, from the ``*.meta.json`` members of local tar shards
+    (procedural fleet: ``meta.sim.autopilot.quality``); segments without one are left out."""
+    import json
+    import tarfile
+
+    out: dict[str, float] = {}
+    for url in expand_urls(str(spec)):
+        if not str(url).endswith(".tar") or str(url).startswith("pipe:"):
+            continue
+        with tarfile.open(url) as tar:
+            for m in tar:
+                if not m.name.endswith("meta.json"):
+                    continue
+                meta = json.load(tar.extractfile(m))
+                q = (meta.get("sim") or {}).get("autopilot", {}).get("quality")
+                if q is not None:
+                    out[str(meta["segment_id"])] = float(q)
+    return out
+
+
+def photometric(frames: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-window brightness and contrast jitter of +-``amount`` (same for the window's K frames);
+    uint8 [b K H W 3] -> uint8."""
+    if amount <= 0:
+        return frames
+    b = frames.shape[0]
+    gain = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * amount
+    contrast = 1.0 + (torch.rand(b, generator=generator) * 2 - 1) * amount
+    x = frames.float()
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = (x - mean) * contrast.view(b, 1, 1, 1, 1).to(x.device) + mean * gain.view(b, 1, 1, 1, 1).to(x.device)
+    return x.clamp(0, 255).to(torch.uint8)
+
+
 def pad_history(frames: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augmentation: with probability ``prob`` per window, replace the first j frames with frame j
     (episodes start with a history padded by the first frame, as in the simulators)."""
@@ -110,9 +155,12 @@ class BCModule(L.LightningModule):
 
     def __init__(self, policy_config: dict, dt: float, lr: float = 3e-4, weight_decay: float = 1e-4,
                  exclude_before_disengage_s: float = 2.0, horizons_s: list[float] | None = None,
-                 log_std_target: float = -1.5, pad_prob: float = 0.1, max_steps: int | None = None):
+                 log_std_target: float = -1.5, pad_prob: float = 0.1, max_steps: int | None = None,
+                 min_quality: float | None = None, qualities: dict[str, float] | None = None,
+                 human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["qualities"])
+        self.qualities = dict(qualities or {})
         self.policy = Policy(PolicyConfig.from_dict(policy_config))
 
     def _prepare(self, batch):
@@ -121,11 +169,18 @@ class BCModule(L.LightningModule):
         speed = batch["speed"][:, -2].float()
         target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt)
         w = bc_weights(batch, self.hparams.horizons_s, self.hparams.exclude_before_disengage_s)
+        engaged = batch["engaged"][:, -2].bool().to(w.device)
+        if self.hparams.min_quality is not None and "segment_id" in batch:
+            q = torch.tensor([self.qualities.get(str(s), 1.0) for s in batch["segment_id"]], device=w.device)
+            w = w * (~engaged | (q >= float(self.hparams.min_quality))).float()
+        if self.hparams.human_weight != 1.0:
+            w = torch.where(engaged, w, w * float(self.hparams.human_weight))
         return frames, speed, target, w
 
     def training_step(self, batch, batch_idx):
         frames, speed, target, w = self._prepare(batch)
         frames = pad_history(frames, self.hparams.pad_prob)
+        frames = photometric(frames, float(self.hparams.photometric))
         mean, log_std, _ = self.policy(frames, speed)
         err = (mean - target).pow(2).sum(-1)
         loss = (err * w).sum() / w.sum().clamp(min=1.0)
@@ -152,6 +207,13 @@ class BCModule(L.LightningModule):
         opt = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
         if self.hparams.max_steps and self.hparams.max_steps > 0:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.hparams.max_steps))
+            total, warm = int(self.hparams.max_steps), int(self.hparams.warmup_steps or 0)
+
+            def factor(step: int) -> float:  # linear warm-up, then cosine to 0
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt

@@ -5,7 +5,9 @@
 ``autoreset_mode="same_step"``) and turns them into the policy's observation
 {"frames" [n K H W 3] uint8, "speed" [n] float32}, all on the env's device. At (auto)reset the
 history is filled from the start context the learned sim began from (the last K logged frames,
-decoded) when the env exposes it, else by repeating the first frame.
+decoded) when the env exposes it, else by repeating the first frame. ``info["final_obs"]``
+(SAME_STEP autoreset) is passed on in the policy's format: the K frames each done episode
+ended on and its final speed.
 """
 
 from __future__ import annotations
@@ -32,10 +34,33 @@ class FrameHistoryVecEnv:
         self.frames: torch.Tensor | None = None
 
     def _context_frames(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """Decoded last K context frames [m K H W 3] of the envs in ``mask`` (learned sim only)."""
+        """Decoded last K context frames [m K H W 3] of the envs in ``mask`` (learned sim only).
+        Cached per start context (``core.ctx_index``): right after a reset an env's tokens are
+        its pool window's, so each window is decoded once, not at every episode start."""
         core = getattr(self.env, "core", None)
         if core is None or not hasattr(core, "tokens") or not hasattr(core, "decode"):
             return None
+        ctx = getattr(core, "ctx_index", None)
+        pool = getattr(core, "pool", None)
+        if ctx is not None and pool is not None:
+            if getattr(self, "_cache_pool", None) is not pool:
+                self._cache_pool, self._cache = pool, {}
+            idx = ctx[mask.to(ctx.device)].tolist()
+            missing = sorted({i for i in idx if i not in self._cache})
+            if missing:
+                sub = torch.zeros_like(mask)
+                first = {}
+                for j, i in enumerate(ctx.tolist()):
+                    if bool(mask[j]) and i in missing and i not in first:
+                        first[i] = j
+                        sub[j] = True
+                dec = self._decode_last(core, sub)
+                for row, i in enumerate(sorted(first, key=first.get)):
+                    self._cache[i] = dec[row]
+            return torch.stack([self._cache[i] for i in idx])
+        return self._decode_last(core, mask)
+
+    def _decode_last(self, core, mask: torch.Tensor) -> torch.Tensor:
         toks = core.tokens[mask.to(core.tokens.device)]  # [m Kc h w]
         kc = toks.shape[1]
         take = toks[:, max(0, kc - self.k):]
@@ -70,10 +95,17 @@ class FrameHistoryVecEnv:
         term = _t(term, self.device, torch.bool).reshape(self.num_envs)
         trunc = _t(trunc, self.device, torch.bool).reshape(self.num_envs)
         done = term | trunc
+        info = dict(info) if isinstance(info, dict) else {}
+        final = info.get("final_obs")
+        if bool(done.any()) and isinstance(final, dict) and "image" in final:
+            # the observation each done episode ended on, in the policy's format (PPO bootstraps
+            # a truncated episode from its value)
+            fimg = _t(final["image"], self.device, torch.uint8)
+            fspeed = _t(final["speed"], self.device, torch.float32).reshape(self.num_envs)
+            info["final_obs"] = {"frames": torch.cat([self.frames[:, 1:], fimg[:, None]], 1), "speed": fspeed}
         self.frames = torch.cat([self.frames[:, 1:], image[:, None]], 1)
         if bool(done.any()):
             self._fill(done, image)
-        info = dict(info) if isinstance(info, dict) else {}
         return self._obs(obs), _t(reward, self.device, torch.float32).reshape(self.num_envs), term, trunc, info
 
 

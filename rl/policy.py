@@ -155,6 +155,9 @@ class Policy(nn.Module):
         nn.init.zeros_(self.actor[-1].bias)
         self.actor[-1].weight.data.mul_(0.1)
         self.norm_frozen = False
+        # RL: the critic reads the features without sending gradients into them, so value
+        # regression on a fresh critic cannot overwrite what BC taught the trunk
+        self.detach_critic = False
 
     def freeze_norm(self, frozen: bool = True) -> "Policy":
         """Keep BatchNorm on its running statistics even in train mode (RL: the batch is a set of
@@ -213,7 +216,7 @@ class Policy(nn.Module):
         s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
         h = torch.cat([z, s], dim=-1)
         mean = torch.tanh(self.actor(h))
-        value = self.critic(h).squeeze(-1)
+        value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)
         log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
         return mean, log_std, value
 

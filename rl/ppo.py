@@ -5,7 +5,9 @@ run in the learned simulator:
 
 - env (batched, on the device): ``reset(seed) -> obs`` and ``step(action [n 2]) ->
   (obs, reward [n], terminated [n], truncated [n], info)`` with gymnasium's SAME_STEP
-  autoreset (when an env is done, the returned obs is already its next episode's first obs).
+  autoreset (when an env is done, the returned obs is already its next episode's first obs,
+  and ``info["final_obs"]`` holds the observation the episode ended on, rows of the done
+  envs valid; mask ``info["_final_obs"]``).
   ``obs`` is a dict of tensors with leading dim n (e.g. {frames [n K H W 3], speed [n]}).
   ``info`` may hold per-env tensors; the loop averages the numeric ones it knows
   (``disengage``/``event`` rates, ``uncertainty``) into its statistics.
@@ -13,8 +15,12 @@ run in the learned simulator:
   ``sample_noise(n)`` (the information bottleneck) the noise sample of each step is stored,
   so the PPO ratio is evaluated on the same noisy features the action was drawn from.
 
-Truncation is treated as the end of the episode without bootstrapping (the horizon is part
-of the task); documented simplification.
+Termination vs truncation: a terminated step (a sampled disengagement) is the end of the
+return (no bootstrap). A truncated step (the sim's time limit, which the policy cannot observe)
+is not: its target bootstraps from V(final obs), ``r + gamma V(s_final)``, exactly as if the
+episode went on; GAE still stops propagating across the boundary, because the next obs in the
+buffer belongs to a new episode. An env that truncates without ``final_obs`` in its info gets
+the old terminal treatment and a one-time warning.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ class PPOConfig:
     target_kl: float | None = 0.05
     uncertainty_coef: float = 0.0
     normalize_advantages: bool = True
+    reward_scale: float = 1.0          # rewards are multiplied by this before GAE
+    termination_penalty: float = 0.0   # subtracted (after scaling) on terminated steps: with rewards
+                                       # that are minus a hazard, ending the episode must not pay
+    detach_critic: bool = True         # value loss does not train the shared features (policy.detach_critic)
+    value_warmup_iterations: int = 0   # first N iterations fit the critic only (BC trains no critic)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PPOConfig":
@@ -54,11 +65,15 @@ class PPOConfig:
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
-                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+                gamma: float, lam: float, final_values: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation.
 
-    rewards, values, dones: [T n]; ``dones[t]`` = the episode ended with step t (no bootstrap
-    from t+1); last_value [n] = V(obs after the last step). Returns (advantages, returns) [T n].
+    rewards, values, dones: [T n]; ``dones[t]`` = the episode ended with step t (terminated or
+    truncated: nothing propagates from t+1, which is a new episode); last_value [n] = V(obs
+    after the last step). ``final_values`` [T n]: the value to bootstrap from where an episode
+    was *truncated* at step t (V of its final obs; 0 where it terminated or went on).
+    Returns (advantages, returns) [T n].
     """
     T = rewards.shape[0]
     adv = torch.zeros_like(rewards)
@@ -66,14 +81,19 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
     for t in reversed(range(T)):
         next_value = last_value if t == T - 1 else values[t + 1]
         nonterminal = 1.0 - dones[t].to(rewards.dtype)
-        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        boot = next_value * nonterminal
+        if final_values is not None:
+            boot = boot + final_values[t] * (1.0 - nonterminal)
+        delta = rewards[t] + gamma * boot - values[t]
         gae = delta + gamma * lam * nonterminal * gae
         adv[t] = gae
     return adv, adv + values
 
 
-def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate + value loss - entropy bonus + KL(pi || reference) on one minibatch."""
+def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig, critic_only: bool = False
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate + value loss - entropy bonus + KL(pi || reference) on one minibatch
+    (``critic_only``: the value loss alone, for the critic's warm-up)."""
     mean, log_std, value = policy(**batch["obs"], noise=batch.get("noise"))
     logp = gaussian_log_prob(batch["action"], mean, log_std)
     ratio = (logp - batch["logp"]).exp()
@@ -89,6 +109,8 @@ def ppo_loss(policy, batch: dict[str, Any], cfg: PPOConfig) -> tuple[torch.Tenso
         kl_ref = gaussian_kl(mean, log_std, batch["ref_mean"], batch["ref_log_std"]).mean()
         if cfg.kl_coef > 0:
             loss = loss + cfg.kl_coef * kl_ref
+    if critic_only:
+        loss = cfg.value_coef * v_loss
     with torch.no_grad():
         approx_kl = ((ratio - 1) - (logp - batch["logp"])).mean()
         clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
@@ -102,13 +124,38 @@ def _noise(policy, n: int, device) -> torch.Tensor | None:
     return fn(n, device=device) if fn is not None else None
 
 
+_warned_no_final_obs = False
+
+
+def _final_values(policy, info, truncated: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """V(final obs) [n] of the envs truncated at this step (0 elsewhere), for the bootstrap."""
+    global _warned_no_final_obs
+    out = torch.zeros_like(like)
+    if not bool(truncated.any()):
+        return out
+    final = info.get("final_obs") if isinstance(info, dict) else None
+    if final is None:
+        if not _warned_no_final_obs:
+            import warnings
+
+            warnings.warn("PPO: the env truncated an episode without info['final_obs']; treating the "
+                          "time limit as terminal (no bootstrap)", stacklevel=3)
+            _warned_no_final_obs = True
+        return out
+    idx = truncated.nonzero().flatten()
+    sub = {k: v[idx] for k, v in final.items()}
+    _, _, v = policy(**sub, noise=_noise(policy, int(idx.numel()), like.device))
+    out[idx] = v.to(out.dtype)
+    return out
+
+
 @torch.no_grad()
 def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_policy=None,
                     on_step: Callable | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Run ``steps`` batched steps with the stochastic policy. Returns (buffer [T n ...], last obs)."""
     buf: dict[str, list] = {k: [] for k in ("action", "logp", "value", "reward", "done", "noise",
                                              "ref_mean", "ref_log_std", "uncertainty", "event",
-                                             "event_prob", "distance")}
+                                             "event_prob", "distance", "final_value")}
     obs_buf: dict[str, list] = {k: [] for k in obs}
     for _ in range(steps):
         n = next(iter(obs.values())).shape[0]
@@ -124,7 +171,9 @@ def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_p
         for k, v in obs.items():
             obs_buf[k].append(v)
         next_obs, reward, terminated, truncated, info = env.step(action.clamp(-1.0, 1.0))
+        terminated, truncated = terminated.bool(), truncated.bool() & ~terminated.bool()
         done = terminated | truncated
+        buf["final_value"].append(_final_values(policy, info, truncated, value))
         buf["action"].append(action)
         buf["logp"].append(logp)
         buf["value"].append(value)
@@ -154,13 +203,23 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfig,
-               generator: torch.Generator | None = None) -> dict[str, float]:
-    """GAE on the rollout, then ``cfg.epochs`` epochs of minibatch PPO. Returns mean statistics."""
+def rollout_targets(buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfig
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, value targets) [T n] of a rollout: GAE with the truncation bootstrap."""
     reward = buf["reward"]
     if cfg.uncertainty_coef and "uncertainty" in buf:
         reward = reward - cfg.uncertainty_coef * buf["uncertainty"]
-    adv, ret = compute_gae(reward, buf["value"], buf["done"], last_value, cfg.gamma, cfg.gae_lambda)
+    reward = reward * cfg.reward_scale
+    if cfg.termination_penalty and "event" in buf:
+        reward = reward - cfg.termination_penalty * buf["event"]
+    return compute_gae(reward, buf["value"], buf["done"], last_value, cfg.gamma, cfg.gae_lambda,
+                       buf.get("final_value"))
+
+
+def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch.Tensor, cfg: PPOConfig,
+               generator: torch.Generator | None = None, critic_only: bool = False) -> dict[str, float]:
+    """GAE on the rollout, then ``cfg.epochs`` epochs of minibatch PPO. Returns mean statistics."""
+    adv, ret = rollout_targets(buf, last_value, cfg)
     flat = {k: _flatten(buf[k]) for k in ("action", "logp", "noise", "ref_mean", "ref_log_std") if k in buf}
     flat["obs"] = {k: _flatten(v) for k, v in buf["obs"].items()}
     flat["adv"], flat["ret"] = _flatten(adv), _flatten(ret)
@@ -175,7 +234,7 @@ def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch
             idx = perm[start:start + mb]
             batch = {k: (v[idx] if isinstance(v, torch.Tensor) else {kk: vv[idx] for kk, vv in v.items()})
                      for k, v in flat.items()}
-            loss, stats = ppo_loss(policy, batch, cfg)
+            loss, stats = ppo_loss(policy, batch, cfg, critic_only)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             if cfg.max_grad_norm:
@@ -184,7 +243,7 @@ def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             count += 1
-            if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
+            if not critic_only and cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
                 stop = True
                 break
         if stop:
@@ -235,6 +294,8 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     _freeze_norm(policy)
+    if hasattr(policy, "detach_critic"):
+        policy.detach_critic = bool(cfg.detach_critic)
     policy, optimizer = fabric.setup(policy, optimizer)
     if ref_policy is not None:
         ref_policy = _freeze_norm(ref_policy.to(fabric.device).eval())
@@ -255,7 +316,8 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
         if running is None:
             running = torch.zeros_like(buf["reward"][0])
         finished, running = episode_returns(buf["reward"], buf["done"], running)
-        stats = ppo_update(policy, optimizer, fabric, buf, last_value, cfg, gen)
+        stats = ppo_update(policy, optimizer, fabric, buf, last_value, cfg, gen,
+                           critic_only=it < cfg.value_warmup_iterations)
         stats.update(
             iteration=it,
             mean_reward=float(buf["reward"].mean()),

@@ -108,3 +108,45 @@ def test_bc_learns_actions_from_frames():
     # policy_frames picks the frames ending at the decision frame
     f = torch.arange(4).view(1, 4, 1, 1, 1).expand(1, 4, 2, 2, 3).to(torch.uint8)
     assert policy_frames(f, 2)[0, :, 0, 0, 0].tolist() == [1, 2]
+
+
+def test_min_quality_and_human_weight_select_windows():
+    """Engaged windows of low-quality autopilot segments drop out; human takeovers stay (weighted)."""
+    from drivegpt.rl.bc import BCModule
+    from drivegpt.rl.policy import PolicyConfig
+
+    pc = PolicyConfig(context_frames=1, frame_height=8, frame_width=16, channels=(4, 4), extra_blocks=0,
+                      pool_grid=(1, 1), frame_features=4, bottleneck_dim=4, hidden=8).to_dict()
+    m = BCModule(pc, dt=0.2, min_quality=0.6, qualities={"good": 0.9, "bad": 0.3}, human_weight=2.0)
+    kw = 3
+    engaged = torch.tensor([[True] * kw, [True] * kw, [False] * kw])
+    batch = {"frames": torch.zeros(3, kw, 8, 16, 3, dtype=torch.uint8), "rel_pose": torch.zeros(3, kw, 6),
+             "speed": torch.full((3, kw), 10.0), "engaged": engaged, "segment_id": ["good", "bad", "bad"]}
+    _, _, _, w = m._prepare(batch)
+    assert w.tolist() == [1.0, 0.0, 2.0]
+
+
+def test_photometric_keeps_shape_and_dtype_and_changes_frames():
+    from drivegpt.rl.bc import photometric
+
+    f = torch.full((4, 2, 8, 16, 3), 100, dtype=torch.uint8)
+    f[..., 0] = 50
+    g = photometric(f, 0.3, torch.Generator().manual_seed(0))
+    assert g.shape == f.shape and g.dtype == torch.uint8 and not torch.equal(g, f)
+    assert torch.equal(photometric(f, 0.0), f)
+
+
+def test_segment_qualities_read_from_fleet_meta(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from drivegpt.rl.bc import segment_qualities
+
+    with tarfile.open(tmp_path / "s-000000.tar", "w") as tar:
+        for sid, q in (("proc_000000", 0.25), ("proc_000001", 0.9)):
+            data = json.dumps({"segment_id": sid, "sim": {"autopilot": {"quality": q}}}).encode()
+            info = tarfile.TarInfo(f"{sid}.meta.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert segment_qualities(str(tmp_path / "s-000000.tar")) == {"proc_000000": 0.25, "proc_000001": 0.9}

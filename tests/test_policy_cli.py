@@ -98,6 +98,15 @@ def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
     assert (run_dir / "videos" / "rollout_00000.gif").exists() and (run_dir / "videos" / "final_best.gif").exists()
     p = load_policy(run_dir)
     assert p.checkpoint_meta["stage"] == "rl"
+    # keep-the-best: BC (-1) and every iterate scored on held-out contexts; the best one ships
+    sel = json.loads((run_dir / "rl_selection.json").read_text())
+    assert [s["iteration"] for s in sel] == [-1, 0, 1, 2]
+    best = min(sel, key=lambda s: s["predicted_per_100km"])
+    assert m["rl/selected_iteration"] == best["iteration"]
+    assert m["rl/select_best_per_100km"] <= m["rl/select_bc_per_100km"]
+    if best["iteration"] == -1:
+        bc = load_policy(bc_run)
+        assert all(torch.equal(p.state_dict()[k], v) for k, v in bc.state_dict().items())
     # resume: nothing left to do, the history is kept
     assert main(args + ["trainer.ckpt_path=last"]) == 0
     assert len(json.loads((run_dir / "rl_history.json").read_text())) == 3

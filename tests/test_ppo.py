@@ -25,7 +25,8 @@ class LaneToy:
     """1-D lane keeping, batched in torch: lateral offset y, heading psi; action[0] = curvature.
 
     y' = v psi, psi' = v kappa + gust; reward = 1 - (y/0.5)^2 per step (clipped at -1);
-    terminated ("disengagement") when |y| > 1.5 m; truncated after 40 steps. SAME_STEP autoreset.
+    terminated ("disengagement") when |y| > 1.5 m; truncated after 40 steps. SAME_STEP autoreset
+    (``info["final_obs"]``).
     action[1] (accel) is ignored.
     """
 
@@ -61,9 +62,11 @@ class LaneToy:
         term = self.y.abs() > 1.5
         trunc = (self.t >= self.horizon) & ~term
         done = term | trunc
+        info = {"uncertainty": torch.zeros(self.n)}
         if done.any():
+            info.update(final_obs=self._obs(), _final_obs=done)
             self._init(done)
-        return self._obs(), reward, term, trunc, {"uncertainty": torch.zeros(self.n)}
+        return self._obs(), reward, term, trunc, info
 
 
 class MLPPolicy(nn.Module):
@@ -119,3 +122,119 @@ def test_kl_regulariser_keeps_policy_near_reference():
     h_far = train_ppo(far, LaneToy(16), PPOConfig(**{**cfg.__dict__, "kl_coef": 0.0}), ref_policy=ref, seed=1)
     h_near = train_ppo(near, LaneToy(16), PPOConfig(**{**cfg.__dict__, "kl_coef": 50.0}), ref_policy=ref, seed=1)
     assert h_near[-1]["kl_to_ref"] < h_far[-1]["kl_to_ref"]
+
+
+class ConstantRewardToy:
+    """Reward 1 every step; the obs is the step count; truncated after ``horizon`` steps, and
+    env 1 (of 2) terminates at step 3 instead. SAME_STEP autoreset with ``info["final_obs"]``."""
+
+    def __init__(self, horizon=5):
+        self.n, self.horizon = 2, horizon
+
+    def _obs(self):
+        return {"state": torch.stack([self.t.float(), torch.zeros(self.n)], -1)}
+
+    def reset(self, seed=0):
+        self.t = torch.zeros(self.n, dtype=torch.long)
+        return self._obs()
+
+    def step(self, action):
+        self.t += 1
+        term = torch.tensor([False, True]) & (self.t == 3)
+        trunc = (self.t >= self.horizon) & ~term
+        final = self._obs()
+        done = term | trunc
+        self.t[done] = 0
+        info = {"final_obs": final, "_final_obs": done} if bool(done.any()) else {}
+        return self._obs(), torch.ones(self.n), term, trunc, info
+
+
+class ConstantValuePolicy(MLPPolicy):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, state, noise=None):
+        mean, log_std, _ = super().forward(state)
+        return mean, log_std, torch.full((state.shape[0],), float(self.value))
+
+
+def test_truncation_bootstraps_from_final_value():
+    """Issue 16: the time limit is not the end of the return. With reward 1 and V = 1/(1-gamma)
+    everywhere (the true value of an endless episode), the value target of a truncated step is
+    1 + gamma V (the bootstrap), of a terminated step 1, of every other step 1 + gamma V too."""
+    from drivegpt.rl.ppo import collect_rollout, rollout_targets
+
+    gamma = 0.9
+    v = 1.0 / (1.0 - gamma)
+    cfg = PPOConfig(gamma=gamma, gae_lambda=0.95)
+    policy = ConstantValuePolicy(v)
+    env = ConstantRewardToy(horizon=5)
+    obs = env.reset()
+    buf, obs = collect_rollout(policy, env, obs, steps=8)
+    _, _, last = policy(**obs)
+    adv, ret = rollout_targets(buf, last, cfg)
+    trunc_steps = buf["done"][:, 0].nonzero().flatten().tolist()
+    assert trunc_steps == [4], trunc_steps  # env 0 hits the limit at its 5th step
+    # env 0 never terminates: every target is the bootstrapped one, every advantage 0
+    assert torch.allclose(ret[:, 0], torch.full((8,), 1.0 + gamma * v)), ret[:, 0]
+    assert torch.allclose(adv[:, 0], torch.zeros(8), atol=1e-5)
+    # env 1 terminates at its 3rd step (index 2): no bootstrap there
+    assert bool(buf["done"][2, 1]) and float(ret[2, 1]) == 1.0
+
+
+def test_truncation_without_final_obs_is_terminal_and_warns():
+    import warnings
+
+    import drivegpt.rl.ppo as ppo
+
+    class NoFinal(ConstantRewardToy):
+        def step(self, action):
+            o, r, te, tr, _ = super().step(action)
+            return o, r, te, tr, {}
+
+    ppo._warned_no_final_obs = False
+    policy = ConstantValuePolicy(10.0)
+    env = NoFinal()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        buf, obs = ppo.collect_rollout(policy, env, env.reset(), steps=6)
+    assert any("final_obs" in str(x.message) for x in w)
+    _, ret = ppo.rollout_targets(buf, torch.full((2,), 10.0), PPOConfig(gamma=0.9))
+    assert float(ret[4, 0]) == 1.0
+
+
+def test_frame_history_env_passes_final_obs_in_policy_format():
+    """The learned sim's SAME_STEP final image becomes the K-frame final obs PPO bootstraps from."""
+    from drivegpt.rl.envs import FrameHistoryVecEnv
+
+    class Inner:
+        num_envs = 2
+
+        def __init__(self):
+            self.t = 0
+
+        def reset(self, seed=None):
+            self.t = 0
+            return {"image": torch.zeros(2, 2, 2, 3, dtype=torch.uint8), "speed": torch.ones(2, 1)}, {}
+
+        def step(self, action):
+            self.t += 1
+            img = torch.full((2, 2, 2, 3), self.t, dtype=torch.uint8)
+            trunc = torch.tensor([self.t == 2, False])
+            info = {}
+            if bool(trunc.any()):
+                info = {"final_obs": {"image": img.clone(), "speed": torch.full((2, 1), 7.0)},
+                        "_final_obs": trunc}
+                img[0] = 100  # env 0's next episode starts
+            return {"image": img, "speed": torch.ones(2, 1)}, torch.zeros(2), torch.zeros(2, dtype=torch.bool), trunc, info
+
+    env = FrameHistoryVecEnv(Inner(), context_frames=3)
+    env.reset()
+    env.step(torch.zeros(2, 2))
+    obs, _, _, trunc, info = env.step(torch.zeros(2, 2))
+    assert bool(trunc[0])
+    f = info["final_obs"]["frames"][0]
+    assert f[:, 0, 0, 0].tolist() == [0, 1, 2]  # the history the episode ended on
+    assert float(info["final_obs"]["speed"][0]) == 7.0
+    assert obs["frames"][0, :, 0, 0, 0].tolist() == [100, 100, 100]  # the new episode's padded history

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from drivegpt import tracking
 from drivegpt.data.datamodule import FleetDataModule
-from drivegpt.rl.bc import BCModule
+from drivegpt.rl.bc import BCModule, segment_qualities
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
 from drivegpt.rl.ppo import PPOConfig, train_ppo
+from drivegpt.rl.selection import KeepBest, context_pools, scoring_env, sim_score
 from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, read_json, write_metrics
@@ -68,10 +69,15 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     b = cfg.rl.bc
     steps = int(b.get("max_steps") or cfg.trainer.max_steps)  # this stage's own length
     dt = float(cfg.data.stride) / float(cfg.data.fps)
+    min_q = b.get("min_quality")
+    qualities = segment_qualities(cfg.data.shards) if min_q is not None else {}
     module = BCModule(pcfg.to_dict(), dt=dt, lr=float(b.lr), weight_decay=float(b.weight_decay),
                       exclude_before_disengage_s=float(b.exclude_before_disengage_s),
                       horizons_s=[float(h) for h in cfg.data.horizons], log_std_target=float(b.log_std_target),
-                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps)
+                      pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps,
+                      min_quality=None if min_q is None else float(min_q), qualities=qualities,
+                      human_weight=float(b.get("human_weight", 1.0)), photometric=float(b.get("photometric", 0.0)),
+                      warmup_steps=int(b.get("warmup_steps") or 0))
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
@@ -161,6 +167,20 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     if tuple(env.env.single_observation_space["image"].shape) != tuple(bc.obs_shape[1:]):
         raise ValueError(f"{bc_path}: policy frames {list(bc.obs_shape[1:])} but the learned sim "
                          f"renders {list(env.env.single_observation_space['image'].shape)}")
+    # keep-the-best (rl.selection): PPO starts from training-segment contexts, BC and every
+    # iterate are scored on held-out ones with common random numbers, the best one ships
+    sel_cfg = dict(OmegaConf.to_container(cfg.rl.get("select") or {}, resolve=True))
+    selector = scorer = None
+    sel_seed, sel_steps, sel_every = int(cfg.seed) + 20_000, int(sel_cfg.get("steps") or settings.get("max_steps", 50)), 1
+    if sel_cfg.get("enabled", True):
+        core = env.env.core
+        train_pool, select_pool, how = context_pools(core, settings.get("shards"), float(settings["val_fraction"]))
+        core.pool = train_pool
+        scorer = scoring_env(core, int(sel_cfg.get("envs", 16)), select_pool, bc.cfg.context_frames)
+        sel_every = max(1, int(sel_cfg.get("every", 1)))
+        selector = KeepBest()
+        print(f"rl: keep-the-best, {how}")
+        selector.offer(-1, bc, sim_score(bc, scorer, sel_seed, sel_steps))
     policy = copy.deepcopy(bc)
     start, opt_state = 0, None
     state_path = run_dir / "checkpoints" / "rl_state.pt"
@@ -179,12 +199,16 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
             rec["frames"].append(frame_for_video(obs, info))
 
     def on_iteration(it, stats, optimizer):
-        logger.log(it, stats)
         if rec["frames"]:
             paths = write_video(run_dir / "videos" / f"rollout_{it:05d}", np.stack(rec["frames"]))
             logger.video(it, paths)
             rec["frames"] = []
         rec["it"] = it + 1
+        if selector is not None and ((it + 1) % sel_every == 0 or it + 1 == pcfg.iterations):
+            sc = sim_score(policy, scorer, sel_seed, sel_steps)
+            better = selector.offer(it, policy, sc)
+            stats.update({f"select_{k}": v for k, v in sc.items()}, select_best=float(better))
+        logger.log(it, stats)
         raw = getattr(policy, "module", policy)
         with atomic_path(state_path) as tmp:
             torch.save({"policy": raw.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it}, tmp)
@@ -201,6 +225,22 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     policy = getattr(policy, "module", policy)
     policy.eval()
     hist = logger.history
+    last_state = copy.deepcopy(policy.state_dict())
+    sel_metrics = {}
+    if selector is not None:
+        h0 = selector.history[0]
+        last = selector.history[-1]
+        policy.load_state_dict(selector.best_state)  # BC's weights when no iterate beat it
+        sel_metrics = {"rl/selected_iteration": selector.best_iteration,
+                       "rl/select_bc_per_100km": h0["predicted_per_100km"],
+                       "rl/select_last_per_100km": last["predicted_per_100km"],
+                       "rl/select_best_per_100km": selector.best_score,
+                       "rl/select_bc_mean_speed": h0["mean_speed"],
+                       "rl/select_best_mean_speed": next(h["mean_speed"] for h in selector.history
+                                                          if h["iteration"] == selector.best_iteration)}
+        atomic_write_json(run_dir / "rl_selection.json", selector.history)
+        with atomic_path(run_dir / "last_iterate.pt") as tmp:
+            torch.save(last_state, tmp)
     # deterministic rollouts of the final and the BC policy in the learned sim: best/worst videos
     steps = int(settings.get("max_steps", 50))
     final = final_rollouts(policy, env, steps, seed=int(cfg.seed) + 10_000)
@@ -217,7 +257,8 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                "rl/env_steps": len(hist) * pcfg.num_envs * pcfg.rollout_steps,
                "rl/sim_predicted_per_100km": final["predicted_per_100km"],
                "rl/bc_sim_predicted_per_100km": base["predicted_per_100km"],
-               "rl/sim_return": float(final["returns"].mean()), "rl/bc_sim_return": float(base["returns"].mean())}
+               "rl/sim_return": float(final["returns"].mean()), "rl/bc_sim_return": float(base["returns"].mean()),
+               **sel_metrics}
     metrics["return_mean"] = metrics["rl/sim_return"]  # the pipeline's headline name
     for key in ("episode_return", "event_rate", "kl_to_ref", "uncertainty", "predicted_per_100km"):
         a, z = first_last(key)

@@ -104,9 +104,9 @@ class WorldModelVectorEnv(VectorEnv):
                 info["_final_obs"] = done.clone()
                 core.reset(done, None)
                 tokens, speed = core.current()
-                fresh = batch_obs(core, tokens, speed)
-                obs = {k: torch.where(done.view(-1, *[1] * (v.ndim - 1)), fresh[k], v)
-                       for k, v in obs.items()}
+                idx = done.nonzero().flatten()
+                fresh = batch_obs(core, tokens[idx], speed[idx])  # decode only the reset envs
+                obs = {k: v.index_copy(0, idx, fresh[k].to(v.dtype)) for k, v in obs.items()}
         self._last_obs = obs
         return self._out(obs), self._out(reward), self._out(term), self._out(trunc), self._out(info)
 

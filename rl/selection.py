@@ -1,0 +1,154 @@
+"""Keep-the-best for RL: score BC and every PPO iterate in the learned sim on held-out start
+contexts with common random numbers, and ship the best (never one its own evaluation scores
+worse than BC).
+
+- Contexts: PPO trains from start windows of the world model's *training* segments
+  (``train_pool``); the selection score uses the held-out (val) segments' windows, which PPO
+  never starts from. Neither is the closed-loop evaluation's road-world seeds (``rl.evaluate``
+  drives seeds from 1,000,000), which stay the final judge and are never used for selection.
+- Common random numbers: every candidate is scored by ``sim_score`` from ``reset(seed=s)`` with
+  the same seed, so the start contexts, the world model's sampling generator and the
+  counter-based termination draws are the same for BC and every iterate; only the actions
+  differ.
+- Score: the learned sim's predicted disengagements per 100 km (sum over steps of the per-step
+  event probability 1 - prod_c (1 - q_c), divided by the distance driven), deterministic policy
+  (bottleneck at its mean, the Gaussian's mean), ``termination="never"`` in the scoring sim so
+  every candidate drives the same number of steps (the expectation instead of a sampled
+  episode end: lower variance). Lower is better.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from drivegpt.rl.envs import FrameHistoryVecEnv
+from drivegpt.sim.learned import WorldModelVectorEnv
+from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples
+
+
+def split_contexts(pool, select_ids: set[str] | None = None):
+    """Split a ContextPool by segment: (the windows whose segment is in ``select_ids``, the rest).
+    With ``select_ids`` None: every other segment (sorted ids), or every other window when the
+    pool has a single segment (documented fallback: then windows of one segment are on both sides).
+    """
+    ids = sorted(set(pool.segment_ids))
+    if select_ids is None:
+        select_ids = set(ids[1::2]) if len(ids) > 1 else set()
+    if select_ids:
+        sel = [i for i, s in enumerate(pool.segment_ids) if s in select_ids]
+    else:
+        sel = list(range(1, len(pool), 2))
+    rest = [i for i in range(len(pool)) if i not in set(sel)]
+    if not sel or not rest:
+        raise ValueError(f"cannot split {len(pool)} start contexts from {len(ids)} segment(s) into two sets")
+
+    def sub(idx):
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return ContextPool(pool.tokens[t], pool.rel_pose[t], pool.speed[t],
+                           [pool.segment_ids[i] for i in idx], [pool.starts[i] for i in idx],
+                           pool.context_frames)
+
+    return sub(sel), sub(rest)
+
+
+@torch.no_grad()
+def sim_score(policy, env, seed: int, steps: int) -> dict[str, float]:
+    """Deterministic rollouts of all envs from ``reset(seed)`` for ``steps`` steps (CRN: same seed
+    -> same contexts and random draws for every policy). Only each env's first episode counts.
+
+    Returns predicted_per_100km (lower is better), return (mean per env), km, event_prob (mean per
+    step) and mean_speed (m/s)."""
+    was_training = policy.training
+    policy.eval()
+    obs = env.reset(seed=seed)
+    n = env.num_envs
+    dev = next(iter(obs.values())).device
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    ret = torch.zeros(n, device=dev)
+    events = dist = count = speed = 0.0
+    for _ in range(steps):
+        mean, _, _ = policy(**obs)
+        nobs, r, term, trunc, info = env.step(mean)
+        a = alive.float()
+        ret += r.to(dev) * a
+        q = 1 - (1 - torch.as_tensor(info["event_probs"], device=dev).clamp(0, 1)).prod(-1)
+        events += float((q * a).sum())
+        dist += float((torch.as_tensor(info["distance"], device=dev) * a).sum())
+        speed += float((obs["speed"].reshape(n).to(dev) * a).sum())
+        count += float(a.sum())
+        alive &= ~(term | trunc).to(dev)
+        obs = nobs
+        if not bool(alive.any()):
+            break
+    policy.train(was_training)
+    km = dist / 1000.0
+    return {"predicted_per_100km": events / km * 100.0 if km > 0 else float("inf"),
+            "return": float(ret.mean()), "km": km, "event_prob": events / max(count, 1.0),
+            "mean_speed": speed / max(count, 1.0)}
+
+
+@dataclass
+class KeepBest:
+    """Tracks the best-scoring candidate (lowest ``key``); BC is candidate -1."""
+
+    key: str = "predicted_per_100km"
+    best_score: float = math.inf
+    best_iteration: int | None = None
+    best_state: dict[str, Any] | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def offer(self, iteration: int, policy, score: dict[str, float]) -> bool:
+        s = float(score[self.key])
+        self.history.append({"iteration": iteration, **score})
+        if not math.isfinite(s) or s >= self.best_score:
+            return False
+        raw = getattr(policy, "module", policy)
+        self.best_score, self.best_iteration = s, iteration
+        self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in raw.state_dict().items()})
+        return True
+
+
+def context_pools(core, shards: str | None, val_fraction: float):
+    """(train pool, selection pool, description). Selection: the sim's held-out (val) windows
+    already in ``core.pool``; training: windows of the world model's training segments, or, when
+    there are none (or no shards), every other val segment (``split_contexts``)."""
+    select = core.pool
+    if shards:
+        try:
+            from drivegpt.data.loaders import split_of
+            from drivegpt.data.shards import expand_urls, iter_samples
+
+            m = core.models
+            try:  # every window of the held-out segments (the sim's own pool keeps 4 per segment)
+                select = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
+                                           lambda sid: split_of(sid, val_fraction), max_contexts=core.cfg.max_contexts,
+                                           per_segment=core.cfg.max_contexts, grid=m.grid,
+                                           vocab_size=m.vocab_size, where=f"data.shards={shards}").to(core.device)
+            except ValueError:
+                pass
+            train = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
+                                      lambda sid: "val" if split_of(sid, val_fraction) == "train" else "train",
+                                      max_contexts=core.cfg.max_contexts, grid=m.grid, vocab_size=m.vocab_size,
+                                      where=f"data.shards={shards}")
+            return (train.to(core.device), select,
+                    f"train: {len(train)} windows of {len(set(train.segment_ids))} training segments; "
+                    f"select: {len(select)} windows of {len(set(select.segment_ids))} held-out segments")
+        except ValueError:
+            pass
+    sel, train = split_contexts(select)
+    return (train, sel, f"train: {len(train)} held-out windows, select: {len(sel)} others "
+                        f"(no training-segment windows)")
+
+
+def scoring_env(core, num_envs: int, pool, context_frames: int):
+    """A learned sim sharing ``core``'s models, starting from ``pool``, ``termination="never"``."""
+    cfg = copy.copy(core.cfg)
+    cfg.termination = "never"
+    env = WorldModelVectorEnv(num_envs=num_envs, config=cfg, models=core.models, contexts=pool,
+                              vehicle=core.vehicle, output="torch", autoreset_mode="same_step")
+    return FrameHistoryVecEnv(env, context_frames)
