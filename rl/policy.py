@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import nn
 
 from drivegpt.checkpoints import POLICY, read_artifact, save_artifact
+from drivegpt.settings import check_keys, plain
 
 CHECKPOINT_KIND = POLICY
 POLICY_FILE = "policy.pt"
@@ -73,11 +74,8 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PolicyConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"PolicyConfig: unknown keys {sorted(unknown)}")
+        d = plain(d)
+        check_keys(d, {f.name for f in fields(cls)}, "rl.policy")
         for key in ("channels", "pool_grid"):
             if key in d:
                 d[key] = tuple(int(c) for c in d[key])

@@ -20,12 +20,24 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from drivegpt.checkpoints import TOKENIZER, read_artifact, save_artifact
+from drivegpt.settings import check_keys
 from drivegpt.tokenizer.quantizers import build_quantizer
 
 CHECKPOINT_KIND = TOKENIZER
 # Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
 SHAPE_KEYS = ("frame_height", "frame_width", "downsample", "quantizer", "codebook_size", "embed_dim",
               "channels", "channel_mult", "res_blocks")
+
+
+# The names of the ``tokenizer`` config group (values and defaults: configs/tokenizer/default.yaml).
+CONFIG_SCHEMA = {
+    **dict.fromkeys(("frame_height", "frame_width", "downsample", "channels", "channel_mult", "res_blocks",
+                     "embed_dim", "quantizer", "codebook_size", "train_steps", "image_every_n_steps")),
+    "vq": dict.fromkeys(("decay", "commitment", "kmeans_init", "kmeans_iters", "dead_after", "l2_normalize")),
+    "fsq": dict.fromkeys(("levels",)),
+    "loss": dict.fromkeys(("l1", "mse", "ssim", "gradient", "gan", "gan_start", "disc_channels", "disc_layers")),
+    "optim": dict.fromkeys(("lr", "disc_lr", "betas", "weight_decay", "warmup_steps")),
+}
 
 
 class TokenizerInputError(ValueError):
@@ -114,6 +126,7 @@ class Tokenizer(nn.Module):
     def __init__(self, cfg: Mapping[str, Any] | DictConfig):
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        check_keys(cfg, CONFIG_SCHEMA, "tokenizer")
         self.cfg = cfg
         h, w, f = int(cfg.frame_height), int(cfg.frame_width), int(cfg.downsample)
         if h % f or w % f:

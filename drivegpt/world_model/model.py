@@ -47,6 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from drivegpt.settings import typed
+
 
 @dataclass
 class WorldModelConfig:
@@ -92,8 +94,8 @@ class WorldModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WorldModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in dict(d).items() if k in known})
+        """From a config/checkpoint mapping; an unknown key raises naming it."""
+        return typed(cls, d, "world_model")
 
 
 class KVCache:
