@@ -21,6 +21,7 @@ from torch import nn
 
 from drivegpt.checkpoints import TOKENIZER, read_artifact, save_artifact
 from drivegpt.settings import check_keys
+from drivegpt.tokenizer.losses import ReconstructionLoss
 from drivegpt.tokenizer.quantizers import build_quantizer
 
 CHECKPOINT_KIND = TOKENIZER
@@ -136,6 +137,9 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = build_quantizer(cfg, int(cfg.embed_dim))
         self.decoder = Decoder(cfg)
+        loss = cfg.get("loss") or {}
+        self.rec_loss = ReconstructionLoss(loss.get("l1", 1.0), loss.get("mse", 1.0), loss.get("ssim", 0.0),
+                                           loss.get("gradient", 0.0))  # no parameters or buffers
 
     @property
     def vocab_size(self) -> int:
@@ -195,6 +199,18 @@ class Tokenizer(nn.Module):
         feats = self.embed(tokens)
         dtype = next(self.decoder.parameters()).dtype
         return to_uint8(self.decoder(rearrange(feats, "b h w d -> b d h w").to(dtype)))
+
+    def compute_loss(self, batch: torch.Tensor, outputs: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """The trainable contract (drivegpt.trainable): reconstruction (L1 + MSE + SSIM + gradient,
+        weights ``tokenizer.loss.*``) + commitment, on float frames [b, 3, h, w] in [-1, 1].
+        ``outputs`` receives ``recon`` and ``indices`` (the adversarial term and code usage)."""
+        recon, indices, q_loss = self(batch)
+        parts = self.rec_loss(recon, batch)
+        loss = parts["rec"] + q_loss
+        parts.update(commit=q_loss, loss=loss)
+        if outputs is not None:
+            outputs.update(recon=recon, indices=indices)
+        return loss, parts
 
     @torch.no_grad()
     def reconstruct(self, frames) -> tuple[torch.Tensor, torch.Tensor]:
