@@ -101,7 +101,8 @@ def _key(override: str) -> str:
 
 def forwarded(user_overrides: list[str], stage_cfg: DictConfig) -> list[str]:
     """The user's overrides that apply to a stage (a key its config has, or a group choice)."""
-    groups = {"experiment", "data", "sim", "tokenizer", "world_model", "rl", "export", "trainer", "logger"}
+    groups = {"experiment", "data", "sim", "learned_sim", "tokenizer", "world_model", "rl", "export", "trainer",
+              "logger"}
     out = []
     for o in user_overrides:
         k = _key(o)

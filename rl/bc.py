@@ -181,12 +181,10 @@ class BCModule(L.LightningModule):
         frames, speed, target, w = self._prepare(batch)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
-        mean, log_std, _ = self.policy(frames, speed)
-        err = (mean - target).pow(2).sum(-1)
-        loss = (err * w).sum() / w.sum().clamp(min=1.0)
-        loss = loss + 0.01 * (log_std - self.hparams.log_std_target).pow(2).mean()
+        loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "target": target, "weight": w},
+                                               log_std_target=self.hparams.log_std_target)
         self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
-        self.log("train/kept_fraction", w.mean(), batch_size=frames.shape[0])
+        self.log("train/kept_fraction", parts["kept_fraction"], batch_size=frames.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from drivegpt.settings import plain
 from drivegpt.sim.learned import WorldModelVectorEnv
 
 
@@ -110,15 +112,15 @@ class FrameHistoryVecEnv:
 
 
 def learned_sim_settings(cfg) -> dict[str, Any]:
-    """LearnedSimConfig overrides for RL from a stage config (``rl.sim`` + world model + shards)."""
-    from omegaconf import OmegaConf
-
-    s = dict(OmegaConf.to_container(cfg.rl.sim, resolve=True)) if cfg.rl.get("sim") is not None else {}
+    """LearnedSimConfig settings for RL from a stage config: the ``learned_sim`` group, ``rl.sim``
+    on top (RL's own episode settings), the world model and the token shards."""
+    s = plain(cfg.get("learned_sim"))
+    s.update(plain(cfg.rl.get("sim")))
     if cfg.get("world_model_checkpoint"):
         s["checkpoint"] = str(cfg.world_model_checkpoint)
     shards = cfg.data.get("shards") if "shards" in cfg.data else None
-    if shards and shards != "???":
-        s.setdefault("shards", str(shards))
+    if shards and shards != "???" and not s.get("shards"):
+        s["shards"] = str(shards)
     s.setdefault("val_fraction", float(cfg.data.val_fraction))
     s.setdefault("fps", float(cfg.data.fps))
     s.setdefault("stride", int(cfg.data.stride))

@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import nn
 
 from drivegpt.checkpoints import POLICY, read_artifact, save_artifact
+from drivegpt.settings import check_keys, plain
 
 CHECKPOINT_KIND = POLICY
 POLICY_FILE = "policy.pt"
@@ -73,11 +74,8 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PolicyConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"PolicyConfig: unknown keys {sorted(unknown)}")
+        d = plain(d)
+        check_keys(d, {f.name for f in fields(cls)}, "rl.policy")
         for key in ("channels", "pool_grid"):
             if key in d:
                 d[key] = tuple(int(c) for c in d[key])
@@ -250,6 +248,20 @@ class Policy(nn.Module):
             return mean
         eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
         return (mean + log_std.exp() * eps).clamp(-1.0, 1.0)
+
+    def compute_loss(self, batch: dict, *, log_std_target: float = -1.5,
+                     log_std_weight: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The trainable contract (drivegpt.trainable) for supervised actions (behaviour cloning).
+
+        ``batch``: frames uint8 [b,K,H,W,3], speed [b], target normalized actions [b,2], weight [b]
+        (0 drops a sample). Loss = weighted mean squared error of the mean action + a pull of
+        log_std toward ``log_std_target`` (exploration kept for RL)."""
+        mean, log_std, _ = self(batch["frames"], batch["speed"])
+        w = batch["weight"]
+        action = ((mean - batch["target"]).pow(2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+        prior = (log_std - log_std_target).pow(2).mean()
+        loss = action + log_std_weight * prior
+        return loss, {"loss": loss, "action_mse": action, "log_std_prior": prior, "kept_fraction": w.mean()}
 
     def export_module(self) -> nn.Module:
         """Deterministic deployable module: (frames uint8 [1 K H W 3], speed f32 [1 1]) -> action f32 [1 2]."""

@@ -26,12 +26,13 @@ the old terminal treatment and a one-time warning.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from drivegpt.rl.policy import gaussian_entropy, gaussian_kl, gaussian_log_prob
+from drivegpt.settings import typed
 
 
 @dataclass
@@ -60,8 +61,12 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PPOConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(d or {}).items() if k in known})
+        """From ``rl.ppo`` (less the stage's runtime keys, ``RUNTIME_KEYS``); unknown keys raise."""
+        return typed(cls, d, "rl.ppo")
+
+
+# rl.ppo keys the training stage reads itself (Fabric and videos), not PPO's algorithm.
+RUNTIME_KEYS = ("video_every", "precision", "accelerator", "devices")
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,

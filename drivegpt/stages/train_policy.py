@@ -31,7 +31,7 @@ from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.rl.bc import BCModule, segment_qualities
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
-from drivegpt.rl.ppo import PPOConfig, train_ppo
+from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
 from drivegpt.rl.selection import KeepBest, context_pools, scoring_env, sim_score
 from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
@@ -156,7 +156,8 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         raise ValueError("train policy stage=rl: set world_model_checkpoint=WORLD_MODEL (the learned sim)")
     bc = load_policy(bc_path)
     p = cfg.rl.ppo
-    pcfg = PPOConfig.from_dict(OmegaConf.to_container(p, resolve=True))
+    pcfg = PPOConfig.from_dict({k: v for k, v in OmegaConf.to_container(p, resolve=True).items()
+                                if k not in RUNTIME_KEYS})
     fabric = L.Fabric(accelerator=str(p.get("accelerator", "auto")), devices=p.get("devices", 1),
                       precision=str(p.get("precision", "32-true")))
     fabric.launch()

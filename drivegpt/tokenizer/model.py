@@ -20,12 +20,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from drivegpt.checkpoints import TOKENIZER, read_artifact, save_artifact
+from drivegpt.settings import check_keys
+from drivegpt.tokenizer.losses import ReconstructionLoss
 from drivegpt.tokenizer.quantizers import build_quantizer
 
 CHECKPOINT_KIND = TOKENIZER
 # Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
 SHAPE_KEYS = ("frame_height", "frame_width", "downsample", "quantizer", "codebook_size", "embed_dim",
               "channels", "channel_mult", "res_blocks")
+
+
+# The names of the ``tokenizer`` config group (values and defaults: configs/tokenizer/default.yaml).
+CONFIG_SCHEMA = {
+    **dict.fromkeys(("frame_height", "frame_width", "downsample", "channels", "channel_mult", "res_blocks",
+                     "embed_dim", "quantizer", "codebook_size", "train_steps", "image_every_n_steps")),
+    "vq": dict.fromkeys(("decay", "commitment", "kmeans_init", "kmeans_iters", "dead_after", "l2_normalize")),
+    "fsq": dict.fromkeys(("levels",)),
+    "loss": dict.fromkeys(("l1", "mse", "ssim", "gradient", "edge", "gan", "gan_start", "disc_channels", "disc_layers")),
+    "optim": dict.fromkeys(("lr", "disc_lr", "betas", "weight_decay", "warmup_steps")),
+}
 
 
 class TokenizerInputError(ValueError):
@@ -114,6 +127,7 @@ class Tokenizer(nn.Module):
     def __init__(self, cfg: Mapping[str, Any] | DictConfig):
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        check_keys(cfg, CONFIG_SCHEMA, "tokenizer")
         self.cfg = cfg
         h, w, f = int(cfg.frame_height), int(cfg.frame_width), int(cfg.downsample)
         if h % f or w % f:
@@ -123,6 +137,9 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = build_quantizer(cfg, int(cfg.embed_dim))
         self.decoder = Decoder(cfg)
+        loss = cfg.get("loss") or {}
+        self.rec_loss = ReconstructionLoss(loss.get("l1", 1.0), loss.get("mse", 1.0), loss.get("ssim", 0.0),
+                                           loss.get("gradient", 0.0), loss.get("edge", 0.0))  # no parameters or buffers
 
     @property
     def vocab_size(self) -> int:
@@ -182,6 +199,18 @@ class Tokenizer(nn.Module):
         feats = self.embed(tokens)
         dtype = next(self.decoder.parameters()).dtype
         return to_uint8(self.decoder(rearrange(feats, "b h w d -> b d h w").to(dtype)))
+
+    def compute_loss(self, batch: torch.Tensor, outputs: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """The trainable contract (drivegpt.trainable): reconstruction (L1 + MSE + SSIM + gradient,
+        weights ``tokenizer.loss.*``) + commitment, on float frames [b, 3, h, w] in [-1, 1].
+        ``outputs`` receives ``recon`` and ``indices`` (the adversarial term and code usage)."""
+        recon, indices, q_loss = self(batch)
+        parts = self.rec_loss(recon, batch)
+        loss = parts["rec"] + q_loss
+        parts.update(commit=q_loss, loss=loss)
+        if outputs is not None:
+            outputs.update(recon=recon, indices=indices)
+        return loss, parts
 
     @torch.no_grad()
     def reconstruct(self, frames) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""LightningModule that trains the tokenizer (reconstruction + commitment [+ patch-GAN]).
+"""LightningModule that trains the tokenizer: ``Tokenizer.compute_loss`` (reconstruction +
+commitment) [+ patch-GAN, whose discriminator lives here].
 
 Manual optimization: the generator (encoder/decoder/FSQ projections) and, when the GAN term
 is on, the discriminator each get an Adam step per batch; ``trainer.global_step`` counts
@@ -15,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from drivegpt.tokenizer.losses import PatchDiscriminator, ReconstructionLoss, hinge_d_loss, psnr
+from drivegpt.tokenizer.losses import PatchDiscriminator, hinge_d_loss, psnr
 from drivegpt.tokenizer.model import Tokenizer, to_float, tokenizer_config
 
 
@@ -40,7 +41,6 @@ class TokenizerModule(L.LightningModule):
         self.save_hyperparameters({"tokenizer_config": tcfg, "clip_val": clip_val})
         self.model = Tokenizer(tcfg)
         c = self.model.cfg
-        self.rec_loss = ReconstructionLoss(c.loss.l1, c.loss.mse, c.loss.ssim, c.loss.gradient, c.loss.get("edge", 0.0))
         self.gan_weight = float(c.loss.gan)
         self.gan_start = int(c.loss.gan_start)
         self.disc = PatchDiscriminator(int(c.loss.disc_channels), int(c.loss.disc_layers)) if self.gan_weight > 0 else None
@@ -65,9 +65,9 @@ class TokenizerModule(L.LightningModule):
         opt_g, opt_d = (opts if isinstance(opts, (list, tuple)) else (opts, None))
         sched = self.lr_schedulers()
         x = self.frames_in(batch)  # [b, 3, h, w] in [-1, 1]
-        recon, indices, q_loss = self.model(x)
-        parts = self.rec_loss(recon, x)
-        loss = parts["rec"] + q_loss
+        out: dict = {}
+        loss, parts = self.model.compute_loss(x, outputs=out)
+        recon, indices, q_loss = out["recon"], out["indices"], parts["commit"]
         if self.gan_active():
             g_adv = -self.disc(recon).mean()
             loss = loss + self.gan_weight * g_adv

@@ -16,8 +16,8 @@ import torch
 from drivegpt.data.loaders import split_of
 from drivegpt.data.poses import strided_rel_poses
 from drivegpt.data.shards import iter_samples
+from drivegpt.world_model.losses import unpack_batch
 from drivegpt.world_model.metrics import disengage_metrics, speed_baseline
-from drivegpt.world_model.module import unpack_batch
 from drivegpt.world_model.pose_following import motion_targets
 
 

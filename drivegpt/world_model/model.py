@@ -47,6 +47,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from drivegpt.settings import typed
+from drivegpt.world_model.losses import LN2, balanced_bce, unpack_batch
+
 
 @dataclass
 class WorldModelConfig:
@@ -95,8 +98,8 @@ class WorldModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WorldModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in dict(d).items() if k in known})
+        """From a config/checkpoint mapping; an unknown key raises naming it."""
+        return typed(cls, d, "world_model")
 
 
 class KVCache:
@@ -316,6 +319,48 @@ class WorldModel(nn.Module):
         if self.pose_head is not None:
             out["pose"] = self.pose_head(h[:, :, -1])
         return out
+
+    def compute_loss(self, batch: dict, *, dis_weight: float = 1.0, pose_weight: float = 0.1,
+                     pos_rate: torch.Tensor | None = None, drop: torch.Tensor | None = None,
+                     outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The trainable contract (drivegpt.trainable): (loss, named parts incl. "loss").
+
+        ``batch``: a window batch (``losses.unpack_batch`` reads it). Token cross-entropy, plus
+        ``dis_weight`` x class-balanced disengagement BCE (rates ``pos_rate`` [n_h, 3], 0.5 when
+        None) when the batch has targets, plus ``pose_weight`` x the pose prior. ``drop`` [b]:
+        condition dropout. ``outputs`` (a dict) receives the forward outputs, ``target_tokens``
+        and, with targets, ``mask``/``target``.
+        """
+        b = unpack_batch(batch)
+        out = self(b["tokens"], b["rel_pose"], b["speed"], drop)
+        logits = out["logits"].float()  # b K n V
+        target = b["tokens"].flatten(2)  # b K n
+        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten())
+        loss = ce
+        parts = {"loss_tokens": ce, "bits_per_token": ce / LN2}
+        if b["target"] is not None and dis_weight > 0:
+            if b["target"].shape[2:] != out["disengage"].shape[2:]:
+                raise ValueError(f"disengagement targets {tuple(b['target'].shape[2:])} != model heads "
+                                 f"{tuple(out['disengage'].shape[2:])} (world_model.horizons vs the data's)")
+            mask = b["mask"]
+            mask[:, 0] = 0  # frame 0 has no commanded move and no history
+            rate = pos_rate if pos_rate is not None else torch.full(out["disengage"].shape[2:], 0.5,
+                                                                    device=logits.device)
+            # class-balanced loss on the raw head (log-odds at a 50% prior); the model adds the
+            # training prior's log-odds back (dis_prior) so its probabilities follow the data's rates
+            dis = balanced_bce(out["disengage"] - self.dis_prior, b["target"], mask, rate)
+            loss = loss + dis_weight * dis
+            parts["loss_disengage"] = dis
+            out["mask"], out["target"] = mask, b["target"]
+        if "pose" in out and pose_weight > 0:
+            pose = F.smooth_l1_loss(out["pose"].float(), self.normalize_pose(b["rel_pose"]).clamp(-10, 10))  # robust
+            loss = loss + pose_weight * pose
+            parts["loss_pose"] = pose
+        parts["loss"] = loss
+        out["target_tokens"] = target
+        if outputs is not None:
+            outputs.update(out)
+        return loss, parts
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,8 +1,8 @@
-"""LightningModule: token cross-entropy + lambda * class-balanced disengagement BCE (+ pose prior).
-
-The disengagement loss is class-balanced on the raw head; the model adds the training
-prior's log-odds back (``WorldModel.dis_prior``, logit adjustment) so the probabilities the
-learned simulator reads are calibrated rates, not 50%-prior odds."""
+"""LightningModule of the world model: a thin wrapper around ``WorldModel.compute_loss``
+(token cross-entropy + lambda * class-balanced disengagement BCE (+ pose prior)); it owns the
+training state (running positive rates, conditioning fit, condition dropout) and the optimiser.
+The disengagement loss is class-balanced on the raw head; the model adds the training prior's
+log-odds back (``WorldModel.dis_prior``, logit adjustment)."""
 
 from __future__ import annotations
 
@@ -10,54 +10,10 @@ import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from drivegpt.world_model.losses import unpack_batch
 from drivegpt.world_model.model import WorldModel, WorldModelConfig
 from drivegpt.world_model.metrics import disengage_metrics
-
-LN2 = math.log(2.0)
-TARGET_KEYS = ("disengage", "disengage_targets", "targets")
-MASK_KEYS = ("disengage_mask", "targets_mask", "mask")
-
-
-def unpack_batch(batch: dict) -> dict[str, torch.Tensor | None]:
-    """Window batch (data.loaders.window_dataset(key="tokens")) -> model inputs and labels.
-
-    tokens [b,K,h,w] -> int64; rel_pose [b,K,6], speed [b,K] -> float32; disengagement targets
-    [b,K,n_h,3] and mask (any of [b,K], [b,K,n_h], [b,K,n_h,3]; absent = all valid) -> float32.
-    """
-    for key in ("tokens", "rel_pose", "speed"):
-        if key not in batch:
-            raise KeyError(f"world-model batch has no {key!r} (keys: {sorted(batch)})")
-    out = {
-        "tokens": batch["tokens"].long(),
-        "rel_pose": batch["rel_pose"].float(),
-        "speed": batch["speed"].float(),
-        "target": None,
-        "mask": None,
-    }
-    tkey = next((k for k in TARGET_KEYS if k in batch and torch.is_tensor(batch[k]) and batch[k].ndim == 4), None)
-    if tkey is not None:
-        out["target"] = batch[tkey].float()
-        mkey = next((k for k in MASK_KEYS if k in batch and torch.is_tensor(batch[k])), None)
-        mask = torch.ones_like(out["target"]) if mkey is None else batch[mkey].float()
-        while mask.ndim < 4:
-            mask = mask[..., None]
-        out["mask"] = mask.expand_as(out["target"]).clone()
-    return out
-
-
-def balanced_bce(logits, target, mask, pos_rate, eps: float = 1e-3):
-    """Class-balanced BCE: positives weighted 0.5/p, negatives 0.5/(1-p) per (horizon, cause).
-
-    logits/target/mask [b,K,n_h,c]; pos_rate [n_h,c] (running positive rate). Masked entries
-    (censored, not engaged, frame 0) contribute nothing; the mean weight is ~1.
-    """
-    p = pos_rate.clamp(eps, 1 - eps)
-    w = torch.where(target > 0.5, 0.5 / p, 0.5 / (1 - p)) * mask
-    loss = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    return (loss * w).sum() / mask.sum().clamp_min(1.0)
-
 
 def cosine_lr(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if step < warmup:
@@ -82,41 +38,23 @@ class WorldModelModule(L.LightningModule):
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch: dict, train: bool) -> tuple[dict, dict]:
+        """(named loss parts incl. "loss", forward outputs) through ``WorldModel.compute_loss``."""
+        m, cfg, hp = self.model, self.model.cfg, self.hparams
         b = unpack_batch(batch)
-        m, cfg = self.model, self.model.cfg
         if train and not bool(m.cond_fitted):
             m.fit_conditioning(b["rel_pose"], b["speed"])
         drop = None
         if train and cfg.cond_drop > 0:
             drop = torch.rand(b["tokens"].shape[0], device=self.device) < cfg.cond_drop
-        out = m(b["tokens"], b["rel_pose"], b["speed"], drop)
-        logits = out["logits"].float()  # b K n V
-        target = b["tokens"].flatten(2)  # b K n
-        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten())
-        loss = ce
-        logs = {"loss_tokens": ce, "bits_per_token": ce / LN2}
-        if b["target"] is not None and self.hparams.dis_weight > 0:
-            if b["target"].shape[2:] != out["disengage"].shape[2:]:
-                raise ValueError(f"disengagement targets {tuple(b['target'].shape[2:])} != model heads "
-                                 f"{tuple(out['disengage'].shape[2:])} (world_model.horizons vs the data's)")
+        if train and b["target"] is not None and hp.dis_weight > 0:
             mask = b["mask"]
             mask[:, 0] = 0  # frame 0 has no commanded move and no history
-            if train:
-                self._update_rate(b["target"], mask)
-            rate = self.pos_rate if bool((self.pos_rate >= 0).all()) else torch.full_like(self.pos_rate, 0.5)
-            # class-balanced loss on the raw head (log-odds at a 50% prior); the model adds the
-            # training prior's log-odds back (dis_prior) so its probabilities are calibrated
-            dis = balanced_bce(out["disengage"] - m.dis_prior, b["target"], mask, rate)
-            loss = loss + self.hparams.dis_weight * dis
-            logs["loss_disengage"] = dis
-            out["mask"], out["target"] = mask, b["target"]
-        if "pose" in out and self.hparams.pose_weight > 0:
-            pose = F.smooth_l1_loss(out["pose"].float(), m.normalize_pose(b["rel_pose"]).clamp(-10, 10))  # robust
-            loss = loss + self.hparams.pose_weight * pose
-            logs["loss_pose"] = pose
-        logs["loss"] = loss
-        out["target_tokens"] = target
-        return logs, out
+            self._update_rate(b["target"], mask)
+        rate = self.pos_rate if bool((self.pos_rate >= 0).all()) else torch.full_like(self.pos_rate, 0.5)
+        out: dict = {}
+        _, parts = m.compute_loss(batch, dis_weight=hp.dis_weight, pose_weight=hp.pose_weight, pos_rate=rate,
+                                  drop=drop, outputs=out)
+        return parts, out
 
     @torch.no_grad()
     def _update_rate(self, target, mask):

@@ -1,15 +1,18 @@
-"""Settings of the learned simulator (``learned_sim:`` in configs/rollout.yaml).
+"""Settings of the learned simulator: the ``learned_sim`` config group.
 
-The dataclass defaults make ``gym.make("drivegpt/WorldModel-v0", checkpoint=...)`` work
-without hydra; hydra configs and keyword arguments override them by name, and an unknown
-name is an error that lists the valid ones.
+The dataclass holds the defaults (``gym.make("drivegpt/WorldModel-v0", checkpoint=...)`` works
+without hydra); ``configs/learned_sim/default.yaml`` only binds the hydra-side values (the data
+rate and held-out split, ``device: auto``) and a test keeps its other values equal to these.
+Hydra configs and keyword arguments override them by name, and an unknown name is an error
+that lists the valid ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from drivegpt.settings import typed
 
 TERMINATION_MODES = ("sample", "threshold", "never")
 OBS_KINDS = ("frames", "tokens")
@@ -94,19 +97,4 @@ class LearnedSimConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> "LearnedSimConfig":
         """Build from a (hydra) mapping plus keyword overrides; unknown keys raise."""
-        data: dict[str, Any] = {}
-        if cfg is not None:
-            try:
-                from omegaconf import DictConfig, OmegaConf
-
-                if isinstance(cfg, DictConfig):
-                    cfg = OmegaConf.to_container(cfg, resolve=True)
-            except ImportError:  # pragma: no cover
-                pass
-            data.update(dict(cfg))
-        data.update(overrides)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"learned_sim: unknown setting(s) {unknown}; valid: {sorted(names)}")
-        return cls(**data)
+        return typed(cls, cfg, "learned_sim", **overrides)

@@ -1,0 +1,54 @@
+"""One rule for config -> object: typed settings reject unknown keys, naming them; the learned
+sim's defaults are written once (the dataclass; the config group only binds hydra values)."""
+
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf
+
+from drivegpt.config import compose
+from drivegpt.rl.policy import PolicyConfig
+from drivegpt.rl.ppo import PPOConfig
+from drivegpt.sim.learned import LearnedSimConfig
+from drivegpt.tokenizer import Tokenizer
+from drivegpt.world_model import WorldModelConfig
+
+
+def test_an_unknown_key_raises_naming_it():
+    cfg = compose("train_tokenizer", ["experiment=tiny"])
+    cases = [
+        (lambda: WorldModelConfig.from_dict({"vocab_size": 16, "grid": [2, 4], "n_layerz": 2}), "world_model.n_layerz"),
+        (lambda: PPOConfig.from_dict({"lr": 1e-4, "kl_coeff": 0.1}), "rl.ppo.kl_coeff"),
+        (lambda: PolicyConfig.from_dict({"hiden": 8}), "rl.policy.hiden"),
+        (lambda: LearnedSimConfig.from_mapping({"temprature": 0.5}), "learned_sim.temprature"),
+        (lambda: Tokenizer({**OmegaConf.to_container(cfg.tokenizer, resolve=True), "codebook_sise": 8}),
+         "tokenizer.codebook_sise"),
+        (lambda: Tokenizer({**OmegaConf.to_container(cfg.tokenizer, resolve=True), "vq": {"decy": 0.9}}),
+         "tokenizer.vq.decy"),
+    ]
+    for build, key in cases:
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            build()
+
+
+def test_learned_sim_group_holds_the_dataclass_defaults():
+    cfg = compose("rollout", ["checkpoint=x"])
+    group = OmegaConf.to_container(cfg.learned_sim, resolve=True)
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(LearnedSimConfig)}
+    bound = {"val_fraction": cfg.data.val_fraction, "fps": cfg.data.fps, "stride": cfg.data.stride, "device": "auto"}
+    assert set(group) == set(defaults)
+    assert {k: v for k, v in group.items() if k not in bound} == {k: v for k, v in defaults.items() if k not in bound}
+    assert {k: group[k] for k in bound} == bound
+
+
+def test_every_stage_reads_the_one_learned_sim_group_and_old_names_still_work():
+    for name in ("rollout", "train_policy", "eval_policy"):
+        assert compose(name, []).learned_sim.max_steps == 50
+    cfg = compose("train_policy", ["learned_sim.temperature=0.5", "rl.sim.max_steps=7"])
+    assert cfg.rl.sim.temperature == 0.5 and cfg.rl.sim.max_steps == 7  # rl.sim = learned_sim + RL's own
+    from drivegpt.rl.envs import learned_sim_settings
+
+    s = learned_sim_settings(cfg)
+    assert s["temperature"] == 0.5 and s["max_steps"] == 7
+    LearnedSimConfig.from_mapping(s)  # every key is a learned-sim setting
