@@ -100,24 +100,51 @@ def bc_weights(batch: dict[str, Any], horizons_s: list[float] | None, exclude_s:
     return (keep & ~bad).float()
 
 
-def segment_qualities(spec) -> dict[str, float]:
-    """segment id -> autopilot quality, from the ``*.meta.json`` members of local tar shards
-    (procedural fleet: ``meta.sim.autopilot.quality``); segments without one are left out."""
+def _segment_metas(spec):
+    """The ``*.meta.json`` members of local tar shards (pipe: URLs are skipped)."""
     import json
     import tarfile
 
-    out: dict[str, float] = {}
     for url in expand_urls(str(spec)):
         if not str(url).endswith(".tar") or str(url).startswith("pipe:"):
             continue
         with tarfile.open(url) as tar:
             for m in tar:
-                if not m.name.endswith("meta.json"):
-                    continue
-                meta = json.load(tar.extractfile(m))
-                q = (meta.get("sim") or {}).get("autopilot", {}).get("quality")
-                if q is not None:
-                    out[str(meta["segment_id"])] = float(q)
+                if m.name.endswith("meta.json"):
+                    yield json.load(tar.extractfile(m))
+
+
+def segment_qualities(spec) -> dict[str, float]:
+    """segment id -> autopilot quality, from the ``*.meta.json`` members of local tar shards
+    (procedural fleet: ``meta.sim.autopilot.quality``); segments without one are left out."""
+    out: dict[str, float] = {}
+    for meta in _segment_metas(spec):
+        q = (meta.get("sim") or {}).get("autopilot", {}).get("quality")
+        if q is not None:
+            out[str(meta["segment_id"])] = float(q)
+    return out
+
+
+def segment_behaviours(spec) -> dict[str, list[tuple[int, int]]]:
+    """segment id -> [(first, last) frame] of every logged driver-behaviour episode (weave,
+    drift, lane change, hard/late brake, tailgate, surge: ``meta.sim.behaviours.episodes`` of the
+    procedural fleet). Segments without the record (real logs) are left out."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for meta in _segment_metas(spec):
+        beh = (meta.get("sim") or {}).get("behaviours") or {}
+        eps = beh.get("episodes") if isinstance(beh, dict) else None
+        if eps:
+            n = len(meta.get("times", [])) or 10 ** 9
+            out[str(meta["segment_id"])] = [(int(e["start"]), int(e["end"]) if e.get("end") is not None else n)
+                                            for e in eps if "start" in e]
+    return out
+
+
+def in_episodes(frame: torch.Tensor, segment_ids, episodes: dict[str, list[tuple[int, int]]]) -> torch.Tensor:
+    """bool [b]: frame[i] of segment_ids[i] lies inside one of that segment's episodes."""
+    out = torch.zeros(len(frame), dtype=torch.bool)
+    for i, (f, sid) in enumerate(zip(frame.tolist(), segment_ids)):
+        out[i] = any(a <= f <= b for a, b in episodes.get(str(sid), ()))
     return out
 
 
@@ -157,10 +184,12 @@ class BCModule(L.LightningModule):
                  exclude_before_disengage_s: float = 2.0, horizons_s: list[float] | None = None,
                  log_std_target: float = -1.5, pad_prob: float = 0.1, max_steps: int | None = None,
                  min_quality: float | None = None, qualities: dict[str, float] | None = None,
-                 human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0):
+                 human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
+                 episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1):
         super().__init__()
-        self.save_hyperparameters(ignore=["qualities"])
+        self.save_hyperparameters(ignore=["qualities", "episodes"])
         self.qualities = dict(qualities or {})
+        self.episodes = dict(episodes or {})  # driver-behaviour episodes BC must not imitate
         self.policy = Policy(PolicyConfig.from_dict(policy_config))
 
     def _prepare(self, batch):
@@ -173,6 +202,13 @@ class BCModule(L.LightningModule):
         if self.hparams.min_quality is not None and "segment_id" in batch:
             q = torch.tensor([self.qualities.get(str(s), 1.0) for s in batch["segment_id"]], device=w.device)
             w = w * (~engaged | (q >= float(self.hparams.min_quality))).float()
+        if self.episodes and "segment_id" in batch and "start" in batch:
+            # the decision frame (the window's second-to-last) inside a logged weave, drift, lane
+            # change or hard brake: the autopilot's deliberate deviation, not driving to imitate
+            k_win = batch["rel_pose"].shape[1]
+            frame = torch.as_tensor(batch["start"]).long().cpu() + (k_win - 2) * int(self.hparams.stride)
+            inside = in_episodes(frame, batch["segment_id"], self.episodes).to(w.device)
+            w = w * (~(engaged & inside)).float()
         if self.hparams.human_weight != 1.0:
             w = torch.where(engaged, w, w * float(self.hparams.human_weight))
         return frames, speed, target, w

@@ -150,3 +150,36 @@ def test_segment_qualities_read_from_fleet_meta(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     assert segment_qualities(str(tmp_path / "s-000000.tar")) == {"proc_000000": 0.25, "proc_000001": 0.9}
+
+
+def test_behaviour_episodes_are_not_imitated(tmp_path):
+    """Engaged windows whose decision frame lies in a logged weave/drift/brake episode drop out;
+    the same frames driven by the human, and frames outside episodes, stay."""
+    import io
+    import json
+    import tarfile
+
+    from drivegpt.rl.bc import BCModule, segment_behaviours
+    from drivegpt.rl.policy import PolicyConfig
+
+    with tarfile.open(tmp_path / "s-000000.tar", "w") as tar:
+        meta = {"segment_id": "proc_000000", "times": [0.0] * 200,
+                "sim": {"behaviours": {"episodes": [{"kind": "weave", "start": 40, "end": 60},
+                                                    {"kind": "drift", "start": 150, "end": None}]}}}
+        data = json.dumps(meta).encode()
+        info = tarfile.TarInfo("proc_000000.meta.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    eps = segment_behaviours(str(tmp_path / "s-000000.tar"))
+    assert eps == {"proc_000000": [(40, 60), (150, 200)]}
+    pc = PolicyConfig(context_frames=1, frame_height=8, frame_width=16, channels=(4, 4), extra_blocks=0,
+                      pool_grid=(1, 1), frame_features=4, bottleneck_dim=4, hidden=8).to_dict()
+    m = BCModule(pc, dt=0.2, episodes=eps, stride=4)
+    kw = 3  # decision frame = start + (3 - 2) * 4
+    starts = torch.tensor([30, 46, 46, 100, 160])  # decision frames 34, 50, 50, 104, 164
+    engaged = torch.tensor([[True] * kw, [True] * kw, [False] * kw, [True] * kw, [True] * kw])
+    batch = {"frames": torch.zeros(5, kw, 8, 16, 3, dtype=torch.uint8), "rel_pose": torch.zeros(5, kw, 6),
+             "speed": torch.full((5, kw), 10.0), "engaged": engaged, "segment_id": ["proc_000000"] * 5,
+             "start": starts}
+    _, _, _, w = m._prepare(batch)
+    assert w.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]

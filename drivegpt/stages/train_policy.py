@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from drivegpt import tracking
 from drivegpt.data.datamodule import FleetDataModule
-from drivegpt.rl.bc import BCModule, segment_qualities
+from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
 from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
@@ -77,7 +77,9 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
                       pad_prob=float(b.get("pad_prob", 0.1)), max_steps=steps,
                       min_quality=None if min_q is None else float(min_q), qualities=qualities,
                       human_weight=float(b.get("human_weight", 1.0)), photometric=float(b.get("photometric", 0.0)),
-                      warmup_steps=int(b.get("warmup_steps") or 0))
+                      warmup_steps=int(b.get("warmup_steps") or 0),
+                      episodes=segment_behaviours(cfg.data.shards) if b.get("exclude_behaviours") else None,
+                      stride=int(cfg.data.stride))
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
