@@ -4,8 +4,10 @@
     python benchmarks/tokenizer_quality.py --checkpoint runs/tok/tokenizer.pt   # + that checkpoint
 
 Targets (issue 3) at 128x256 frames, 8x16 tokens, 1024 codes: PSNR >= 30 dB, lane-marking
-PSNR >= 24 dB, codebook usage >= 90%. A checkpoint is scored on road-world segments whose
-seeds are held out by data.loaders.split_of (the split every stage uses). The tiny default
+PSNR >= 24 dB, codebook usage >= 90%. A checkpoint is scored on road-world segments that no
+fleet trained on: seeds from HELD_OUT_FIRST_SEED (1,000,000, the closed-loop evaluation's
+first held-out seed; fleets use 0..) whose fleet segment ids (``proc_NNNNNN``) also fall in the
+held-out split of data.loaders.split_of at the default val_fraction. The tiny default
 run trains a tiny tokenizer (experiment=tiny sizes, --steps, CPU) on train-split road-world
 frames and scores it the same way, next to a baseline (every frame decoded as the mean
 training frame), so the figures say what the hardware at hand reaches in that time.
@@ -17,35 +19,47 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from drivegpt.data.loaders import split_of  # noqa: E402
-from drivegpt.config import compose  # noqa: E402
-from drivegpt.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
-from drivegpt.tokenizer.evaluate import Scorer  # noqa: E402
-from drivegpt.tokenizer.losses import ReconstructionLoss  # noqa: E402
-from drivegpt.tokenizer.model import to_float  # noqa: E402
+from drivegpt.data.loaders import split_of
+from drivegpt.sim.roadworld import drive_segment
+from drivegpt.sim.roadworld.fleet import segment_id
+from drivegpt.config import compose
+from drivegpt.tokenizer import Tokenizer, load_tokenizer
+from drivegpt.tokenizer.evaluate import Scorer
+from drivegpt.tokenizer.losses import ReconstructionLoss
+from drivegpt.tokenizer.model import to_float
 
 TARGETS = {"psnr": 30.0, "lane_psnr": 24.0, "codebook_usage": 90.0}
+HELD_OUT_FIRST_SEED = 1_000_000  # beyond any fleet's seeds (fleets use 0..segments-1)
+VAL_FRACTION = 0.1  # data.val_fraction's default
 
 
-def road_world(split: str, n_segments: int, seconds: float, h: int, w: int, val_fraction: float = 0.5):
-    """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments in ``split``."""
-    from drivegpt.sim.roadworld import drive_segment
-
-    frames, masks, seed = [], [], 0
-    while len(frames) < n_segments:
-        if split_of(f"rw{seed:06d}", val_fraction) == split:
-            seg = drive_segment(seed, seconds, None, h, w)
-            frames.append(seg.frames)
-            masks.append(seg.extras["lane_mask"])
+def held_out_seeds(n: int, first_seed: int = HELD_OUT_FIRST_SEED, val_fraction: float = VAL_FRACTION) -> list[int]:
+    """The first ``n`` seeds >= first_seed whose fleet segment id is in the held-out split."""
+    out, seed = [], first_seed
+    while len(out) < n:
+        if split_of(segment_id(seed), val_fraction) == "val":
+            out.append(seed)
         seed += 1
+    return out
+
+
+def road_world(split: str, n_segments: int, seconds: float, h: int, w: int):
+    """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments: ``train``
+    from seed 0 on (train-split ids), ``val`` from held_out_seeds (never in a fleet)."""
+    frames, masks = [], []
+    if split == "val":
+        seeds = held_out_seeds(n_segments)
+    else:
+        seeds = [s for s in range(10 * n_segments + 10) if split_of(segment_id(s), VAL_FRACTION) == "train"]
+    for seed in seeds[:n_segments]:
+        seg = drive_segment(seed, seconds, None, h, w)
+        frames.append(seg.frames)
+        masks.append(seg.extras["lane_mask"])
     return np.concatenate(frames), np.concatenate(masks)
 
 
