@@ -26,6 +26,7 @@ the old terminal treatment and a one-time warning.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -141,8 +142,6 @@ def _final_values(policy, info, truncated: torch.Tensor, like: torch.Tensor) -> 
     final = info.get("final_obs") if isinstance(info, dict) else None
     if final is None:
         if not _warned_no_final_obs:
-            import warnings
-
             warnings.warn("PPO: the env truncated an episode without info['final_obs']; treating the "
                           "time limit as terminal (no bootstrap)", stacklevel=3)
             _warned_no_final_obs = True

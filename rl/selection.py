@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from drivegpt.data.loaders import split_of
+from drivegpt.data.shards import expand_urls, iter_samples
 from drivegpt.rl.envs import FrameHistoryVecEnv
 from drivegpt.sim.learned import WorldModelVectorEnv
 from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples
@@ -120,9 +122,6 @@ def context_pools(core, shards: str | None, val_fraction: float):
     select = core.pool
     if shards:
         try:
-            from drivegpt.data.loaders import split_of
-            from drivegpt.data.shards import expand_urls, iter_samples
-
             m = core.models
             try:  # every window of the held-out segments (the sim's own pool keeps 4 per segment)
                 select = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
