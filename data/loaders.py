@@ -127,6 +127,20 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
     return wds.DataPipeline(*stages)
 
 
+NOT_ENCODED = -1  # token value of a frame the tokenize stage skipped (tokenize.every)
+
+
+def encoded_tokens(tokens: np.ndarray, idx, where: str) -> np.ndarray:
+    """``tokens[idx]`` as int64, refusing frames the tokenize stage did not encode."""
+    out = np.asarray(tokens)[idx].astype(np.int64)
+    if (out < 0).any():
+        bad = [int(i) for i in np.atleast_1d(idx) if (np.asarray(tokens)[i] < 0).any()]
+        raise ValueError(f"{where}: field 'tokens': frame(s) {bad[:5]} were not encoded (token shards "
+                         f"written with tokenize.every > 1 hold only every N-th frame); read them at a stride "
+                         f"that is a multiple of N from frame 0, or re-tokenize with tokenize.every=1")
+    return out
+
+
 def window_starts(t: int, context_frames: int, stride: int, step: int | None = None,
                   next_frame: bool = True) -> np.ndarray:
     """Window start frames whose K kept frames (and, with ``next_frame``, the frame after them:
@@ -164,7 +178,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     elif key == "tokens":
         if is_seg or "tokens" not in item:
             raise ValueError(f"segment {meta.get('segment_id')!r}: key='tokens' needs token shards")
-        data = item["tokens"].astype(np.int64)
+        data = item["tokens"]
     else:
         raise ValueError(f"key must be 'frames' or 'tokens', got {key!r}")
     # per-native-frame: composed pose over the next `stride` frames, cause in (i, i+stride]
@@ -177,7 +191,8 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     for s in starts:
         idx = window_frames(s, k_, stride)  # kept frames
         yield {
-            key: data[idx],  # frames uint8 [K,H,W,3] | tokens int64 [K,h,w]
+            # frames uint8 [K,H,W,3] | tokens int64 [K,h,w]
+            key: data[idx] if key == "frames" else encoded_tokens(data, idx, f"segment {meta.get('segment_id')!r}"),
             "rel_pose": composed[idx].astype(np.float32),  # [K, 6]
             "speed": speed[idx].astype(np.float32),  # [K]
             "engaged": engaged[idx].astype(bool),  # [K]

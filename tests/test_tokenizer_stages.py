@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from drivegpt.data.loaders import NOT_ENCODED, segment_windows
 from drivegpt.data.shards import iter_samples, write_shards
 from drivegpt.config import compose
 from drivegpt.runs import read_json
@@ -86,7 +87,11 @@ def test_tokenize_keeps_labels_bit_exact_every_segment_once_and_resumes(tmp_path
         for name, arr in seg.arrays().items():  # labels, poses, extras: bit-exact
             got = out[name] if name in out else out["extras"][name]
             assert got.dtype == arr.dtype and got.shape == arr.shape and got.tobytes() == arr.tobytes(), name
-        assert np.array_equal(out["tokens"], model.encode(torch.from_numpy(seg.frames)).numpy())
+        # tiny reads the log at stride 2: frames 0, 2, 4, ... are encoded, the others are -1
+        every = out["meta"]["tokens"]["every"]
+        assert every == cfg.data.stride == 2
+        assert np.array_equal(out["tokens"][::every], model.encode(torch.from_numpy(seg.frames[::every])).numpy())
+        assert (out["tokens"][1::every] == NOT_ENCODED).all()
         assert out["meta"]["tokens"]["vocab_size"] == 64 and out["meta"]["tokens"]["grid"] == [4, 8]
         assert out["meta"]["tokens"]["tokenizer"] == str(ckpt.resolve())
 
@@ -102,6 +107,25 @@ def test_tokenize_keeps_labels_bit_exact_every_segment_once_and_resumes(tmp_path
     tokenize_run(cfg)
     assert tars[0].read_bytes() == data0
     assert read_json(tmp_path / "tok" / "tokens" / "manifest.json")["samples"] == 5
+
+
+def test_tokenize_every_frame_and_windows_refuse_skipped_frames(tmp_path):
+    """tokenize.every=1 encodes every frame; windows of a stride-2 token shard read only encoded
+    frames, and a window that would read a skipped frame is refused by name."""
+    torch.manual_seed(0)
+    _write_fleet(tmp_path / "fleet", n=1)
+    model = Tokenizer(compose("train_tokenizer", ["experiment=tiny", "run_dir=/tmp/x"]).tokenizer).eval()
+    ckpt = save_tokenizer(model, tmp_path / "tokenizer.pt")
+    full = tokenize_run(_tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, "every=1"))
+    (seg,) = iter_samples(tmp_path / "fleet")
+    (out,) = iter_samples(full["tokenize/shards"])
+    assert np.array_equal(out["tokens"], model.encode(torch.from_numpy(seg.frames)).numpy())
+
+    strided = dict(out, tokens=np.where(np.arange(len(seg))[:, None, None] % 2 == 0, out["tokens"], NOT_ENCODED))
+    wins = list(segment_windows(strided, 3, 2, key="tokens"))
+    assert wins and all(np.array_equal(w["tokens"], out["tokens"][w["start"] + 2 * np.arange(3)]) for w in wins)
+    with pytest.raises(ValueError, match=r"'tokens'.*frame\(s\) \[1, 7\].*tokenize.every=1"):
+        list(segment_windows(strided, 3, 3, key="tokens", starts=[1]))
 
 
 def test_tokenize_bad_input(tmp_path):

@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"{cfg.checkpoint}: vocab_size {model.vocab_size} does not fit int16 tokens")
     urls = expand_urls(cfg.data.shards)
     tokens_meta = {"vocab_size": model.vocab_size, "grid": list(model.grid), "frame_size": list(model.frame_size),
-                   "tokenizer": str(Path(model.path).resolve())}
+                   "tokenizer": str(Path(model.path).resolve()), "every": int(cfg.every)}
     module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
                             bool(cfg.data.get("resize", True)), tokens_meta, urls)
     trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,

@@ -7,7 +7,10 @@ manifest.json) with data.shards.write_shards: atomic, and a re-run skips every p
 manifest says it is complete (so a killed job resumes, on any number of ranks). Each token
 sample holds ``tokens`` int16 [T, h', w'], every label/pose array and extra of the segment
 unchanged (bit-exact), and ``meta`` with ``meta["tokens"] = {vocab_size, grid, frame_size,
-tokenizer}``. Rank 0 then writes ``out/manifest.json`` listing every part; read the token
+tokenizer, every}``. ``every`` = N encodes frames 0, N, 2N, ... only (the frames a world model
+reading the log at stride N sees) and fills the others with ``NOT_ENCODED`` (-1), so the arrays
+keep the log's 20 Hz length and a reader that asks for a skipped frame gets a clear error
+(``drivegpt.data.loaders.encoded_tokens``) instead of a wrong token. Rank 0 then writes ``out/manifest.json`` listing every part; read the token
 shards with ``data.shards=<out>/*/*.tar``.
 """
 
@@ -20,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from drivegpt.data.loaders import NOT_ENCODED
 from drivegpt.data.shards import iter_samples, write_shards
 from drivegpt.frameops import resize
 from drivegpt.runs import atomic_write_json, read_json
@@ -52,11 +56,20 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int], allow: bool, where:
 
 
 @torch.no_grad()
-def encode_segment(model: Tokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
-    """uint8 [T, h, w, 3] -> int16 [T, h', w'] in chunks of ``batch_size`` frames."""
-    out = [model.encode(torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size]))).cpu()
-           for i in range(0, len(frames), batch_size)]
-    return torch.cat(out).numpy().astype(np.int16)
+def encode_segment(model: Tokenizer, frames: np.ndarray, batch_size: int, every: int = 1) -> np.ndarray:
+    """uint8 [T, h, w, 3] -> int16 [T, h', w'] in chunks of ``batch_size`` frames; with
+    ``every`` = N only frames 0, N, 2N, ... are encoded, the others hold ``NOT_ENCODED``."""
+    if every < 1:
+        raise ValueError(f"tokenize.every must be >= 1, got {every}")
+    kept = frames[::every]
+    out = [model.encode(torch.from_numpy(np.ascontiguousarray(kept[i:i + batch_size]))).cpu()
+           for i in range(0, len(kept), batch_size)]
+    enc = torch.cat(out).numpy().astype(np.int16)
+    if every == 1:
+        return enc
+    full = np.full((len(frames), *enc.shape[1:]), NOT_ENCODED, np.int16)
+    full[::every] = enc
+    return full
 
 
 def token_item(seg, tokens: np.ndarray, tokens_meta: dict) -> dict:
@@ -110,7 +123,8 @@ class TokenizeModule(L.LightningModule):
         def encode(seg):
             fr = resize_frames(seg.frames, self.model.frame_size, self.allow_resize,
                                f"{url}: segment {seg.segment_id!r}, field 'frames'")
-            return token_item(seg, encode_segment(self.model, fr, self.batch_size), self.tokens_meta)
+            tokens = encode_segment(self.model, fr, self.batch_size, int(self.tokens_meta.get("every", 1)))
+            return token_item(seg, tokens, self.tokens_meta)
 
         m = write_shards(part, n, _SequentialSegments(url, encode), maxcount=self.maxcount, workers=1,
                          prefix="tokens", progress=False)

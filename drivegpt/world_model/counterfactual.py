@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from drivegpt.data.loaders import encoded_tokens
 from drivegpt.data.poses import strided_rel_poses
 from drivegpt.world_model.metrics import psnr, ssim
 from drivegpt.world_model.sampling import rollout
@@ -39,7 +40,7 @@ def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) ->
         t = len(item["times"])
         if t <= span or "sim" not in item["meta"]:
             continue
-        start = (t - 1 - span) // 2  # the middle of the segment
+        start = (t - 1 - span) // 2 // stride * stride  # the middle of the segment, on the stride grid
         kept = start + stride * np.arange(context + n_future)
         rel = strided_rel_poses(item["rel_pose"], kept, stride).astype(np.float32)
         last = kept[context - 1]
@@ -47,7 +48,7 @@ def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) ->
         if traffic is not None:
             rows = np.minimum(last + stride * np.arange(n_future + 1), len(traffic) - 1)
             traffic = traffic[rows]
-        cases.append(Case(item["meta"], item["tokens"][kept[:context]].astype(np.int64), rel,
+        cases.append(Case(item["meta"], encoded_tokens(item["tokens"], kept[:context], f"segment {item['meta']['segment_id']!r}"), rel,
                           item["speed"][kept].astype(np.float32), item["world_pose"][last].astype(np.float64),
                           traffic, str(item["meta"]["segment_id"])))
         if len(cases) >= n_cases:

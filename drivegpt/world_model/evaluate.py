@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from drivegpt.data.loaders import split_of
+from drivegpt.data.loaders import encoded_tokens, split_of
 from drivegpt.data.poses import strided_rel_poses
 from drivegpt.data.shards import iter_samples
 from drivegpt.world_model.losses import unpack_batch
@@ -102,7 +102,8 @@ def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: 
     ta, tb, y = [], [], []
     for j in pick:
         item, i = pairs[j]
-        ta.append(item["tokens"][i]); tb.append(item["tokens"][i + stride])
+        where = f"segment {item['meta']['segment_id']!r}"
+        ta.append(encoded_tokens(item["tokens"], i, where)); tb.append(encoded_tokens(item["tokens"], i + stride, where))
         y.append(motion_targets(strided_rel_poses(item["rel_pose"], np.array([i]), stride)[0], fps))
     dec = lambda tk: np.asarray(tokenizer.decode(torch.as_tensor(np.stack(tk), dtype=torch.long)))  # noqa: E731
     return dec(ta), dec(tb), np.stack(y)
