@@ -69,3 +69,25 @@ def test_bad_checkpoints(ckpt, pool, tmp_path):
     # the model reads 10 Hz frames; 20 Hz logs at stride 4 are 5 Hz
     with pytest.raises(ModelMismatchError, match="10 Hz"):
         WorldModelEnv(checkpoint=ckpt, contexts=pool, stride=4)
+
+
+def test_throughput_counts_the_world_model_and_is_per_env(ckpt, pool):
+    """FLOPs per env step are counted over a real batched step: at least the world model's own
+    matmuls for one frame (prefill of the K context frames + one pass per new token, 2 FLOPs per
+    weight), the same per env at batch 2 and 6, and the roofline fraction is measured/bound."""
+    from drivegpt.sim.learned.throughput import measure
+    from drivegpt.world_model import load_world_model
+
+    wm = load_world_model(ckpt)
+    c = wm.cfg
+    n = c.tokens_per_frame + 1
+    weights = sum(p.numel() for p in wm.blocks.parameters() if p.dim() == 2) + wm.lm_head.weight.numel()
+    lower = 2 * weights * (c.context_frames * n + c.tokens_per_frame) * 0.5  # half: lm_head not on every position
+    s = dict(checkpoint=ckpt, contexts=pool, stride=2, termination="never", max_steps=50)
+    figs = [measure(WorldModelVectorEnv(b, **s), steps=1) for b in (2, 6)]
+    for f in figs:
+        assert f["flops_per_env_step"] > lower
+        assert f["matmul_flops_per_s"] > 1e8 and f["steps_per_s"] > 0
+        assert f["roofline_fraction"] == pytest.approx(f["steps_per_s"] * f["flops_per_env_step"]
+                                                       / f["matmul_flops_per_s"], rel=1e-6)
+    assert figs[0]["flops_per_env_step"] == pytest.approx(figs[1]["flops_per_env_step"], rel=0.02)

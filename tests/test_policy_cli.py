@@ -92,6 +92,9 @@ def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["rl/iterations"] == 3 and m["rl/env_steps"] == 3 * 4 * 6
     assert m["rl/kl_to_ref_first"] is not None and m["rl/kl_to_ref_first"] >= 0
+    tp = m["throughput"]  # the learned sim at experiment=tiny's throughput batch vs the matmul roofline
+    assert tp["envs"] == 4 and tp["flops_per_env_step"] > 0 and tp["steps_per_s"] > 0
+    assert tp["roofline_fraction"] == pytest.approx(tp["steps_per_s"] / tp["bound_steps_per_s"])
     hist = json.loads((run_dir / "rl_history.json").read_text())
     assert len(hist) == 3 and all("uncertainty" in h and "predicted_per_100km" in h for h in hist)
     assert (run_dir / "rl_log.csv").read_text().count("\n") == 4

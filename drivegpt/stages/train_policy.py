@@ -35,6 +35,7 @@ from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
 from drivegpt.rl.selection import KeepBest, context_pools, scoring_env, sim_score
 from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
+from drivegpt.sim.learned.throughput import measure as measure_throughput
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, read_json, write_metrics
 from drivegpt.training import make_trainer, resume_path
 
@@ -263,6 +264,19 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                "rl/sim_return": float(final["returns"].mean()), "rl/bc_sim_return": float(base["returns"].mean()),
                **sel_metrics}
     metrics["return_mean"] = metrics["rl/sim_return"]  # the pipeline's headline name
+    tp = cfg.rl.get("throughput") or {}
+    if int(tp.get("envs") or 0) > 0:
+        # imagined env steps/s at a large batch vs this machine's matmul roofline (the learning
+        # issue's target: >= 50% of matmul FLOP/s / FLOPs per env step); a separate env, so the
+        # training env's episodes are untouched
+        tenv = make_learned_env(int(tp.envs), bc.cfg.context_frames, settings)
+        metrics["throughput"] = measure_throughput(tenv, steps=int(tp.get("steps", 3)), seed=int(cfg.seed),
+                                                   device=str(fabric.device))
+        t = metrics["throughput"]
+        print(f"rl: learned sim at batch {t['envs']}: {t['steps_per_s']:.1f} env steps/s; "
+              f"{t['flops_per_env_step'] / 1e9:.2f} GFLOP per env step, matmul {t['matmul_flops_per_s'] / 1e9:.1f} "
+              f"GFLOP/s -> bound {t['bound_steps_per_s']:.1f} steps/s; fraction {t['roofline_fraction']:.3f}")
+        del tenv
     for key in ("episode_return", "event_rate", "kl_to_ref", "uncertainty", "predicted_per_100km"):
         a, z = first_last(key)
         metrics[f"rl/{key}_first"], metrics[f"rl/{key}_last"] = a, z

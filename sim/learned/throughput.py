@@ -1,0 +1,76 @@
+"""How fast the learned simulator runs against what this machine's matmuls allow.
+
+    fig = measure(env, steps=3)   # env: a batched WorldModelVectorEnv (or a wrapper of one)
+
+- ``flops_per_env_step``: the FLOPs one env step costs, counted by ``torch.utils.flop_counter``
+  over one real batched ``env.step`` (world-model context pass + token decoding + the decode of
+  the new frame to pixels; matmuls, convolutions and attention, which is where the FLOPs are),
+  divided by the batch size;
+- ``matmul_flops_per_s``: a square fp32 matmul's FLOP/s on the same device, measured in the same
+  call (the machine's practical peak for dense work);
+- ``bound_steps_per_s`` = matmul FLOP/s / FLOPs per env step: the env steps/s the machine could
+  give if every FLOP ran at matmul speed;
+- ``steps_per_s``: measured env steps/s (median of ``steps`` timed batched steps after a warm-up);
+- ``roofline_fraction`` = steps_per_s / bound_steps_per_s (the learning issue's target: >= 0.5 at
+  batch 256).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_flops_per_s(n: int = 1024, seconds: float = 0.5, device="cpu") -> float:
+    """FLOP/s of repeated fp32 n x n matmuls on ``device`` (2 n^3 FLOPs each; median rate)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    rates, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 3:
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        rates.append(2 * n**3 / max(time.perf_counter() - t0, 1e-9))
+    return float(np.median(rates))
+
+
+def count_step_flops(env, actions) -> float:
+    """FLOPs of one batched ``env.step(actions)`` (the env advances one step)."""
+    with FlopCounterMode(display=False) as counter:
+        env.step(actions)
+    return float(counter.get_total_flops())
+
+
+def measure(env, steps: int = 3, seed: int = 0, device="cpu", actions=None) -> dict:
+    """Throughput figures (module docstring) of a batched env; ``actions`` [b, 2] (default:
+    uniform in [-1, 1], fixed)."""
+    n = int(env.num_envs)
+    if actions is None:
+        rng = np.random.default_rng(seed)
+        actions = torch.as_tensor(rng.uniform(-1, 1, (n, 2)).astype(np.float32), device=device)
+    env.reset(seed=seed)
+    env.step(actions)  # warm-up
+    flops = count_step_flops(env, actions) / n
+    times = []
+    for _ in range(max(1, int(steps))):
+        _sync(device)
+        t0 = time.perf_counter()
+        env.step(actions)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    sps = n / float(np.median(times))
+    peak = matmul_flops_per_s(device=device)
+    bound = peak / max(flops, 1.0)
+    return {"envs": n, "steps_per_s": sps, "flops_per_env_step": flops, "matmul_flops_per_s": peak,
+            "bound_steps_per_s": bound, "roofline_fraction": sps / bound, "timed_steps": len(times),
+            "torch_threads": torch.get_num_threads()}
