@@ -56,12 +56,16 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int], allow: bool, where:
 
 
 @torch.no_grad()
-def encode_segment(model: Tokenizer, frames: np.ndarray, batch_size: int, every: int = 1) -> np.ndarray:
-    """uint8 [T, h, w, 3] -> int16 [T, h', w'] in chunks of ``batch_size`` frames; with
-    ``every`` = N only frames 0, N, 2N, ... are encoded, the others hold ``NOT_ENCODED``."""
+def encode_segment(model: Tokenizer, frames: np.ndarray, batch_size: int, every: int = 1,
+                   prepare=None) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> int16 [T, h', w'] in chunks of ``batch_size`` frames; with
+    ``every`` = N only frames 0, N, 2N, ... are encoded, the others hold ``NOT_ENCODED``.
+    ``prepare`` (e.g. the resize to the tokenizer's input) runs on the encoded frames only."""
     if every < 1:
         raise ValueError(f"tokenize.every must be >= 1, got {every}")
     kept = frames[::every]
+    if prepare is not None:
+        kept = prepare(kept)
     out = [model.encode(torch.from_numpy(np.ascontiguousarray(kept[i:i + batch_size]))).cpu()
            for i in range(0, len(kept), batch_size)]
     enc = torch.cat(out).numpy().astype(np.int16)
@@ -121,9 +125,11 @@ class TokenizeModule(L.LightningModule):
         self.model.eval()
 
         def encode(seg):
-            fr = resize_frames(seg.frames, self.model.frame_size, self.allow_resize,
-                               f"{url}: segment {seg.segment_id!r}, field 'frames'")
-            tokens = encode_segment(self.model, fr, self.batch_size, int(self.tokens_meta.get("every", 1)))
+            def prepare(fr):
+                return resize_frames(fr, self.model.frame_size, self.allow_resize,
+                                     f"{url}: segment {seg.segment_id!r}, field 'frames'")
+            tokens = encode_segment(self.model, seg.frames, self.batch_size, int(self.tokens_meta.get("every", 1)),
+                                    prepare)
             return token_item(seg, tokens, self.tokens_meta)
 
         m = write_shards(part, n, _SequentialSegments(url, encode), maxcount=self.maxcount, workers=1,
