@@ -6,7 +6,7 @@ Trainer by hand. Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` always
 
 Several ranks: the DDP/FSDP strategies get ``trainer.collective_timeout_s`` (a collective that
 one rank never joins fails after that long instead of hanging), and ``collective_errors(stage,
-trainer)`` turns such a failure into a ``CollectiveTimeout`` naming the stage and the rank. An
+trainer)`` turns such a failure into a ``CollectiveError`` naming the stage and the rank. An
 integer ``trainer.limit_val_batches`` counts the batches of the whole run (it is divided over
 the ranks), so the validated held-out samples do not depend on the number of ranks.
 """
@@ -151,14 +151,15 @@ def make_strategy(cfg_trainer):
     return name
 
 
-class CollectiveTimeout(RuntimeError):
-    """A collective (all-reduce, broadcast, barrier) was not matched by every rank in time."""
+class CollectiveError(RuntimeError):
+    """A collective (all-reduce, broadcast, barrier) that not every rank joined in time, or that
+    failed because another rank died or called a different collective."""
 
 
 @contextlib.contextmanager
 def collective_errors(stage: str, trainer=None, timeout_s: float | None = None):
-    """Re-raise a distributed failure inside the block as ``CollectiveTimeout`` naming the stage,
-    this rank and the timeout (the backend's own message is kept as the cause)."""
+    """Re-raise a distributed failure inside the block as ``CollectiveError`` naming the stage,
+    this rank and (for a timeout) the limit; the backend's own message is kept as the cause."""
     import torch.distributed as dist
 
     try:
@@ -168,18 +169,21 @@ def collective_errors(stage: str, trainer=None, timeout_s: float | None = None):
         is_dist = isinstance(e, getattr(dist, "DistError", ())) or any(
             k in text for k in ("Timed out", "timed out", "Timeout", "Connection closed by peer",
                                 "Connection reset by peer", "gloo", "NCCL"))
-        if not is_dist or isinstance(e, CollectiveTimeout):
+        if not is_dist or isinstance(e, CollectiveError):
             raise
         rank, world = 0, 1
         if trainer is not None:
             rank, world = int(trainer.global_rank), int(trainer.world_size)
         elif dist.is_available() and dist.is_initialized():
             rank, world = dist.get_rank(), dist.get_world_size()
-        limit = f" within trainer.collective_timeout_s={timeout_s:g} s" if timeout_s else ""
-        raise CollectiveTimeout(
-            f"{stage}: rank {rank} of {world}: a collective was not completed by every rank{limit} "
-            f"(the ranks ran different numbers of steps or batches, or a rank stalled or died): "
-            f"{text.splitlines()[0][:500]}") from e
+        if any(k in text for k in ("Timed out", "timed out", "Timeout")):
+            what = "a collective was not joined by every rank within " + (
+                f"trainer.collective_timeout_s={timeout_s:g} s" if timeout_s else "the collective timeout")
+        else:
+            what = "a collective failed: another rank died or called a different collective"
+        raise CollectiveError(
+            f"{stage}: rank {rank} of {world}: {what} (the ranks ran different numbers of steps or "
+            f"batches, or a rank stalled or crashed; see the other ranks' logs): {text.splitlines()[0][:500]}") from e
 
 
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
