@@ -2,7 +2,8 @@
 
 Both pipelines: shard list (``resampled=True``: endless random shards per worker, epoch length
 set with ``with_epoch`` on the WebLoader; otherwise every shard once, split over ranks with
-``wds.split_by_node`` and over DataLoader workers with ``wds.split_by_worker``) -> tar
+``wds.split_by_node`` and over DataLoader workers with ``wds.split_by_worker``; ``even=True``
+for evaluation on several ranks: every shard on every rank, then ``even_split``) -> tar
 samples -> held-out split filter by segment (``split_of``) -> decode -> frames / windows ->
 shuffle buffer. Bad samples raise ``ShardError`` naming the file and key, or with
 ``skip_bad=True`` are logged, counted and skipped.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,16 +56,53 @@ def _worker_rng(seed: int, counter) -> np.random.Generator:
     return np.random.default_rng([seed, rank, worker, next(counter)])
 
 
+def even_split(src: Iterable[dict]) -> Iterator[dict]:
+    """Every rank x DataLoader worker gets the same number of items, each item exactly once.
+
+    A pipeline stage for evaluation sets: every slot (rank r of R, worker w of W: slot r*W + w)
+    reads the whole stream, keeps items i with i % (R*W) == slot and, when the stream ends, pads
+    up to ceil(N / (R*W)) items with copies of a real item. Every item carries ``valid`` (False
+    on the padding), which metrics must use to leave the padding out. Equal counts mean equal
+    batch counts on every rank, so no collective in the evaluation loop can be left unmatched;
+    the items, their order within a slot and the held-out split do not depend on how the
+    shards are laid out. With no item at all every slot yields nothing (also equal)."""
+    import webdataset as wds
+
+    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    slots, slot = world * workers, rank * workers + worker
+    n = kept = 0
+    template = None
+    for item in src:
+        if template is None:
+            template = item
+        if n % slots == slot:
+            kept += 1
+            yield dict(item, valid=True)
+        n += 1
+    for _ in range(-(-n // slots) - kept):
+        yield dict(template, valid=False)
+
+
+def _segment_rng(seed: int, segment_id: str) -> np.random.Generator:
+    """The random choices of an evaluation split depend on the segment only (not on the rank)."""
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(str(segment_id).encode()).digest()[:8], "big")])
+
+
 def shard_pipeline(urls, split: str = "train", val_fraction: float = 0.1, resampled: bool = False,
                    shuffle_shards: bool = True, seed: int = 0, skip_bad: bool = False,
-                   stats: dict | None = None) -> tuple[list, BadInput]:
-    """The common head of the pipelines: shard source, node/worker split, tar samples, split filter."""
+                   stats: dict | None = None, even: bool = False) -> tuple[list, BadInput]:
+    """The common head of the pipelines: shard source, node/worker split, tar samples, split
+    filter. ``even=True`` (evaluation under several ranks): every rank and worker reads every
+    shard, and the pipeline ends in ``even_split`` (added by the caller after the items)."""
     import webdataset as wds
 
     urls = expand_urls(urls)
     handler = BadInput(skip_bad, stats)
     if resampled:
-        stages = [wds.ResampledShards(urls, seed=seed)]
+        # deterministic: a distinct, reproducible shard sequence per rank and worker
+        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True)]
+    elif even:
+        stages = [wds.SimpleShardList(urls)]
     else:
         _, world, _, _ = wds.utils.pytorch_worker_info()
         if world > len(urls) and split != "val":
@@ -92,14 +130,15 @@ def _decoded(src, handler: BadInput, **kw):
 def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle_buffer: int = 1000,
                   resampled: bool = False, frames_per_segment: int | None = None,
                   size: Sequence[int] | None = None, skip_bad: bool = False, seed: int = 0,
-                  stats: dict | None = None):
+                  stats: dict | None = None, even: bool = False):
     """Random single frames: {"frame": uint8 [H,W,3], "lane_mask": bool [H,W] (when the
     source has it), "segment_id": str, "index": int}. ``frames_per_segment``: a random subset
-    of each segment's frames (all when None); ``size``: (H, W) to resize to."""
+    of each segment's frames (all when None; outside training the subset depends on the
+    segment only); ``size``: (H, W) to resize to. ``even``: see ``even_split``."""
     import webdataset as wds
 
     stages, handler = shard_pipeline(urls, split, val_fraction, resampled, shuffle_buffer > 0,
-                                     seed, skip_bad, stats)
+                                     seed, skip_bad, stats, even)
     counter = itertools.count()
 
     def frames(src) -> Iterator[dict]:
@@ -108,7 +147,8 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
             t = len(seg)
             idx = np.arange(t)
             if frames_per_segment is not None and frames_per_segment < t:
-                idx = np.sort(rng.choice(t, frames_per_segment, replace=False))
+                r = rng if split == "train" else _segment_rng(seed, seg.segment_id)
+                idx = np.sort(r.choice(t, frames_per_segment, replace=False))
             fr = seg.frames[idx]  # [n, H, W, 3] uint8
             lane = seg.extras.get("lane_mask")
             lane = None if lane is None else lane[idx]
@@ -122,6 +162,8 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
                 yield out
 
     stages.append(frames)
+    if even:
+        stages.append(even_split)
     if shuffle_buffer > 0:
         stages.append(wds.detshuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
     return wds.DataPipeline(*stages)
@@ -210,18 +252,19 @@ def window_dataset(urls, context_frames: int, stride: int, key: str = "frames",
                    val_fraction: float = 0.1, shuffle_buffer: int = 1000, resampled: bool = False,
                    window_step: int | None = None, windows_per_segment: int | None = None,
                    size: Sequence[int] | None = None, skip_bad: bool = False, seed: int = 0,
-                   stats: dict | None = None):
+                   stats: dict | None = None, even: bool = False):
     """Windows of K kept frames at ``stride`` (see the module docstring for the fields).
 
     Starts every ``window_step`` frames (default: stride); ``windows_per_segment``: a random
-    subset of those per segment. ``key="tokens"`` reads token shards (never decodes video).
+    subset of those per segment (outside training it depends on the segment only).
+    ``key="tokens"`` reads token shards (never decodes video). ``even``: see ``even_split``.
     """
     import webdataset as wds
 
     if key not in ("frames", "tokens"):
         raise ValueError(f"key must be 'frames' or 'tokens', got {key!r}")
     stages, handler = shard_pipeline(urls, split, val_fraction, resampled, shuffle_buffer > 0,
-                                     seed, skip_bad, stats)
+                                     seed, skip_bad, stats, even)
     counter = itertools.count()
 
     def windows(src) -> Iterator[dict]:
@@ -230,13 +273,17 @@ def window_dataset(urls, context_frames: int, stride: int, key: str = "frames",
             t = len(item["times"] if isinstance(item, dict) else item.times)
             starts = window_starts(t, context_frames, stride, window_step)
             if windows_per_segment is not None and windows_per_segment < len(starts):
-                starts = np.sort(rng.choice(starts, windows_per_segment, replace=False))
+                sid = item["meta"]["segment_id"] if isinstance(item, dict) else item.segment_id
+                r = rng if split == "train" else _segment_rng(seed, sid)
+                starts = np.sort(r.choice(starts, windows_per_segment, replace=False))
             try:
                 yield from segment_windows(item, context_frames, stride, key, horizons, starts, size)
             except ValueError as e:
                 handler(ShardError(f"{e}"))
 
     stages.append(windows)
+    if even:
+        stages.append(even_split)
     if shuffle_buffer > 0:
         stages.append(wds.detshuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
     return wds.DataPipeline(*stages)

@@ -3,11 +3,20 @@
 One config group (``trainer``) decides CPU/GPU/DDP/FSDP/SLURM; stages never build a
 Trainer by hand. Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` always kept), and
 ``trainer.ckpt_path=last`` resumes from there.
+
+Several ranks: the DDP/FSDP strategies get ``trainer.collective_timeout_s`` (a collective that
+one rank never joins fails after that long instead of hanging), and ``collective_errors(stage,
+trainer)`` turns such a failure into a ``CollectiveError`` naming the stage and the rank. An
+integer ``trainer.limit_val_batches`` counts the batches of the whole run (it is divided over
+the ranks), so the validated held-out samples do not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
+import math
 from pathlib import Path
 
 import lightning as L
@@ -52,30 +61,129 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
     return loggers
 
 
+def _sha256(tensors) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(tensors):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class DataAuditCallback(Callback):
-    """Per-rank audit of a distributed run: which samples each rank trained on, and a hash of
-    its final weights, written to ``run_dir/audit/rank<r>.json``. Enabled by
-    ``trainer.audit=true``; used to check that ranks read disjoint data and end identical."""
+    """Per-rank audit of a distributed run: which samples each rank trained on, hashes of its
+    parameters at the start and the end and of its final state (parameters and buffers), and
+    the batch counts it ran, written to ``run_dir/audit/rank<r>.json``; the final state itself
+    goes to ``run_dir/audit/final_rank<r>.pt``. Enabled by ``trainer.audit=true``; used to
+    check that ranks read disjoint data, ran the same work and end identical."""
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
         self.seen: list[str] = []
+        self.initial = None
+        self.batches = {"train": 0, "val": 0}
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = _sha256(pl_module.named_parameters())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches["train"] += 1
         if not isinstance(batch, dict) or batch.get("segment_id") is None:
             return
         ids, starts = batch["segment_id"], batch.get("start")
         starts = starts.tolist() if hasattr(starts, "tolist") else (starts or [None] * len(ids))
         self.seen += [f"{i}@{s}" for i, s in zip(ids, starts)]
 
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches["val"] += 1
+
     def on_train_end(self, trainer, pl_module):
-        h = hashlib.sha256()
-        for name, p in sorted(pl_module.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        atomic_write_json(self.run_dir / "audit" / f"rank{trainer.global_rank}.json",
-                          {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                           "seen": self.seen, "weights_sha256": h.hexdigest()})
+        import torch
+
+        r = trainer.global_rank
+        (self.run_dir / "audit").mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                   self.run_dir / "audit" / f"final_rank{r}.pt")
+        atomic_write_json(self.run_dir / "audit" / f"rank{r}.json",
+                          {"rank": r, "world_size": trainer.world_size, "seen": self.seen,
+                           "batches": self.batches, "params_initial_sha256": self.initial,
+                           "params_sha256": _sha256(pl_module.named_parameters()),
+                           "weights_sha256": _sha256(pl_module.state_dict().items())})
+
+
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+_SPAWN = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def collective_timeout(cfg_trainer) -> datetime.timedelta:
+    s = cfg_trainer.get("collective_timeout_s")
+    s = DEFAULT_COLLECTIVE_TIMEOUT_S if s is None else float(s)
+    if s <= 0:
+        raise ValueError(f"trainer.collective_timeout_s must be > 0 seconds, got {s}")
+    return datetime.timedelta(seconds=s)
+
+
+def _several(value) -> bool:
+    """``trainer.devices``/``num_nodes`` that mean more than one process."""
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return len(value) > 1
+    try:
+        return int(value) > 1 or int(value) == -1
+    except (TypeError, ValueError):
+        return False  # "auto": let Lightning decide (no timeout of ours)
+
+
+def make_strategy(cfg_trainer):
+    """``trainer.strategy`` as Lightning's strategy object with the collective timeout (ddp,
+    ddp_spawn, ddp_fork, fsdp; "auto" on several devices or nodes means DDP); other values pass
+    through unchanged."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    name = cfg_trainer.get("strategy") or "auto"
+    if not isinstance(name, str):
+        return name
+    timeout = collective_timeout(cfg_trainer)
+    if name == "auto" and (_several(cfg_trainer.get("devices")) or _several(cfg_trainer.get("num_nodes", 1))):
+        name = "ddp"
+    if name in _SPAWN:
+        return DDPStrategy(start_method=_SPAWN[name], timeout=timeout)
+    if name == "fsdp":
+        return FSDPStrategy(timeout=timeout)
+    return name
+
+
+class CollectiveError(RuntimeError):
+    """A collective (all-reduce, broadcast, barrier) that not every rank joined in time, or that
+    failed because another rank died or called a different collective."""
+
+
+@contextlib.contextmanager
+def collective_errors(stage: str, trainer=None, timeout_s: float | None = None):
+    """Re-raise a distributed failure inside the block as ``CollectiveError`` naming the stage,
+    this rank and (for a timeout) the limit; the backend's own message is kept as the cause."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - filtered below, everything else re-raised as is
+        text = f"{type(e).__name__}: {e}"
+        is_dist = isinstance(e, getattr(dist, "DistError", ())) or any(
+            k in text for k in ("Timed out", "timed out", "Timeout", "Connection closed by peer",
+                                "Connection reset by peer", "gloo", "NCCL"))
+        if not is_dist or isinstance(e, CollectiveError):
+            raise
+        rank, world = 0, 1
+        if trainer is not None:
+            rank, world = int(trainer.global_rank), int(trainer.world_size)
+        elif dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+        if any(k in text for k in ("Timed out", "timed out", "Timeout")):
+            what = "a collective was not joined by every rank within " + (
+                f"trainer.collective_timeout_s={timeout_s:g} s" if timeout_s else "the collective timeout")
+        else:
+            what = "a collective failed: another rank died or called a different collective"
+        raise CollectiveError(
+            f"{stage}: rank {rank} of {world}: {what} (the ranks ran different numbers of steps or "
+            f"batches, or a rank stalled or crashed; see the other ranks' logs): {text.splitlines()[0][:500]}") from e
 
 
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
@@ -92,7 +200,7 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=make_strategy(t),
         precision=resolve_precision(t),
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
@@ -107,7 +215,11 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         callbacks=[ckpt, *callbacks] + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    trainer = L.Trainer(**kwargs)
+    limit = trainer.limit_val_batches
+    if trainer.world_size > 1 and isinstance(limit, int) and limit > 0:
+        trainer.limit_val_batches = math.ceil(limit / trainer.world_size)  # the run's total, over the ranks
+    return trainer
 
 
 def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:

@@ -37,6 +37,7 @@ import torch
 from drivegpt.data.shards import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
+from drivegpt.trainable import EvalSums, valid_rows
 
 # Window keys this module reads; names follow the data.loaders contract.
 DISENGAGE_KEYS = ("targets", "disengage_targets")
@@ -191,6 +192,7 @@ class BCModule(L.LightningModule):
         self.qualities = dict(qualities or {})
         self.episodes = dict(episodes or {})  # driver-behaviour episodes BC must not imitate
         self.policy = Policy(PolicyConfig.from_dict(policy_config))
+        self._sums = EvalSums(("weight", "err_curv", "err_accel", "base_curv", "base_accel"))
 
     def _prepare(self, batch):
         k = self.policy.cfg.context_frames
@@ -223,19 +225,28 @@ class BCModule(L.LightningModule):
         self.log("train/kept_fraction", parts["kept_fraction"], batch_size=frames.shape[0])
         return loss
 
+    def on_validation_epoch_start(self):
+        self._sums.reset()
+
     def validation_step(self, batch, batch_idx):
+        """Weighted absolute errors summed over the batch's real windows (padding rows from
+        several ranks get weight 0); pooled over the whole held-out set at epoch end."""
         frames, speed, target, w = self._prepare(batch)
+        w = w * valid_rows(batch, w.shape[0], w.device).float()
         mean, _, _ = self.policy(frames, speed)
-        n = w.sum().clamp(min=1.0)
-        mae = ((mean - target).abs() * w[:, None]).sum(0) / n
-        bs = frames.shape[0]
-        self.log("val/action_mae", mae.mean(), prog_bar=True, batch_size=bs)
-        self.log("val/curvature_mae", mae[0] * ACTION_SCALE[0], batch_size=bs)
-        self.log("val/accel_mae", mae[1] * ACTION_SCALE[1], batch_size=bs)
-        # the do-nothing baseline (cruise straight): what BC must beat
-        base = (target.abs() * w[:, None]).sum(0) / n
-        self.log("val/zero_action_mae", base.mean(), batch_size=bs)
-        return mae.mean()
+        err = ((mean - target).abs() * w[:, None]).sum(0)
+        base = (target.abs() * w[:, None]).sum(0)  # the do-nothing baseline (cruise straight): what BC must beat
+        self._sums.add(weight=w.sum(), err_curv=err[0], err_accel=err[1], base_curv=base[0], base_accel=base[1])
+
+    def on_validation_epoch_end(self):
+        s = self._sums.reduce(self)
+        n = max(s["weight"], 1.0)
+        mae = torch.tensor([s["err_curv"], s["err_accel"]]) / n
+        base = torch.tensor([s["base_curv"], s["base_accel"]]) / n
+        self.log("val/action_mae", float(mae.mean()), prog_bar=True, sync_dist=True)
+        self.log("val/curvature_mae", float(mae[0] * ACTION_SCALE[0]), sync_dist=True)
+        self.log("val/accel_mae", float(mae[1] * ACTION_SCALE[1]), sync_dist=True)
+        self.log("val/zero_action_mae", float(base.mean()), sync_dist=True)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr,

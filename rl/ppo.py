@@ -247,9 +247,14 @@ def ppo_update(policy, optimizer, fabric, buf: dict[str, Any], last_value: torch
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             count += 1
-            if not critic_only and cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
-                stop = True
-                break
+            if not critic_only and cfg.target_kl is not None:
+                kl = stats["approx_kl"]
+                if getattr(fabric, "world_size", 1) > 1:  # one decision for every rank: equal update counts
+                    kl = fabric.all_reduce(torch.as_tensor(kl, dtype=torch.float32, device=fabric.device),
+                                           reduce_op="mean")
+                if float(kl) > cfg.target_kl:
+                    stop = True
+                    break
         if stop:
             break
     out = {k: v / max(count, 1) for k, v in totals.items()}

@@ -1,7 +1,8 @@
 """Scale-out: the world-model training entry point under DDP (two CPU processes, gloo).
 
-Checks what DDP must guarantee: each rank reads its own shards (disjoint data) and both ranks
-end with identical weights (gradients were all-reduced).
+Checks what DDP must guarantee with ``data.resampled=false`` on an even layout: each rank reads
+its own shards (disjoint data) and both ranks end with identical weights (gradients were
+all-reduced). Uneven layouts and the default (resampled) mode: tests/test_scaleout.py.
 """
 
 import json
@@ -35,6 +36,7 @@ def test_two_rank_ddp_spawn_disjoint_data_identical_weights(tmp_path):
     cfg = compose("train_world_model", [
         "experiment=tiny", f"run_dir={run_dir}", f"data.shards={shards}", "data.context_frames=3",
         "data.val_fraction=0.0", "data.batch_size=2", "data.num_workers=0",
+        "data.resampled=false",  # each sample once per epoch (the default on 2 ranks resamples)
         "trainer.devices=2", "trainer.strategy=ddp_spawn", "trainer.max_steps=3",
         "trainer.limit_val_batches=0", "trainer.audit=true",
         "world_model.n_layer=1", "world_model.n_embd=32", "world_model.n_head=2",

@@ -20,7 +20,7 @@ from drivegpt.runs import mark_done, write_metrics
 from drivegpt.stages.common import run_dir_of
 from drivegpt.tokenizer.model import load_tokenizer
 from drivegpt.tokenizer.tokenize import TokenizeModule, combine_manifests
-from drivegpt.training import make_trainer
+from drivegpt.training import collective_errors, collective_timeout, make_trainer
 
 
 def run(cfg: DictConfig) -> dict:
@@ -37,8 +37,9 @@ def run(cfg: DictConfig) -> dict:
     trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,
                            inference_mode=True)
     t0 = time.time()
-    trainer.predict(module, return_predictions=False)
-    trainer.strategy.barrier()
+    with collective_errors("tokenize", trainer, collective_timeout(cfg.trainer).total_seconds()):
+        trainer.predict(module, return_predictions=False)
+        trainer.strategy.barrier()
     seconds = time.time() - t0
     metrics: dict = {}
     if trainer.is_global_zero:

@@ -37,7 +37,7 @@ from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
 from drivegpt.sim.learned.throughput import measure as measure_throughput
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, read_json, write_metrics
-from drivegpt.training import make_trainer, resume_path
+from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 
 STAGES = ("bc", "rl")
 
@@ -84,9 +84,10 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
-    train_s = time.perf_counter() - t0
-    val = trainer.validate(module, datamodule=dm, verbose=False)
+    with collective_errors("train_policy (bc)", trainer, collective_timeout(cfg.trainer).total_seconds()):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
+        train_s = time.perf_counter() - t0
+        val = trainer.validate(module, datamodule=dm, verbose=False)
     val = val[0] if val else {}
     module.policy.eval()
     flops = count_flops(module.policy)
@@ -103,11 +104,13 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
         "policy/bottleneck_bits": module.policy.bottleneck_bits,
     }
     metrics["action_mae"] = metrics["bc/action_mae"]  # the pipeline's headline name
-    save_policy(module.policy, run_dir / "policy.pt", meta={"stage": "bc", "metrics": metrics,
-                                                          "shards": str(cfg.data.shards),
-                                                          "stride": int(cfg.data.stride), "fps": float(cfg.data.fps)})
-    write_metrics(run_dir, metrics)
-    mark_done(run_dir, {"stage": "bc", "policy": str(run_dir / "policy.pt")})
+    if trainer.is_global_zero:  # several ranks end with the same weights; one writes them
+        save_policy(module.policy, run_dir / "policy.pt", meta={"stage": "bc", "metrics": metrics,
+                                                              "shards": str(cfg.data.shards),
+                                                              "stride": int(cfg.data.stride),
+                                                              "fps": float(cfg.data.fps)})
+        write_metrics(run_dir, metrics)
+        mark_done(run_dir, {"stage": "bc", "policy": str(run_dir / "policy.pt")})
     return metrics
 
 
@@ -161,7 +164,13 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     p = cfg.rl.ppo
     pcfg = PPOConfig.from_dict({k: v for k, v in OmegaConf.to_container(p, resolve=True).items()
                                 if k not in RUNTIME_KEYS})
-    fabric = L.Fabric(accelerator=str(p.get("accelerator", "auto")), devices=p.get("devices", 1),
+    devices = p.get("devices", 1)
+    strategy = "auto"
+    if str(devices) not in ("1", "auto"):  # several ranks: DDP with the collective timeout
+        from lightning.fabric.strategies import DDPStrategy
+
+        strategy = DDPStrategy(timeout=collective_timeout(cfg.trainer))
+    fabric = L.Fabric(accelerator=str(p.get("accelerator", "auto")), devices=devices, strategy=strategy,
                       precision=str(p.get("precision", "32-true")))
     fabric.launch()
     fabric.seed_everything(int(cfg.seed))
@@ -221,9 +230,10 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                         kl=f"{stats['kl_to_ref']:.4f}")
 
     t0 = time.perf_counter()
-    history = train_ppo(policy, env, pcfg, fabric=fabric, ref_policy=bc, seed=int(cfg.seed),
-                        on_step=on_step, on_iteration=on_iteration, start_iteration=start,
-                        optimizer_state=opt_state)
+    with collective_errors("train_policy (rl)", None, collective_timeout(cfg.trainer).total_seconds()):
+        history = train_ppo(policy, env, pcfg, fabric=fabric, ref_policy=bc, seed=int(cfg.seed),
+                            on_step=on_step, on_iteration=on_iteration, start_iteration=start,
+                            optimizer_state=opt_state)
     train_s = time.perf_counter() - t0
     bar.close()
     policy = getattr(policy, "module", policy)

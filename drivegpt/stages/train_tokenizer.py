@@ -21,7 +21,7 @@ from drivegpt.runs import mark_done, write_metrics
 from drivegpt.tokenizer.model import save_tokenizer
 from drivegpt.tokenizer.module import TokenizerModule
 from drivegpt.tokenizer.callbacks import ReconImages
-from drivegpt.training import make_trainer, resume_path
+from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 
 
 def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModule, dict]:
@@ -38,12 +38,9 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     if cfg.tokenizer.get("train_steps"):  # this stage's own length (trainer.max_steps is shared)
         trainer_overrides.setdefault("max_steps", int(cfg.tokenizer.train_steps))
     trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
-    if trainer.world_size > 1:
-        # Known issue: in-training validation hangs under DDP here (held-out batches per rank
-        # differ); score with `drivegpt eval tokenizer` instead.
-        trainer.limit_val_batches = 0
     t0 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    with collective_errors("train_tokenizer", trainer, collective_timeout(cfg.trainer).total_seconds()):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     seconds = time.time() - t0
     m = trainer.callback_metrics
     steps = int(trainer.global_step)

@@ -19,7 +19,7 @@ from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.data.shards import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.stages.common import run_dir_of
-from drivegpt.training import make_trainer, resume_path
+from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
 from drivegpt.world_model.module import WorldModelModule
@@ -76,10 +76,13 @@ def run(cfg: DictConfig) -> dict:
     callbacks = [SampleRollouts(run_dir / "samples", tok_path, int(cfg.world_model.get("sample_rollouts", 2)))]
     trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks, max_steps=max_steps(cfg))
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
+    with collective_errors("train_world_model", trainer, collective_timeout(cfg.trainer).total_seconds()):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     train_s = time.time() - t0
     model = module.model.float().cpu().eval()
-    out = save_world_model(model, run_dir / "world_model.pt")
+    out = run_dir / "world_model.pt"
+    if trainer.is_global_zero:  # every rank holds the same weights; one writes them
+        out = save_world_model(model, out)
     cm = trainer.callback_metrics
     metrics = {
         "world_model_path": str(out),

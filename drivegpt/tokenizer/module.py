@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from drivegpt.trainable import EvalSums, valid_rows
 from drivegpt.tokenizer.losses import PatchDiscriminator, hinge_d_loss, psnr
 from drivegpt.tokenizer.model import Tokenizer, to_float, tokenizer_config
 
@@ -46,6 +47,7 @@ class TokenizerModule(L.LightningModule):
         self.disc = PatchDiscriminator(int(c.loss.disc_channels), int(c.loss.disc_layers)) if self.gan_weight > 0 else None
         self.clip_val = clip_val
         self.register_buffer("usage_counts", torch.zeros(self.model.vocab_size), persistent=False)
+        self._sums = EvalSums(("frames", "psnr", "mse"))
 
     # -- helpers ------------------------------------------------------------------------------
     def frames_in(self, batch) -> torch.Tensor:
@@ -99,11 +101,23 @@ class TokenizerModule(L.LightningModule):
             self.log("psnr", psnr(recon.detach(), x).mean(), prog_bar=True, logger=False)
         return loss.detach()
 
+    def on_validation_epoch_start(self):
+        self._sums.reset()
+
     def validation_step(self, batch, batch_idx):
+        """Sums over the batch's real frames (padding rows from several ranks are left out)."""
         x = self.frames_in(batch)
+        valid = valid_rows(batch, x.shape[0], x.device)
         recon, indices, q_loss = self.model(x)
-        # no sync_dist: held-out batches per rank differ (split by shard), a collective here hangs DDP
-        self.log_dict({"val/psnr": psnr(recon, x).mean(), "val/mse": torch.nn.functional.mse_loss(recon.float(), x)})
+        err = (recon.float() - x).pow(2).mean(dim=(1, 2, 3))  # per frame
+        self._sums.add(frames=valid.sum(), psnr=psnr(recon, x)[valid], mse=err[valid])
+
+    def on_validation_epoch_end(self):
+        """PSNR (mean over frames) and MSE of the whole held-out set: the same on any number of
+        ranks (every rank logs the pooled value)."""
+        s = self._sums.reduce(self)
+        if s["frames"] > 0:
+            self.log_dict({"val/psnr": s["psnr"] / s["frames"], "val/mse": s["mse"] / s["frames"]}, sync_dist=True)
 
     # -- optimizers ---------------------------------------------------------------------------
     def configure_optimizers(self):

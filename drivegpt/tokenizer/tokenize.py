@@ -1,10 +1,11 @@
 """Encoding frame shards into token shards with ``trainer.predict`` (``drivegpt tokenize``,
 stage ``drivegpt.stages.tokenize``).
 
-Work unit = one input frame shard. Rank r of W takes input shards r, r+W, ... (no padding, no
-duplicates) and writes ``out/<input shard stem>/tokens-000000.tar`` (+ that directory's
-manifest.json) with data.shards.write_shards: atomic, and a re-run skips every part whose
-manifest says it is complete (so a killed job resumes, on any number of ranks). Each token
+Work unit = one input frame shard. Rank r of W takes input shards r, r+W, ... (no duplicates;
+a rank with one shard fewer gets a no-op step, so every rank runs ceil(n / W) steps) and
+writes ``out/<input shard stem>/tokens-000000.tar`` (+ that directory's manifest.json) with
+data.shards.write_shards: atomic, and a re-run skips every part whose manifest says it is
+complete (so a killed job resumes, on any number of ranks). Each token
 sample holds ``tokens`` int16 [T, h', w'], every label/pose array and extra of the segment
 unchanged (bit-exact), and ``meta`` with ``meta["tokens"] = {vocab_size, grid, frame_size,
 tokenizer, every}``. ``every`` = N encodes frames 0, N, 2N, ... only (the frames a world model
@@ -115,6 +116,8 @@ class TokenizeModule(L.LightningModule):
         return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size)
 
     def predict_step(self, url, batch_idx=0):
+        if url is None:  # padding: every rank runs the same number of predict steps
+            return None
         part = self.out / part_name(url)
         if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
             m = read_json(part / MANIFEST)
@@ -138,7 +141,10 @@ class TokenizeModule(L.LightningModule):
 
 
 def _url_loader(urls: list[str], rank: int, world: int):
+    """Rank r's input shards r, r+W, ..., padded with None (a no-op step) to ceil(n / W), so
+    every rank runs the same number of predict steps whatever the number of shards."""
     mine = urls[rank::world]
+    mine = mine + [None] * (-(-len(urls) // world) - len(mine))
     return torch.utils.data.DataLoader(mine, batch_size=None, shuffle=False, num_workers=0)
 
 

@@ -11,6 +11,7 @@ import math
 import lightning as L
 import torch
 
+from drivegpt.trainable import EvalSums, gather_rows, take_rows, valid_rows
 from drivegpt.world_model.losses import unpack_batch
 from drivegpt.world_model.model import WorldModel, WorldModelConfig
 from drivegpt.world_model.metrics import disengage_metrics
@@ -35,6 +36,7 @@ class WorldModelModule(L.LightningModule):
         self.register_buffer("pos_count", torch.zeros(n_h, n_c, dtype=torch.float64))
         self.register_buffer("label_count", torch.zeros(n_h, n_c, dtype=torch.float64))
         self._val = []
+        self._sums = EvalSums(("tokens", "ce", "correct", "dis_labels", "dis", "pose_n", "pose"))
 
     # ------------------------------------------------------------------ losses
     def losses(self, batch: dict, train: bool) -> tuple[dict, dict]:
@@ -77,27 +79,63 @@ class WorldModelModule(L.LightningModule):
         self.log("loss", logs["loss"], prog_bar=True, logger=False, batch_size=bs)
         return logs["loss"]
 
+    def on_validation_epoch_start(self):
+        self._sums.reset()
+        self._val.clear()
+
     def validation_step(self, batch, batch_idx):
+        """Sums over the batch's real rows (padding rows from several ranks are left out); the
+        epoch's metrics are pooled over the whole held-out set in ``on_validation_epoch_end``."""
+        n = batch["tokens"].shape[0]
+        valid = valid_rows(batch, n)
+        real = int(valid.sum())
+        if real < n:
+            batch = take_rows(batch, valid if real else torch.arange(n) == 0)  # all padding: one row, weight 0
         logs, out = self.losses(batch, train=False)
-        top1 = (out["logits"].argmax(-1) == out["target_tokens"]).float().mean()
-        bs = batch["tokens"].shape[0]
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=bs, sync_dist=True)
-        self.log("val/top1", top1, batch_size=bs, sync_dist=True)
-        if "mask" in out:
+        w = float(real > 0)
+        tokens = out["target_tokens"].numel() * w
+        correct = (out["logits"].argmax(-1) == out["target_tokens"]).sum() * w
+        self._sums.add(tokens=tokens, ce=logs["loss_tokens"] * tokens, correct=correct)
+        if "loss_disengage" in logs:
+            labels = out["mask"].sum() * w
+            self._sums.add(dis_labels=labels, dis=logs["loss_disengage"] * labels)
+        if "loss_pose" in logs:
+            self._sums.add(pose_n=out["pose"].numel() * w, pose=logs["loss_pose"] * out["pose"].numel() * w)
+        if "mask" in out and real:
             self._val.append((torch.sigmoid(out["disengage"].float()).cpu(), out["target"].cpu(), out["mask"].cpu()))
 
     def on_validation_epoch_end(self):
-        if not self._val:
-            return
-        probs, target, mask = (torch.cat(x) for x in zip(*self._val))
+        s = self._sums.reduce(self)
+        hp = self.hparams
+        logs = {}
+        if s["tokens"] > 0:
+            ce = s["ce"] / s["tokens"]
+            logs.update({"loss_tokens": ce, "bits_per_token": ce / math.log(2.0), "top1": s["correct"] / s["tokens"]})
+            loss = ce
+            if s["dis_labels"] > 0 and hp.dis_weight > 0:
+                logs["loss_disengage"] = s["dis"] / s["dis_labels"]
+                loss += hp.dis_weight * logs["loss_disengage"]
+            if s["pose_n"] > 0 and hp.pose_weight > 0:
+                logs["loss_pose"] = s["pose"] / s["pose_n"]
+                loss += hp.pose_weight * logs["loss_pose"]
+            logs["loss"] = loss
+        for k, v in logs.items():  # the same value on every rank: the whole held-out set's
+            self.log(f"val/{k}", float(v), sync_dist=True)
+        n_h, n_c = len(self.model.cfg.horizons), self.model.cfg.n_causes
+        if self._val:
+            probs, target, mask = (torch.cat([x.reshape(-1, n_h, n_c) for x in xs]) for xs in zip(*self._val))
+        else:
+            probs = target = mask = torch.zeros(0, n_h, n_c)
         self._val.clear()
-
+        probs, target, mask = gather_rows(self, probs, target, mask)
+        if probs.shape[0] == 0:
+            return
         horizons = self.model.cfg.horizons
         res = disengage_metrics(probs, target, mask, horizons)
         for h in horizons:
             v = res.get(f"auroc_{h:g}s")
             if v is not None:
-                self.log(f"val/auroc_{h:g}s", float(v))
+                self.log(f"val/auroc_{h:g}s", float(v), sync_dist=True)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
