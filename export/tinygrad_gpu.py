@@ -137,7 +137,9 @@ class TinygradPolicy:
         from tinygrad import Context, TinyJit
 
         self.path, self.device = Path(path), device
-        self.context = {"DEV": device, **({"NUM_CPU_THREADS": int(threads)} if device == "CPU" and threads else {})}
+        # PARALLEL=0: compile in this process (no pool of spawned compiler processes on a shared host)
+        self.context = {"DEV": device, "PARALLEL": 0,
+                        **({"NUM_CPU_THREADS": int(threads)} if device == "CPU" and threads else {})}
         with Context(**self.context):
             self.runner = _runner_class()(self.path)
         missing = self.runner.unsupported()
