@@ -110,7 +110,7 @@ def resolve_target(e: DictConfig, name: str) -> str:
     return name
 
 
-def verify_tinygrad(out_dir: Path, files: dict, held, ref: np.ndarray, check, e: DictConfig, budget_ms: float,
+def verify_tinygrad(files: dict, held, ref: np.ndarray, check, e: DictConfig, budget_ms: float,
                     gpu_is_tinygrad: bool) -> dict:
     """The 845 path: each ONNX graph in ``files`` ({"fp32": path, "fp16": path}) run by tinygrad's ONNX
     runner under TinyJit on its CPU backend, checked against PyTorch fp32; tinygrad's counts per call and
@@ -184,7 +184,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     if e.tinygrad.enabled:
         log.info("[1b/4] tinygrad (the 845's GPU runtime) on its %s backend", e.tinygrad.device)
         graphs = {"fp32": fp32, **({"fp16": out_dir / "policy_fp16.onnx"} if e.fp16 else {})}
-        tiny = verify_tinygrad(out_dir, graphs, held, ref, check, e, float(e.budget_ms),
+        tiny = verify_tinygrad(graphs, held, ref, check, e, float(e.budget_ms),
                                gpu_is_tinygrad=target.get("gpu_runtime") == "tinygrad")
 
     q = e.quantization

@@ -94,8 +94,8 @@ def test_tinygrad_missing_fails_the_845_and_is_noted_elsewhere(monkeypatch, tmp_
     cfg = compose("export_policy", ["experiment=tiny", "checkpoint=x", f"run_dir={tmp_path}"])
     monkeypatch.setattr(tg, "tinygrad_status", lambda device: (False, "tinygrad is not installed"))
     with pytest.raises(RuntimeError, match="runs on tinygrad, which cannot run here: tinygrad is not installed"):
-        verify_tinygrad(tmp_path, {}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=True)
-    sec = verify_tinygrad(tmp_path, {}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=False)
+        verify_tinygrad({}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=True)
+    sec = verify_tinygrad({}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=False)
     assert sec == {"verified": False, "note": "not verified: tinygrad is not installed"}
 
 
