@@ -1,10 +1,14 @@
 """Export benchmark: ONNX Runtime CPU vs PyTorch eager (batch 1, same graph), FLOPs per frame
-set at 128x256, quantized action error (QDQ on the CPU EP, EPContext on the QNN HTP backend).
+set at 128x256, quantized action error (QDQ on the CPU EP, EPContext on the QNN HTP backend), and
+the Snapdragon 845 path: tinygrad (OnnxRunner + TinyJit, CPU backend) parity, its JIT latency on
+this CPU beside ORT and PyTorch eager for the same fp32 graph, its counts per call and the
+estimated Adreno 630 ms per frame set.
 
     python benchmarks/export.py [--checkpoint runs/.../policy.ckpt] [--target sm8550]
 
 Prints ONE JSON line. Targets: ort_vs_torch <= 0.5, gflops_per_frame <= 2.5 at 128x256,
-quantized p95 error <= 2% of the action range. Without --checkpoint: rl.policy.Policy built
+quantized p95 error <= 2% of the action range; tinygrad fp32 max <= 1e-4, fp16 p95 <= 1% of the
+range, estimated Adreno 630 ms within the 50 ms budget. Without --checkpoint: rl.policy.Policy built
 from configs/rl/default.yaml at 128x256, untrained (same graph and FLOPs as a trained one).
 """
 
@@ -23,6 +27,28 @@ import torch  # noqa: E402
 
 from drivegpt.config import compose  # noqa: E402
 from drivegpt.export.export import export_module, load_export_module  # noqa: E402
+
+
+def tinygrad_figures(rep: dict, cfg) -> dict:
+    """The 845 (tinygrad) figures of an export report, flat for the JSON line."""
+    t = rep.get("tinygrad") or {}
+    if not t.get("verified"):
+        return {"tinygrad_verified": False, "tinygrad_note": t.get("note")}
+    out = {"tinygrad_verified": True, "tinygrad_version": t["version"], "tinygrad_device": t["device"],
+           "tinygrad_cpu_ms": t["cpu_ms"], "tinygrad_vs_torch": t["vs_torch"], "tinygrad_vs_ort": t["vs_ort"],
+           "tinygrad_fp32_parity_target": float(cfg.export.verify.parity_atol),
+           "tinygrad_fp16_p95_frac_target": float(cfg.export.tinygrad.fp16_p95_frac_of_range)}
+    for kind, g in t["graphs"].items():
+        e = rep["checks"][g["check"]]["errors"]
+        a = g["adreno630"]
+        out.update({f"tinygrad_{kind}_parity_max": e["max"], f"tinygrad_{kind}_p95_frac": e["p95_frac"],
+                    f"tinygrad_{kind}_passed": rep["checks"][g["check"]]["passed"],
+                    f"tinygrad_{kind}_kernels": g["kernels"], f"tinygrad_{kind}_gflop": g["flops"] / 1e9,
+                    f"tinygrad_{kind}_mbytes": g["bytes"] / 1e6, f"adreno630_{kind}_est_ms": a["ms"],
+                    f"adreno630_{kind}_bound": a["bound"]})
+    out["adreno630_budget_ms"] = rep["budget_ms"]
+    out["openpilot_845_ms"] = {k: rep["reference"][k] for k in ("vision_ms", "policy_ms")}
+    return out
 
 
 def main() -> None:
@@ -81,10 +107,13 @@ def main() -> None:
         "htp_max": fig("EPContext (QNN HTP backend) vs PyTorch fp32", "max"),
         "htp_vs_qdq_max": fig("EPContext (QNN HTP backend) vs QDQ (ORT CPU)", "max"),
         "p95_frac_target": float(cfg.export.verify.p95_frac_of_range),
+        **tinygrad_figures(rep, cfg),
         "est_ms": {n: {e: v["ms"] for e, v in row.items() if isinstance(v, dict)} for n, row in rep["latency"].items()},
         "artifact_kib": {a["file"]: round(a["bytes"] / 1024, 1) for a in rep["artifacts"]},
         "all_checks_passed": all(c["passed"] for c in checks.values()),
-        "export_wall_s": wall, "threads": 1, "note": "timings on a shared, contended 2-core host",
+        "export_wall_s": wall, "threads": 1,
+        "note": "timings on a shared, contended 2-core host; tinygrad/ORT/torch timed in the same alternating rounds; "
+                "Adreno 630 figures are estimates from tinygrad's counts (export.tinygrad.adreno assumptions)",
     }
     print(json.dumps(out))
 

@@ -1,10 +1,11 @@
 """From a policy checkpoint to verified device artifacts and a report (``drivegpt export policy
 checkpoint=PATH target=NAME``, stage ``drivegpt.stages.export_policy``).
 
-``export_module`` writes ``run_dir/export/``: policy_fp32.onnx (CPU), policy_fp16.onnx (GPU delegates),
-policy_qdq.onnx (QNN QDQ, a16w8 by default), policy_<target>_ctx.onnx (EPContext with the
-embedded HTP context binary, for targets with an HTP), manifest.json, report.json/.md; the
-stage adds run_dir/metrics.json and raises on verification failures.
+``export_module`` writes ``run_dir/export/``: policy_fp32.onnx (CPU), policy_fp16.onnx (GPU: tinygrad
+on the 845's Adreno 630, verified on tinygrad's CPU backend), policy_qdq.onnx (QNN QDQ, a16w8 by
+default), policy_<target>_ctx.onnx (EPContext with the embedded HTP context binary, for targets with
+an HTP), the 845 device kit (run_on_comma.py, README_sd845.md, sd845_sample.npz), manifest.json,
+report.json/.md; the stage adds run_dir/metrics.json and raises on verification failures.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from drivegpt.export import onnx_export as ox
 from drivegpt.export import qnn, report
+from drivegpt.export import tinygrad_gpu as tg
 from drivegpt.export.frames import get_windows
 from drivegpt.export.quantize import check_inputs, quantize_qdq
 from drivegpt.export.verify import action_errors
@@ -78,30 +80,74 @@ def toolchain_versions() -> dict:
         out.update({"onnxruntime_qnn": qnn_info.__version__, "qnn_sdk": getattr(qnn_info, "qnn_version", None)})
     except ImportError:
         out["onnxruntime_qnn"] = None
+    out["tinygrad"] = tg.tinygrad_version()  # the device's tinygrad should match (run_on_comma.py)
     return out
 
 
-def cpu_latency_ms(module, session, inputs: dict, runs: int) -> tuple[float, float]:
-    """(PyTorch eager ms, ORT CPU ms) per batch-1 call, both on one thread."""
+def cpu_latency_ms(module, session, inputs: dict, runs: int, tinygrad=None) -> dict:
+    """{"torch", "ort"[, "tinygrad"]}: ms per batch-1 call of the same fp32 graph, each on one thread
+    (PyTorch eager, ONNX Runtime CPU, and tinygrad's replayed TinyJit on its CPU backend when given)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         args = [torch.from_numpy(v) for v in inputs.values()]
+        fns = {"torch": lambda: module(*args), "ort": lambda: session.run(None, inputs)}
+        if tinygrad is not None:
+            fns["tinygrad"] = lambda: tinygrad(*inputs.values())
         with torch.inference_mode():
-            ms = _ms({"torch": lambda: module(*args), "ort": lambda: session.run(None, inputs)}, runs)
+            return _ms(fns, runs)
     finally:
         torch.set_num_threads(threads)
-    return ms["torch"], ms["ort"]
+
+
+def resolve_target(e: DictConfig, name: str) -> str:
+    """The targets-table name for ``target=`` (``export.aliases``: sd845 -> sdm845)."""
+    aliases = dict(e.get("aliases") or {})
+    name = str(aliases.get(name, name))
+    if name not in e.targets:
+        raise ValueError(f"target={name!r}: not in the targets table (configs/export/default.yaml): "
+                         f"{sorted(e.targets)} (aliases: {aliases})")
+    return name
+
+
+def verify_tinygrad(files: dict, held, ref: np.ndarray, check, e: DictConfig, budget_ms: float,
+                    gpu_is_tinygrad: bool) -> dict:
+    """The 845 path: each ONNX graph in ``files`` ({"fp32": path, "fp16": path}) run by tinygrad's ONNX
+    runner under TinyJit on its CPU backend, checked against PyTorch fp32; tinygrad's counts per call and
+    the Adreno 630 estimate from them. Returns the report's ``tinygrad`` section (with the fp32 runner
+    under "_fp32_runner" for the latency comparison)."""
+    t = e.tinygrad
+    ok, why = tg.tinygrad_status(str(t.device))
+    if not ok:
+        if gpu_is_tinygrad:  # the target's own GPU runtime: cannot ship it unverified
+            raise RuntimeError(f"target's GPU artifact runs on tinygrad, which cannot run here: {why}")
+        return {"verified": False, "note": f"not verified: {why}"}
+    adreno = OmegaConf.to_container(t.adreno, resolve=True)
+    sec = {"verified": True, "status": why, "version": tg.tinygrad_version(), "device": str(t.device),
+           "adreno_assumptions": adreno, "graphs": {}}
+    for kind, path in files.items():
+        log.info("tinygrad %s: OnnxRunner + TinyJit on %s (%s)", kind, t.device, path.name)
+        runner = tg.TinygradPolicy(path, device=str(t.device), threads=1)
+        acts = runner.run(held.frames, held.speed)
+        name = f"tinygrad {kind} ({t.device}, TinyJit) vs PyTorch fp32"
+        if kind == "fp32":
+            check(name, acts, ref, "max", float(e.verify.parity_atol), f"max <= {e.verify.parity_atol}")
+        else:
+            bound = float(t.fp16_p95_frac_of_range)
+            check(name, acts, ref, "p95_frac", bound, f"p95 <= {bound:.0%} of range")
+        counts = runner.counts(held.frames, held.speed)
+        sec["graphs"][kind] = {"file": path.name, "check": name, **counts,
+                               "adreno630": tg.adreno_estimate(counts, kind == "fp16", adreno, budget_ms)}
+        if kind == "fp32":
+            sec["_fp32_runner"] = runner
+    return sec
 
 
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
     """Everything after loading: artifacts, verification, manifest, report. Returns the report dict."""
     e = cfg.export
     out_dir.mkdir(parents=True, exist_ok=True)
-    tname = str(cfg.target)
-    if tname not in e.targets:
-        raise ValueError(f"target={tname!r}: not in the targets table (configs/export/default.yaml): "
-                         f"{sorted(e.targets)}")
+    tname = resolve_target(e, str(cfg.target))
     target = {"name": tname, **OmegaConf.to_container(e.targets[tname], resolve=True)}
     action_range = float(e.action_range)
 
@@ -129,9 +175,17 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
 
     if e.fp16:
         fp16 = ox.to_fp16(fp32, out_dir / "policy_fp16.onnx")
-        artifacts.append({"file": fp16.name, "kind": "fp16", "runtime": "GPU delegate (e.g. Adreno 630 on the 845)"})
+        artifacts.append({"file": fp16.name, "kind": "fp16",
+                          "runtime": "tinygrad DEV=QCOM (Adreno 630 GPU on the 845; run_on_comma.py), other GPU delegates"})
         check("fp16 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(ox.cpu_session(fp16), held.frames, held.speed),
               ref, "p95_frac", float(e.verify.p95_frac_of_range), f"p95 <= {e.verify.p95_frac_of_range:.0%} of range")
+
+    tiny = {"verified": False, "note": "disabled (export.tinygrad.enabled=false)"}
+    if e.tinygrad.enabled:
+        log.info("[1b/4] tinygrad (the 845's GPU runtime) on its %s backend", e.tinygrad.device)
+        graphs = {"fp32": fp32, **({"fp16": out_dir / "policy_fp16.onnx"} if e.fp16 else {})}
+        tiny = verify_tinygrad(graphs, held, ref, check, e, float(e.budget_ms),
+                               gpu_is_tinygrad=target.get("gpu_runtime") == "tinygrad")
 
     q = e.quantization
     log.info("[2/4] QDQ quantization a=%s w=%s", q.activation_type, q.weight_type)
@@ -147,7 +201,9 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     htp_note = None
     if not target.get("has_htp", False):
         htp_note = (f"{target.get('soc', tname)} has no Hexagon HTP (the HTP starts with v68 SoCs), so no "
-                    "context binary: deploy policy_fp16.onnx on its GPU or policy_fp32.onnx on its CPU.")
+                    "context binary: deploy policy_fp16.onnx on its GPU"
+                    + (" with tinygrad (run_on_comma.py)" if target.get("gpu_runtime") == "tinygrad" else "")
+                    + " or policy_fp32.onnx on its CPU.")
     else:
         ok, why = qnn.qnn_status()
         if not ok:
@@ -169,7 +225,15 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     example = ox.example_inputs(frames_shape)
     flops = report.count_flops(module, example)
     one = {"frames": held.frames[:1], "speed": held.speed[:1]}
-    torch_ms, ort_ms = cpu_latency_ms(module, cpu, one, int(e.timing_runs))
+    tiny_fp32 = tiny.pop("_fp32_runner", None)
+    ms = cpu_latency_ms(module, cpu, one, int(e.timing_runs), tinygrad=tiny_fp32)
+    torch_ms, ort_ms = ms["torch"], ms["ort"]
+    support = []
+    if tiny.get("verified"):
+        tiny.update({"cpu_ms": ms["tinygrad"], "vs_torch": ms["tinygrad"] / torch_ms, "vs_ort": ms["tinygrad"] / ort_ms})
+        n = min(int(e.tinygrad.sample_count), len(held.frames))
+        support = [p.name for p in tg.write_device_kit(out_dir, held.frames[:n], held.speed[:n], ref[:n], {
+            "sample_n": n, "tinygrad": tiny["version"], "table": report.tinygrad_table(tiny, checks)})]
 
     io_spec = {
         "inputs": [{"name": "frames", "shape": [1, *frames_shape], "dtype": "uint8",
@@ -182,8 +246,8 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     }
     manifest_extra = {"opset": int(e.opset), "target": target, "checkpoint": checkpoint,
                       "toolchain": toolchain_versions(),
-                      "frame_rate_hz": float(cfg.data.fps) / float(cfg.data.stride)}
-    manifest = report.write_manifest(out_dir, artifacts, io_spec, manifest_extra)
+                      "frame_rate_hz": float(cfg.data.fps) / float(cfg.data.stride), "action_range": action_range}
+    manifest = report.write_manifest(out_dir, artifacts, io_spec, manifest_extra, support_files=support)
     rows = report.read_json(manifest)["artifacts"]
 
     rep = {
@@ -198,7 +262,8 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         "utilisation": OmegaConf.to_container(e.utilisation, resolve=True),
         "latency": report.latency_estimates(flops, OmegaConf.to_container(e.targets, resolve=True),
                                             OmegaConf.to_container(e.utilisation, resolve=True), float(e.budget_ms)),
-        "ort_cpu_ms": ort_ms, "torch_cpu_ms": torch_ms,
+        "ort_cpu_ms": ort_ms, "torch_cpu_ms": torch_ms, "tinygrad": tiny, "support_files": support,
+        "deployment": report.deployment_table(tname, OmegaConf.to_container(e.targets, resolve=True), rows, tiny),
     }
     report.plot_errors(raw, action_range, float(e.verify.p95_frac_of_range), out_dir / "errors.png")
     report.write_report(out_dir, rep)

@@ -102,15 +102,19 @@ def latency_estimates(flops: int, targets: dict, utilisation: dict, budget_ms: f
     return out
 
 
-def write_manifest(export_dir: str | os.PathLike, artifacts: list[dict], io_spec: dict, extra: dict) -> Path:
-    """manifest.json: every artifact with sha256/bytes, I/O names/shapes/dtypes, normalisation."""
+def write_manifest(export_dir: str | os.PathLike, artifacts: list[dict], io_spec: dict, extra: dict,
+                   support_files: list[str] = ()) -> Path:
+    """manifest.json: every artifact with sha256/bytes, I/O names/shapes/dtypes, normalisation; the
+    files that go with them to a device (runner script, its README, sample frames) under ``support_files``."""
     export_dir = Path(export_dir)
     rows = []
     for a in artifacts:
         p = export_dir / a["file"]
         os.chmod(p, 0o644)  # atomic writes create 0600 temp files; artifacts get copied to devices
         rows.append({**a, "sha256": sha256(p), "bytes": p.stat().st_size})
-    return atomic_write_json(export_dir / MANIFEST, {"artifacts": rows, **io_spec, **extra})
+    support = [{"file": f, "sha256": sha256(export_dir / f), "bytes": (export_dir / f).stat().st_size}
+               for f in support_files]
+    return atomic_write_json(export_dir / MANIFEST, {"artifacts": rows, "support_files": support, **io_spec, **extra})
 
 
 def verify_manifest(export_dir: str | os.PathLike) -> list[str]:
@@ -118,13 +122,53 @@ def verify_manifest(export_dir: str | os.PathLike) -> list[str]:
     export_dir = Path(export_dir)
     manifest = read_json(export_dir / MANIFEST)
     problems = []
-    for a in manifest.get("artifacts", []):
+    for a in manifest.get("artifacts", []) + manifest.get("support_files", []):
         p = export_dir / a["file"]
         if not p.exists():
             problems.append(f"{p}: listed in {MANIFEST} but missing")
         elif sha256(p) != a["sha256"]:
             problems.append(f"{p}: sha256 differs from {MANIFEST}")
     return problems
+
+
+def tinygrad_table(tiny: dict, checks: dict) -> list[str]:
+    """Markdown rows: per graph, tinygrad's parity, counts per call and the Adreno 630 estimate."""
+    L = ["| graph | parity vs PyTorch fp32 (held-out) | kernels / call | MFLOP / call | MB / call "
+         "| est. Adreno 630 ms (launch + max(compute, memory)) | within 50 ms |", "|---|---|---|---|---|---|---|"]
+    for kind, g in tiny.get("graphs", {}).items():
+        c = checks.get(g["check"], {})
+        er = c.get("errors", {})
+        a = g["adreno630"]
+        L.append(f"| `{g['file']}` | max {_fmt(er.get('max'))}, p95 {100 * er.get('p95_frac', float('nan')):.3g}% of range "
+                 f"({'pass' if c.get('passed') else 'FAIL'}: {c.get('criterion', '-')}) | {g['kernels']} "
+                 f"| {g['flops'] / 1e6:.3g} | {g['bytes'] / 1e6:.3g} | {a['ms']:.3g} ({a['launch_ms']:.2g} + "
+                 f"max({a['compute_ms']:.2g}, {a['memory_ms']:.2g}); {a['bound']}-bound) "
+                 f"| {'yes' if a['within_budget'] else 'no'} |")
+    return L
+
+
+def deployment_table(target: str, targets: dict, artifacts: list[dict], tiny: dict) -> list[dict]:
+    """Which file goes on which device: SoC -> artifact -> runtime (and what verified it here)."""
+    files = {a["file"] for a in artifacts}
+    tver = ("verified here on tinygrad's CPU backend (same ONNX runner + TinyJit)" if tiny.get("verified")
+            else f"tinygrad {tiny.get('note', 'not verified')}")
+    rows = []
+    for name, t in targets.items():
+        if t.get("gpu_runtime") == "tinygrad":
+            rows.append({"soc": f"{t.get('soc', name)} [{name}]", "engine": f"{t.get('gpu', 'GPU')} GPU",
+                         "artifact": "policy_fp16.onnx (fp16; policy_fp32.onnx for full precision) + run_on_comma.py",
+                         "runtime": "tinygrad DEV=QCOM IMAGE=2 (as openpilot)", "verified": tver})
+    htp = [n for n, t in targets.items() if t.get("has_htp")]
+    ctx = f"policy_{target}_ctx.onnx"
+    rows.append({"soc": "8-series with a Hexagon HTP [" + ", ".join(htp) + "]", "engine": "Hexagon HTP",
+                 "artifact": (f"{ctx} (compiled for {target} only; re-export with target=NAME for the others)"
+                              if ctx in files else "policy_<target>_ctx.onnx: export with target=NAME")
+                 + "; policy_qdq.onnx (the QNN EP compiles it on the device)",
+                 "runtime": "ONNX Runtime + onnxruntime-qnn (QNN HTP EP)",
+                 "verified": ("QNN HTP backend (x86 simulator)" if ctx in files else "QDQ on ORT CPU")})
+    rows.append({"soc": "any", "engine": "CPU", "artifact": "policy_fp32.onnx", "runtime": "ONNX Runtime CPU EP",
+                 "verified": "ORT CPU vs PyTorch fp32"})
+    return rows
 
 
 def _fmt(x, nd=3):
@@ -168,6 +212,28 @@ def markdown(r: dict) -> str:
     L += ["", f"SoCs with a Hexagon Tensor Processor (v68 and later) run the QNN context binary: {', '.join(htp)}. "
           f"Without an HTP: {', '.join(no_htp) or 'none'}; the 845's Hexagon 685 has no HTP, so it runs "
           "`policy_fp16.onnx` on the GPU or `policy_fp32.onnx` on the CPU."]
+    L += ["", "## Which file goes on which device", "", "| SoC | engine | artifact | runtime | verified |",
+          "|---|---|---|---|---|"]
+    L += [f"| {d['soc']} | {d['engine']} | {d['artifact']} | {d['runtime']} | {d['verified']} |"
+          for d in r.get("deployment", [])]
+    tiny = r.get("tinygrad") or {}
+    L += ["", "## Snapdragon 845: tinygrad (Adreno 630 GPU, as openpilot)", ""]
+    if tiny.get("verified"):
+        a = tiny["adreno_assumptions"]
+        L += [f"{tiny['status']}: the ONNX graphs run by `tinygrad.nn.onnx.OnnxRunner` under `TinyJit` on tinygrad's "
+              f"{tiny['device']} backend, held-out frames; counts are tinygrad's `GlobalCounters` for one replayed JIT "
+              "call (the Adreno build, with IMAGE=2, fuses differently).", ""]
+        L += tinygrad_table(tiny, r["checks"])
+        L += ["", f"Adreno 630 estimate = kernels x {a['kernel_overhead_us']} us + max(FLOPs / ({a['gpu_fp16_gflops']} "
+              f"GFLOPS fp16 peak (fp32 x{a['fp32_rate']}) x {a['utilisation']}), bytes / ({a['mem_gbs']} GB/s x "
+              f"{a['mem_utilisation']})): assumptions, not a measurement. Reference line: {ref['name']}: vision "
+              f"{ref['vision_ms']} ms + policy {ref['policy_ms']} ms in the {r['budget_ms']} ms frame.", "",
+              f"tinygrad JIT on this CPU (fp32 graph, 1 thread): {tiny['cpu_ms']:.3g} ms per call = "
+              f"{tiny['vs_torch']:.2f}x PyTorch eager, {tiny['vs_ort']:.2f}x ONNX Runtime (same graph, same rounds).", "",
+              "On the device: copy this directory and run `python3 run_on_comma.py --check sd845_sample.npz` "
+              "(see `README_sd845.md`)."]
+    else:
+        L += [f"tinygrad: {tiny.get('note', 'not run')}"]
     L += ["", "## Op histogram", "", "| artifact | ops |", "|---|---|"]
     for f, h in r["op_histograms"].items():
         L.append(f"| `{f}` | " + ", ".join(f"{k} x{v}" for k, v in h.items()) + " |")

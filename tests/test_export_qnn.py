@@ -84,7 +84,7 @@ def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     files = {a["file"] for a in rep["artifacts"]}
     assert files == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx", "policy_sm8550_ctx.onnx"}
-    assert len(rep["checks"]) == 5 and rep["frames"]["heldout_split"] == "val"
+    assert len(rep["checks"]) == 7 and rep["frames"]["heldout_split"] == "val"
     assert rep["checks"]["fp32 ONNX (ORT CPU) vs PyTorch fp32"]["errors"]["max"] <= 1e-4
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"][0] == {**manifest["inputs"][0], "name": "frames", "dtype": "uint8",
