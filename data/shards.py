@@ -538,6 +538,39 @@ def raw_samples(urls: list[str], handler: BadInput) -> Iterator[dict]:
         yield from shard_samples(url, handler)
 
 
+def shards_fps(spec, skip_bad: bool = False, max_shards: int = 64) -> tuple[float, str]:
+    """The log rate of the shards at ``spec``: ``meta.fps`` of the first sample of each shard (up
+    to ``max_shards``), which must agree. Returns (fps, "url: sample 'key'" it was read from)."""
+    found: dict[float, str] = {}
+    handler = BadInput(skip_bad)
+    for url in expand_urls(spec)[:max_shards]:
+        for sample in shard_samples(url, handler):
+            key = sample.get("__key__")
+            where = f"{url}: sample {key!r}"
+            try:
+                meta = json.loads(sample["meta.json"])
+                fps = float(meta["fps"])
+            except KeyError as e:
+                err = ShardError(f"{where}: missing {'member meta.json' if e.args[0] == 'meta.json' else 'meta.fps'}")
+            except (ValueError, TypeError) as e:
+                err = ShardError(f"{where}: member 'meta.json' has no readable fps ({e})")
+            else:
+                if not fps > 0:
+                    err = ShardError(f"{where}: meta.fps is {fps}, expected > 0")
+                else:
+                    found.setdefault(fps, where)
+                    break
+            handler(err)  # raises unless skip_bad: then the next sample
+    if not found:
+        raise ShardError(f"{spec}: no readable sample to take meta.fps from")
+    if len(found) > 1:
+        rates = "; ".join(f"{f:g} Hz ({w})" for f, w in sorted(found.items()))
+        raise ShardError(f"{spec}: the shards disagree on meta.fps: {rates}; one log rate per run (give the "
+                         "stage shards of one rate, or re-ingest at one rate)")
+    (fps, where), = found.items()
+    return fps, where
+
+
 def iter_samples(urls, skip_bad: bool = False, stats: dict | None = None,
                  frames: bool = True) -> Iterator[Segment | dict]:
     """Decoded, validated samples of ``urls`` (anything ``expand_urls`` takes), in shard order.

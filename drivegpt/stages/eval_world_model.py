@@ -26,7 +26,7 @@ from omegaconf import DictConfig, open_dict
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.sim.roadworld import replay
-from drivegpt.stages.common import run_dir_of
+from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.tokenizer import load_tokenizer
 from drivegpt.world_model.checkpoint import load_world_model
 from drivegpt.world_model.counterfactual import Case, command_confusion, evaluate_counterfactuals, make_cases
@@ -96,6 +96,7 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     t0 = time.time()
     model = load_world_model(cfg.checkpoint)
     cfg = cfg.copy()
+    bind_fps(cfg)
     with open_dict(cfg):  # windows of the model's length, labels at the model's horizons
         cfg.data.context_frames = model.cfg.max_frames
         cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate

@@ -37,6 +37,7 @@ from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, read_json, write_metrics
 from drivegpt.training import make_trainer, resume_path
+from drivegpt.stages.common import bind_fps
 
 STAGES = ("bc", "rl")
 
@@ -55,6 +56,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
+    bind_fps(cfg)
     return run_bc(cfg, run_dir) if policy_stage(cfg) == "bc" else run_rl(cfg, run_dir)
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.data.shards import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
-from drivegpt.stages.common import run_dir_of
+from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.training import make_trainer, resume_path
 from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
@@ -69,6 +69,7 @@ def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | N
 def run(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
+    bind_fps(cfg)  # the model's frame rate comes from the shards' meta.fps
     meta = token_meta(str(cfg.data.shards))
     tok_path = cfg.get("tokenizer_path") or meta["tokenizer_path"]
     module = build_module(cfg, meta["vocab_size"], meta["grid"], tok_path)
