@@ -32,7 +32,7 @@ import numpy as np
 
 from drivegpt.data.schema import ARRAY_FIELDS, SEGMENT_ID_RE, Segment, SegmentError, validate
 from drivegpt.data.video import CODECS, DEFAULT_CODEC, VideoError, decode_frames, encode_frames
-from drivegpt.runs import atomic_path, atomic_write_json, read_json
+from drivegpt.runs import atomic_path, atomic_write_json, make_shared, read_json
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def write_shards(out_dir: str | os.PathLike, n_items: int, make_item: Callable[[
                             bar.update(1)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are meant to be shared
+                make_shared(tmp)  # mkstemp makes 0600; shards are meant to be shared
                 done[k] = {"index": k, "name": name, "samples": count, "frames": frames,
                            "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "segment_ids": ids}
             save()
