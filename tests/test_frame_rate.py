@@ -19,10 +19,12 @@ def token_item(i: int, fps: float) -> dict:
     rel[:-1, 0] = speed[:-1] / fps
     meta = {"source": "synthetic-test", "segment_id": f"tok{i:04d}", "fps": fps,
             "camera": {"fx": 40.0, "fy": 40.0, "cx": 32, "cy": 16, "width": 64, "height": 32},
-            "vehicle": {"wheelbase": 2.7}, "tokens": {"vocab_size": 16, "grid": [2, 4], "tokenizer": "x"}}
+            "vehicle": {"wheelbase": 2.7}, "tokens": {"vocab_size": 16, "grid": [2, 4]}}
+    dis = np.zeros(t, np.int8)
+    dis[9 + i % 3] = 1 + i % 2  # a STEER or BRAKE takeover per segment
     return dict(tokens=rng.integers(0, 16, (t, 2, 4)).astype(np.int16), rel_pose=rel, speed=speed,
                 world_pose=np.zeros((t, 6), np.float32), engaged=np.ones(t, bool),
-                disengage=np.zeros(t, np.int8), times=np.arange(t) / fps, meta=meta)
+                disengage=dis, times=np.arange(t) / fps, meta=meta)
 
 
 @pytest.fixture
@@ -57,7 +59,9 @@ def test_shards_of_two_rates_are_refused(shards_5hz, tmp_path):
         bind_fps(cfg)
 
 
-def test_world_model_trained_on_5hz_shards_stores_their_rate(shards_5hz, tmp_path):
+def test_world_model_trained_on_5hz_shards_stores_their_rate_and_evals_on_a_small_fleet(shards_5hz, tmp_path,
+                                                                                        capsys):
+    from drivegpt.stages.eval_world_model import run as eval_run
     from drivegpt.stages.train_world_model import run
     from drivegpt.world_model import load_world_model
 
@@ -68,3 +72,10 @@ def test_world_model_trained_on_5hz_shards_stores_their_rate(shards_5hz, tmp_pat
     model = load_world_model(tmp_path / "wm")
     # tiny reads every 2nd frame: 5 Hz / 2 = 2.5 Hz (before: the config's 20 Hz / 2 = 10 Hz, exit 0)
     assert model.cfg.fps == pytest.approx(2.5)
+    # a fleet too small for a held-out split: eval falls back to all windows, as eval tokenizer does
+    # (before: ValueError "no held-out windows"), and says how many positives its AUROC rests on
+    m = eval_run(compose("eval_world_model", ["experiment=tiny", f"data.shards={shards_5hz}", "data.val_fraction=0.0",
+                                              f"checkpoint={tmp_path / 'wm'}", f"run_dir={tmp_path / 'ev'}"]))
+    assert m["split"].startswith("all") and 0 < m["bits_per_token"] < 5
+    out = capsys.readouterr().out
+    assert "AUROC rests on STEER" in out and "positive frame(s) of the all" in out
