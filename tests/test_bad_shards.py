@@ -117,3 +117,35 @@ def test_tokenize_honours_skip_bad_and_counts_once(tmp_path):
     assert m["tokenize/segments"] == 3 and m["tokenize/skipped_bad"] == 1 and m["tokenize/complete"]
     ids = sorted(o["meta"]["segment_id"] for o in iter_samples(m["tokenize/shards"]))
     assert ids == ["seg0000", "seg0001", "seg0003"]
+
+
+def test_every_shard_reader_honours_skip_bad(tmp_path):
+    """The world model's token_meta, eval's held_out_items and the window loader skip a bad sample
+    under data.skip_bad (counted once) and raise naming it without."""
+    from drivegpt.data.loaders import window_dataset
+    from drivegpt.stages.train_world_model import token_meta
+    from drivegpt.world_model.evaluate import held_out_items
+    from synth_fleet import make_token_item
+
+    d = tmp_path / "tok"
+    write_shards(d, 3, make_token_item, maxcount=3, progress=False)
+    p = d / "shard-000000.tar"
+    with tarfile.open(p) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    with tarfile.open(p, "w") as t:  # seg0000's speed array is garbage (readers do not check checksums)
+        for m, b in members:
+            if m.name == "seg0000.speed.npy":
+                b = b"garbage"
+                m.size = len(b)
+            t.addfile(m, io.BytesIO(b))
+    with pytest.raises(ShardError, match=r"sample 'seg0000'.*speed.npy"):
+        token_meta(str(d))
+    assert token_meta(str(d), skip_bad=True)["vocab_size"] == 1024
+    with pytest.raises(ShardError, match="seg0000"):
+        held_out_items(str(d), "train", 0.0, 10)
+    assert [i["meta"]["segment_id"] for i in held_out_items(str(d), "train", 0.0, 10, skip_bad=True)] == \
+        ["seg0001", "seg0002"]
+    stats: dict = {}
+    got = {w["segment_id"] for w in window_dataset(str(d), context_frames=2, stride=1, key="tokens", split="all",
+                                                     shuffle_buffer=0, skip_bad=True, stats=stats)}
+    assert got == {"seg0001", "seg0002"} and stats["skipped"] == 1

@@ -50,7 +50,8 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     stride, fps = int(d.stride), float(d.fps) / float(d.stride)
     seconds = [float(s) for s in e.seconds]
     n_future = int(round(max(seconds) * fps))
-    val = held_out_items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4)
+    val = held_out_items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4,
+                         skip_bad=bool(d.get("skip_bad", False)))
     cases = make_cases(val, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
     if not cases:
         log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
@@ -72,7 +73,7 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
     counterfactual_grid(run_dir / "counterfactual_grid.png", rows, seconds, records[0]["last"])
     # pose-following
-    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 64)
+    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 64, skip_bad=bool(d.get("skip_bad", False)))
     pairs = real_pairs(train, tokenizer, stride, fps, 2048, int(e.seed))
     if pairs is None:
         return res

@@ -50,7 +50,8 @@ def run(cfg: DictConfig) -> dict:
     models: Models = load_models(sim_cfg)
     pool = pool_from_shards(sim_cfg.shards, models.context_frames, sim_cfg.stride, sim_cfg.val_fraction,
                             future=steps, max_contexts=int(cfg.n), grid=models.grid,
-                            vocab_size=models.vocab_size).to(sim_cfg.device)
+                            vocab_size=models.vocab_size,
+                            skip_bad=bool(cfg.data.get("skip_bad", False))).to(sim_cfg.device)
     policy = None
     if driver == "policy":
         if not cfg.get("policy"):
