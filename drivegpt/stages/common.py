@@ -56,6 +56,6 @@ def bind_fps(cfg, shards=None) -> float:
         cfg.data.fps = fps
     stride = int(cfg.data.get("stride") or 1)
     if have:
-        log.info("windows read every %d-th frame: %g Hz (data.fps %g / data.stride %d)", stride, fps / stride,
+        log.info("windows read one frame in %d: %g Hz (data.fps %g / data.stride %d)", stride, fps / stride,
                  fps, stride)
     return fps
