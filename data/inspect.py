@@ -158,12 +158,69 @@ def contact_sheet(tiles: list[np.ndarray], cols: int = 4) -> np.ndarray:
     return rearrange(grid, "(r c) h w ch -> (r h) (c w) ch", c=cols)
 
 
+def verify_shards(urls: list[str]) -> dict:
+    """Check every local shard against its directory's manifest.json.
+
+    Returns {"verified": shards whose bytes and sha256 match, "unverified": urls without a
+    manifest to check against (hand-made shards, remote URLs), "problems": {url: what is wrong}
+    (checksum or size mismatch, not listed), "missing": listed shards absent on disk,
+    "expected": {url: manifest entry}}.
+    """
+    from drivegpt.data.shards import MANIFEST, _sha256
+
+    out: dict = {"verified": [], "unverified": [], "problems": {}, "missing": [], "expected": {}}
+    by_dir: dict[Path, list[str]] = {}
+    for u in urls:
+        if str(u).startswith("pipe:") or "://" in str(u) or not Path(u).is_file():
+            out["unverified"].append(u)
+        else:
+            by_dir.setdefault(Path(u).parent, []).append(u)
+    for d, us in by_dir.items():
+        if not (d / MANIFEST).exists():
+            out["unverified"] += us
+            continue
+        man = read_manifest(d)
+        entries = {e["name"]: e for e in man.get("shards", [])}
+        for u in us:
+            e = entries.get(Path(u).name)
+            if e is None:
+                out["problems"][u] = f"{u}: not listed in {d / MANIFEST} (a stray file or a different write)"
+                continue
+            out["expected"][u] = e
+            size = Path(u).stat().st_size
+            digest = _sha256(Path(u))
+            if size != e.get("bytes") or digest != e.get("sha256"):
+                out["problems"][u] = (f"{u}: does not match {d / MANIFEST}: {size} bytes, sha256 {digest[:16]}... "
+                                      f"where the manifest lists {e.get('bytes')} bytes, sha256 "
+                                      f"{str(e.get('sha256'))[:16]}... (changed or damaged after it was written)")
+            else:
+                out["verified"].append(u)
+        listed = {str(d / n) for n in entries}
+        out["missing"] += sorted(n for n in listed if not Path(n).exists())
+    return out
+
+
 def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: bool = False,
-                   sheet_path: str | Path | None = None) -> dict:
-    """Summary of the shards at ``shards`` (+ contact sheet PNG of ``n_frames`` tiles)."""
+                   sheet_path: str | Path | None = None, decode_all: bool = False) -> dict:
+    """Summary of the shards at ``shards`` (+ contact sheet PNG of ``n_frames`` tiles).
+
+    Every local shard is verified against its directory's manifest (size, sha256, sample count
+    and segment ids); a shard that fails, or has no manifest to check against, has every
+    sample decoded in full (videos too), as has every shard with ``decode_all``. Bad input
+    raises ShardError naming the file (and sample key, member); with ``skip_bad`` each bad
+    sample or shard is counted once (``skipped_bad``, ``bad_shards``) and the summary is of
+    the rest.
+    """
     stats = FleetStats()
     handler = BadInput(skip_bad)
     urls = expand_urls(shards)
+    check = verify_shards(urls)
+    bad_shards = dict(check["problems"])
+    for path in check["missing"]:
+        bad_shards[path] = f"{path}: listed in the manifest but missing on disk"
+    for msg in bad_shards.values():
+        handler(ShardError(msg))  # raises unless skip_bad (then counted)
+    full = set(check["unverified"]) | set(check["problems"])
     tiles: list[np.ndarray] = []
     # spread the sheet over the fleet when its size is known from a manifest
     every = 1
@@ -174,10 +231,13 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
             every = max(1, n_total // max(1, math.ceil(n_frames / max(1, per_segment))))
     except (FileNotFoundError, ValueError, OSError):
         pass
+    seen: dict[str, list[str]] = {}
     for j, sample in enumerate(raw_samples(urls, handler)):
+        url = sample.get("__url__", "?")
+        seen.setdefault(url, []).append(sample.get("__key__"))
         try:
             want = len(tiles) < n_frames and sheet_path is not None and j % every == 0
-            seg = decode_sample(sample, frames=want)
+            seg = decode_sample(sample, frames=want or decode_all or url in full)
         except ShardError as e:
             handler(e)  # raises unless skip_bad (then counted)
             continue
@@ -185,11 +245,30 @@ def inspect_shards(shards, n_frames: int = 24, per_segment: int = 4, skip_bad: b
         if want:
             for i in pick_frames(seg, min(per_segment, n_frames - len(tiles))):
                 tiles.append(label_tile(seg.frames[i], frame_labels(seg, i)))
+    for url, e in check["expected"].items():  # samples the manifest lists but the tar does not hold
+        ids = [str(k) for k in seen.get(url, [])]
+        lost = [k for k in e.get("segment_ids", []) if k not in ids]
+        if lost and url not in bad_shards:  # a damaged shard is already counted once
+            msg = (f"{url}: holds {len(ids)} of the {e.get('samples')} samples its manifest lists "
+                   f"(missing {lost[:5]})")
+            bad_shards[url] = msg
+            handler(ShardError(msg))
     out = stats.summary()
     out["shard_urls"] = len(urls)
+    out["shards_verified"] = len(check["verified"])
+    out["shards_unverified"] = len(check["unverified"])
+    out["bad_shards"] = len(bad_shards)
     out["skipped_bad"] = int(handler.stats["skipped"])
+    out["errors"] = list(handler.stats["errors"])
     if sheet_path is not None and tiles:
         write_png(sheet_path, contact_sheet(tiles))
         out["contact_sheet"] = str(sheet_path)
         out["contact_sheet_frames"] = len(tiles)
     return out
+
+
+def format_checks(s: dict) -> str:
+    """One line: shards verified against their manifest, bad shards, bad samples skipped."""
+    return (f"checked: {s.get('shards_verified', 0)} of {s.get('shard_urls', 0)} shards match their manifest "
+            f"({s.get('shards_unverified', 0)} without one, decoded in full); {s.get('bad_shards', 0)} bad "
+            f"shard(s); {s.get('skipped_bad', 0)} bad input(s) skipped")

@@ -30,7 +30,7 @@ import numpy as np
 
 from drivegpt.data.labels import DEFAULT_HORIZONS, disengagement_targets
 from drivegpt.data.poses import strided_rel_poses
-from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls
+from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls, tar_samples
 from drivegpt.frameops import resize
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def shard_pipeline(urls, split: str = "train", val_fraction: float = 0.1, resamp
         if shuffle_shards:  # same permutation on every rank and worker (seed + epoch), then split
             stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=seed))
         stages += [wds.split_by_node, wds.split_by_worker]
-    stages += [wds.tarfile_to_samples(handler=handler), wds.select(_keep(split, val_fraction))]
+    stages += [tar_samples(handler), wds.select(_keep(split, val_fraction))]
     return stages, handler
 
 

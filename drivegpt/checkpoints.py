@@ -111,9 +111,47 @@ def resolve(path: str | Path, kind: str) -> Path:
     return p
 
 
+def sniff(path: Path) -> str | None:
+    """What a file that cannot be a torch checkpoint is (None when it may be one)."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if size == 0:
+        return "an empty file (0 bytes)"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "a damaged zip archive"
+        if not any(n.endswith("/data.pkl") for n in names):
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            return f"a zip archive without torch's data.pkl (members: {shown})"
+        return None
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "a tar archive (a data shard?)"
+    if head[:1] == b"\x80":  # pickle protocol 2+: torch's legacy format
+        return None
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file"
+        except UnicodeDecodeError:
+            pass
+    return "not a torch file (no zip or pickle header)"
+
+
 def load_blob(path: str | Path) -> dict:
     """``torch.load(weights_only=True)`` of a file: plain containers and tensors only."""
     p = Path(path)
+    what = sniff(p) if p.is_file() else None
+    if what is not None:
+        raise NotACheckpointError(f"{p}: not a readable torch checkpoint: {what}")
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -153,7 +191,13 @@ def read_artifact(path: str | Path, kind: str) -> Artifact:
     """The artifact of ``kind`` at ``path`` (file or run directory), loaded safely."""
     spec = KINDS[kind]
     p = resolve(path, kind)
-    blob = load_blob(p)
+    try:
+        blob = load_blob(p)
+    except (UnsafeCheckpointError, WrongKindError):
+        raise
+    except NotACheckpointError as e:
+        raise NotACheckpointError(f"{e}; expected a DriveGPT {spec.what} checkpoint ({' or '.join(spec.files)} "
+                                  f"written by drivegpt, or the run directory holding it)") from None
     found = kind_of(blob)
     if found is None:
         raise NotACheckpointError(f"{p}: not a DriveGPT {spec.what} checkpoint (no key 'kind' and no "

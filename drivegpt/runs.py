@@ -2,7 +2,9 @@
 
 Every stage writes under one run directory (``run_dir``). Files are written to a temporary
 name in the same directory and renamed into place, so a crash or Ctrl-C never leaves a
-partial file under its final name.
+partial file under its final name. Files are made readable by everyone (``FILE_MODE``, 0644,
+as ``cp`` or a shell redirect would under the usual umask; ``mkstemp`` alone gives 0600, which
+teammates on a shared cluster filesystem cannot read).
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from typing import Any, Iterator
 
 METRICS_FILE = "metrics.json"
 DONE_FILE = "DONE"
+FILE_MODE = 0o644  # every output file: manifests, shards, checkpoints, videos, report
+
+
+def make_shared(path: str | os.PathLike) -> None:
+    """chmod ``path`` to FILE_MODE (a temporary file from mkstemp is 0600)."""
+    os.chmod(path, FILE_MODE)
 
 
 @contextlib.contextmanager
@@ -29,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        make_shared(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

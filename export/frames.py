@@ -58,8 +58,8 @@ def _collect(segments, split_of, split, count, shape, stride, per_segment, seed)
 
 
 def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_fraction: float,
-                  per_segment: int = 8, seed: int = 0) -> Windows:
-    segs = iter_samples(expand_urls(shards))
+                  per_segment: int = 8, seed: int = 0, skip_bad: bool = False) -> Windows:
+    segs = iter_samples(expand_urls(shards), skip_bad=skip_bad)
     f, s = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
                     per_segment, seed)
     return _pack(f, s, f"fleet shards {shards}", split)
@@ -139,7 +139,7 @@ def get_windows(cfg, split: str, count: int, shape) -> Windows:
     if source == "fleet" or (source == "auto" and has_shards):
         if not has_shards:
             raise ValueError("export.frames.source=fleet but data.shards is not set")
-        return fleet_windows(str(shards), **common)
+        return fleet_windows(str(shards), skip_bad=bool(cfg.data.get("skip_bad", False)), **common)
     if source in ("roadworld", "auto"):
         return roadworld_windows(cfg.sim, seconds=float(cfg.export.frames.seconds), **common)
     if source == "synthetic":

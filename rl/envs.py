@@ -122,7 +122,15 @@ def learned_sim_settings(cfg) -> dict[str, Any]:
     if shards and shards != "???" and not s.get("shards"):
         s["shards"] = str(shards)
     s.setdefault("val_fraction", float(cfg.data.val_fraction))
-    s.setdefault("fps", float(cfg.data.fps))
+    if s.get("fps") is None:  # data.fps: null = the shards' meta.fps (stages set it with bind_fps)
+        if cfg.data.get("fps") is not None:
+            s["fps"] = float(cfg.data.fps)
+        elif s.get("shards"):
+            from drivegpt.data.shards import shards_fps
+
+            s["fps"] = shards_fps(s["shards"])[0]
+        else:
+            s["fps"] = float(cfg.get("sim", {}).get("fps", 20.0))
     s.setdefault("stride", int(cfg.data.stride))
     s["output"] = "torch"
     s["autoreset_mode"] = "same_step"

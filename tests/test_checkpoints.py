@@ -56,3 +56,35 @@ def test_the_loader_knows_the_kind(tmp_path):
         read_artifact(tmp_path / "other.pt", "drivegpt-policy")
     with pytest.raises(TypeError, match="JSON values only"):
         save_artifact(tmp_path / "x.pt", "drivegpt-policy", {"p": pathlib.Path("x")}, {})
+
+
+@pytest.mark.parametrize("content,what", [
+    (b"time,x,y\n0,0,0\n", "a text file"),
+    (b"", r"an empty file \(0 bytes\)"),
+    ("zip", r"a zip archive without torch's data.pkl \(members: notes.txt\)"),
+    ("tar", r"a tar archive \(a data shard\?\)"),
+])
+def test_non_checkpoint_files_are_refused_clearly_by_every_loader(tmp_path, content, what):
+    """Issue 14: before, eval world_model said `KeyError: "filename 'storages' not found"`."""
+    import io
+    import tarfile
+    import zipfile
+
+    from drivegpt.tokenizer import load_tokenizer
+
+    path = tmp_path / "model.pt"
+    if content == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "hello")
+    elif content == "tar":
+        with tarfile.open(path, "w") as t:
+            info = tarfile.TarInfo("seg0000.meta.json")
+            info.size = 2
+            t.addfile(info, io.BytesIO(b"{}"))
+    else:
+        path.write_bytes(content)
+    for loader, what_kind in ((load_world_model, "world model"), (load_tokenizer, "tokenizer"),
+                              (load_policy, "policy")):
+        with pytest.raises(NotACheckpointError, match=rf"model.pt: not a readable torch checkpoint: {what}; "
+                                                      rf"expected a DriveGPT {what_kind} checkpoint"):
+            loader(path)

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from drivegpt.data.schema import ARRAY_FIELDS, SegmentError
-from drivegpt.data.shards import (MANIFEST, ShardError, expand_urls, item_to_members, iter_samples,
+from drivegpt.data.shards import (IncompleteShardsError, MANIFEST, ShardError, expand_urls, item_to_members, iter_samples,
                          read_manifest, write_shards)
 from drivegpt.data.video import decode_frames, encode_frames, psnr
 from synth_fleet import make_item, make_segment, make_token_item, road_frames
@@ -111,8 +111,10 @@ def test_atomic_crash_resume_matches_clean_run(tmp_path):
     p.join(60)
     assert p.exitcode == 9
     assert _visible(killed) == [MANIFEST, "shard-000000.tar"]
-    assert expand_urls(killed) == [str(killed / "shard-000000.tar")]
-    assert [s.segment_id for s in iter_samples(killed)] == ["seg0000", "seg0001"]
+    assert expand_urls(killed, check=False) == [str(killed / "shard-000000.tar")]
+    # readers refuse the unfinished directory (issue 14: 1/3 of a fleet must not train silently)
+    with pytest.raises(IncompleteShardsError, match=r"incomplete \(1 of 3 shards.*re-running"):
+        list(iter_samples(killed))
     # re-runs finish the job (shard 0 is not rewritten) and equal the clean run
     for d in (out, killed):
         before = (d / "shard-000000.tar").stat().st_mtime_ns

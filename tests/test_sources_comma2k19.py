@@ -162,3 +162,14 @@ def test_bad_inputs_name_file_and_key(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match=r"empty: no comma2k19 segment"):
         find_segments(tmp_path / "empty")
+
+
+def test_all_zero_quaternion_is_named_in_the_input_file(tmp_path):
+    def zero_quat(a):
+        a["frame_orientations"][6] = 0.0
+
+    write_segment(tmp_path / "zq", corrupt=zero_quat)
+    # before: accepted, then reported as NaN in the derived rel_pose (not in the input file)
+    with pytest.raises(SourceError, match=r"zq/global_pose/frame_orientations: frame_orientations row 6 is an "
+                                          r"all-zero quaternion"):
+        load_segment(tmp_path / "zq", 32, 64)

@@ -103,3 +103,12 @@ def test_unreadable_or_missing_video(tmp_path):
         load_csv_video(tmp_path / "nothere.mp4", tmp_path / "junk.csv")
     with pytest.raises(SourceError, match=r"nocsv\.csv: CSV file not found"):
         load_csv_video(tmp_path / "junk.mp4", tmp_path / "nocsv.csv")
+
+
+def test_csv_saved_with_a_utf8_bom_is_accepted(tmp_path):
+    video = write_video(tmp_path / "bom.mp4")
+    header = ["time", "x", "y", "yaw", "speed", "engaged", "disengage"]
+    text = ",".join(header) + "\n" + "\n".join(",".join(str(v) for v in r) for r in circle_rows()) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    seg = load_csv_video(video, height=16, width=32)  # before: missing column(s) time; header ['\ufefftime', ...]
+    assert seg.times[0] == 0.0 and seg.meta["fps"] == pytest.approx(FPS)

@@ -61,7 +61,7 @@ def test_ingest_config_block_builds_the_car_racing_example(tmp_path):
     from drivegpt.stages.ingest import make_source
     from drivegpt.config import compose
 
-    cfg = compose("data_ingest", ["experiment=tiny", "source=gym", "segments=3", "seconds=0.3",
+    cfg = compose("data_ingest", ["experiment=tiny", "source=gym", "gym=car_racing", "segments=3", "seconds=0.3",
                                   "first_seed=7", f"run_dir={tmp_path}"])
     src = make_source(cfg)
     assert src.n_items == 3

@@ -84,6 +84,12 @@ def _load_array(seg_dir: Path, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         row = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0, 0])
         raise SourceError(f"{path}: {name} contains NaN or inf (first at row {row})")
+    if name == "frame_orientations":
+        norm = np.linalg.norm(arr, axis=1)
+        bad = np.flatnonzero(norm < 1e-6)
+        if len(bad):
+            raise SourceError(f"{path}: {name} row {int(bad[0])} is an all-zero quaternion {arr[bad[0]].tolist()} "
+                              f"(not a rotation; {len(bad)} such row(s)): expected unit quaternions (w, x, y, z)")
     return arr
 
 

@@ -72,7 +72,7 @@ def read_labels(csv_path: str | Path) -> dict[str, np.ndarray]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise SourceError(f"{csv_path}: CSV file not found")
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         rows = [{(k or "").strip(): (v if v is not None else "") for k, v in r.items()} for r in reader]

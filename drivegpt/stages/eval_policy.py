@@ -27,6 +27,7 @@ from drivegpt.rl.policy import Policy, load_policy
 from drivegpt.rl.train import final_rollouts
 from drivegpt.rl.video import caption, upscale, write_video
 from drivegpt.runs import atomic_write_text, mark_done, write_metrics
+from drivegpt.stages.common import bind_fps
 
 
 def sim_predicted_rate(policy: Policy, cfg: DictConfig, num_envs: int) -> dict:
@@ -59,6 +60,7 @@ def controllers_of(cfg: DictConfig) -> dict[str, str | None]:
 def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    bind_fps(cfg)
     e = cfg.rl.eval
     seeds = [int(e.first_seed) + i for i in range(int(e.scenarios))]
     stride = int(cfg.data.stride)
@@ -77,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
             big = upscale(np.stack([f for f, _ in frames]), min_height=192)
             write_video(run_dir / "videos" / f"{name}_ground_truth",
                         np.stack([caption(f, text) for f, (_, text) in zip(big, frames)]),
-                        fps=float(cfg.data.fps) / pstride)
+                        fps=float(cfg.sim.fps) / pstride)  # the road world's rate
         rows[name] = closed_loop_metrics(trajs)
         if policy is not None and cfg.get("world_model_checkpoint"):
             g = sim_predicted_rate(policy, cfg, int(e.get("sim_envs", 16)))

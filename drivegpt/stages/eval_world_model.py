@@ -26,11 +26,11 @@ from omegaconf import DictConfig, open_dict
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.sim.roadworld import replay
-from drivegpt.stages.common import run_dir_of
+from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.tokenizer import load_tokenizer
 from drivegpt.world_model.checkpoint import load_world_model
 from drivegpt.world_model.counterfactual import Case, command_confusion, evaluate_counterfactuals, make_cases
-from drivegpt.world_model.evaluate import (disengagement_section, held_out_items, label_windows, real_pairs,
+from drivegpt.world_model.evaluate import (NoWindowsError, disengagement_section, held_out_items, label_windows, real_pairs,
                                            token_metrics)
 from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
                                                  train_inverse_dynamics)
@@ -50,7 +50,8 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     stride, fps = int(d.stride), float(d.fps) / float(d.stride)
     seconds = [float(s) for s in e.seconds]
     n_future = int(round(max(seconds) * fps))
-    val = held_out_items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4)
+    val = held_out_items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4,
+                         skip_bad=bool(d.get("skip_bad", False)))
     cases = make_cases(val, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
     if not cases:
         log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
@@ -72,7 +73,7 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
     rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
     counterfactual_grid(run_dir / "counterfactual_grid.png", rows, seconds, records[0]["last"])
     # pose-following
-    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 64)
+    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 64, skip_bad=bool(d.get("skip_bad", False)))
     pairs = real_pairs(train, tokenizer, stride, fps, 2048, int(e.seed))
     if pairs is None:
         return res
@@ -96,12 +97,23 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     t0 = time.time()
     model = load_world_model(cfg.checkpoint)
     cfg = cfg.copy()
+    bind_fps(cfg)
     with open_dict(cfg):  # windows of the model's length, labels at the model's horizons
         cfg.data.context_frames = model.cfg.max_frames
         cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate
         cfg.data.horizons = list(model.cfg.horizons)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
-    metrics, dis = token_metrics(model, dm.dataloader("val", shuffle=False, resampled=False), int(cfg.eval.max_batches))
+    split = "val"
+    try:
+        metrics, dis = token_metrics(model, dm.dataloader("val", shuffle=False, resampled=False),
+                                     int(cfg.eval.max_batches))
+    except NoWindowsError:  # a small fleet: fall back as eval tokenizer does, and say so
+        log.warning("eval world_model: no held-out windows (data.val_fraction=%s, %s): scoring ALL windows, "
+                    "training ones included", cfg.data.val_fraction, cfg.data.shards)
+        split = "all (no held-out windows in these shards)"
+        metrics, dis = token_metrics(model, dm.dataloader("all", shuffle=False, resampled=False),
+                                     int(cfg.eval.max_batches))
+    metrics["split"] = split
     if dis is not None:
         nb = cfg.eval.get("baseline_batches")  # null = every training window (labels only: cheap)
         train_labels = label_windows(dm.dataloader("train", shuffle=False, resampled=False),
@@ -115,6 +127,13 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
                     if f"disengage_{k}" in metrics:
                         metrics[k] = metrics[f"disengage_{k}"]
         roc_plot(run_dir / "roc.png", *dis[:3], model.cfg.horizons)
+        h2 = min(model.cfg.horizons, key=lambda h: abs(h - 2.0))
+        pos = {c: metrics.get(f"positives_{h2:g}s_{c}") for c in ("steer", "brake", "gas")}
+        msg = (f"eval world_model: the {h2:g} s disengagement AUROC rests on "
+               f"{', '.join(f'{c.upper()} {n}' for c, n in pos.items() if n is not None)} positive frame(s) "
+               f"of the {split} split")
+        log.warning(msg) if any((n or 0) < 20 for n in pos.values()) else log.info(msg)
+        print(msg)
     tok_path = cfg.get("tokenizer_path") or model.tokenizer_path
     if tokenizer is None and tok_path:
         tokenizer = load_tokenizer(tok_path)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from drivegpt.export.export import export_module, load_export_module
 from drivegpt.runs import atomic_write_text, mark_done, write_metrics
+from drivegpt.stages.common import bind_fps
 
 
 CHECK_KEYS = {  # metrics.json group per comparison (the pipeline's headline is qnn.action_err_p95)
@@ -33,6 +34,7 @@ def check_key(name: str) -> str:
 
 def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
+    bind_fps(cfg)
     module, shape = load_export_module(cfg.checkpoint, cfg)
     out_dir = run_dir / "export"
     rep = export_module(module, shape, cfg, out_dir, checkpoint=str(cfg.checkpoint))

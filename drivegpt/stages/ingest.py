@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from drivegpt.data.inspect import format_summary, inspect_shards
 from drivegpt.data.shards import write_shards
 from drivegpt.data.sources import SOURCES as DATA_SOURCES
@@ -32,11 +34,17 @@ def make_source(cfg):
     cls = SOURCES[name]
     cls = import_path(cls) if isinstance(cls, str) else cls
     size = dict(height=int(cfg.data.frame_height), width=int(cfg.data.frame_width))
-    block = plain(cfg.get(name))
+    block = plain(cfg.get(name)) if name != "gym" else {}
     if name == "procedural":
         return cls(segments=cfg.segments, seconds=cfg.seconds, sim=plain(cfg.sim),
                    first_seed=cfg.first_seed, **size)
     if name == "gym":
+        missing = [k for k in ("env_id", "policy", "pose", "disengage") if OmegaConf.is_missing(cfg.gym, k)]
+        if missing:
+            raise SourceError(f"data ingest: source=gym needs {', '.join('gym.' + k for k in missing)} "
+                              "(import paths module:attr; see README 'Bring your own data'), or a preset: "
+                              "gym=car_racing")
+        block = plain(cfg.get(name))
         return cls(episodes=cfg.segments, seconds=cfg.seconds, first_seed=cfg.first_seed, **size, **block)
     if cfg.path is None:
         raise SourceError(f"data ingest: source={name} needs path=... (the input files)")

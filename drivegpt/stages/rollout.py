@@ -26,6 +26,7 @@ from drivegpt.sim.learned.core import SimCore
 from drivegpt.sim.learned.models import Models, VehicleModel, load_models
 from drivegpt.sim.learned.rollout import DRIVERS, dist_info, rollout_batch, summarize
 from drivegpt.sim.learned.video import plot_curves, side_by_side, write_gif, write_webm
+from drivegpt.stages.common import bind_fps
 
 
 def run(cfg: DictConfig) -> dict:
@@ -35,6 +36,7 @@ def run(cfg: DictConfig) -> dict:
         box = [str(run_dir)]
         torch.distributed.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
+    bind_fps(cfg)  # learned_sim.fps follows data.fps: the shards' log rate
     ls = OmegaConf.to_container(cfg.learned_sim, resolve=True)
     if ls.get("device") == "auto":
         ls["device"] = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -48,7 +50,8 @@ def run(cfg: DictConfig) -> dict:
     models: Models = load_models(sim_cfg)
     pool = pool_from_shards(sim_cfg.shards, models.context_frames, sim_cfg.stride, sim_cfg.val_fraction,
                             future=steps, max_contexts=int(cfg.n), grid=models.grid,
-                            vocab_size=models.vocab_size).to(sim_cfg.device)
+                            vocab_size=models.vocab_size,
+                            skip_bad=bool(cfg.data.get("skip_bad", False))).to(sim_cfg.device)
     policy = None
     if driver == "policy":
         if not cfg.get("policy"):

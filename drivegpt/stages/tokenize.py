@@ -33,7 +33,8 @@ def run(cfg: DictConfig) -> dict:
     tokens_meta = {"vocab_size": model.vocab_size, "grid": list(model.grid), "frame_size": list(model.frame_size),
                    "tokenizer": str(Path(model.path).resolve()), "every": int(cfg.every)}
     module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
-                            bool(cfg.data.get("resize", True)), tokens_meta, urls)
+                            bool(cfg.data.get("resize", True)), tokens_meta, urls,
+                            skip_bad=bool(cfg.data.get("skip_bad", False)))
     trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,
                            inference_mode=True)
     t0 = time.time()
@@ -48,7 +49,10 @@ def run(cfg: DictConfig) -> dict:
                    "tokenize/parts": len(manifest["parts"]), "tokenize/seconds": seconds,
                    "tokenize/frames_per_s": manifest["frames"] / max(seconds, 1e-9),
                    "tokenize/out": str(out), "tokenize/shards": manifest["pattern"],
-                   "tokenize/complete": manifest["complete"], **{f"tokenize/{k}": v for k, v in tokens_meta.items()}}
+                   "tokenize/complete": manifest["complete"], "tokenize/skipped_bad": manifest["skipped_bad"], **{f"tokenize/{k}": v for k, v in tokens_meta.items()}}
+        if manifest["skipped_bad"]:
+            print(f"tokenize: skipped {manifest['skipped_bad']} bad input sample(s) (data.skip_bad=true); "
+                  f"see {out}/manifest.json 'parts[].errors'")
         write_metrics(run_dir, metrics)
         mark_done(run_dir, {"shards": manifest["pattern"]})
     return metrics

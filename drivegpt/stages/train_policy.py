@@ -35,8 +35,9 @@ from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
 from drivegpt.rl.selection import KeepBest, context_pools, scoring_env, sim_score
 from drivegpt.rl.train import final_rollouts, frame_for_video
 from drivegpt.rl.video import write_video
-from drivegpt.sim.learned.throughput import measure as measure_throughput
 from drivegpt.runs import atomic_path, atomic_write_json, mark_done, read_json, write_metrics
+from drivegpt.sim.learned.throughput import measure as measure_throughput
+from drivegpt.stages.common import bind_fps
 from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 
 STAGES = ("bc", "rl")
@@ -56,6 +57,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
+    bind_fps(cfg)
     return run_bc(cfg, run_dir) if policy_stage(cfg) == "bc" else run_rl(cfg, run_dir)
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.data.shards import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
-from drivegpt.stages.common import run_dir_of
+from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
@@ -28,10 +28,10 @@ MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "ho
 OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
 
 
-def token_meta(shards: str) -> dict:
-    """{vocab_size, grid, tokenizer_path} from the first token sample's meta["tokens"]."""
+def token_meta(shards: str, skip_bad: bool = False) -> dict:
+    """{vocab_size, grid, tokenizer_path} from the first (readable, with ``skip_bad``) token sample's meta["tokens"]."""
     urls = expand_urls(shards)
-    for sample in iter_samples(urls):
+    for sample in iter_samples(urls, skip_bad=skip_bad):
         meta = sample.meta if hasattr(sample, "meta") else sample.get("meta", {})
         tm = meta.get("tokens")
         if not isinstance(tm, dict) or "vocab_size" not in tm or "grid" not in tm:
@@ -69,7 +69,8 @@ def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | N
 def run(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    meta = token_meta(str(cfg.data.shards))
+    bind_fps(cfg)  # the model's frame rate comes from the shards' meta.fps
+    meta = token_meta(str(cfg.data.shards), skip_bad=bool(cfg.data.get("skip_bad", False)))
     tok_path = cfg.get("tokenizer_path") or meta["tokenizer_path"]
     module = build_module(cfg, meta["vocab_size"], meta["grid"], tok_path)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")

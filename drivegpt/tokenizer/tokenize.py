@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from drivegpt.data.loaders import NOT_ENCODED
-from drivegpt.data.shards import iter_samples, write_shards
+from drivegpt.data.shards import TOKEN_FORMAT, iter_samples, write_shards
 from drivegpt.frameops import resize
 from drivegpt.runs import atomic_write_json, read_json
 from drivegpt.tokenizer.model import Tokenizer
 
 MANIFEST = "manifest.json"
+SKIPPED = "skipped.json"  # per part: bad input samples left out under data.skip_bad
 
 
 class EmptyShardError(ValueError):
@@ -89,12 +90,12 @@ def token_item(seg, tokens: np.ndarray, tokens_meta: dict) -> dict:
 class _SequentialSegments:
     """make_item(i) for write_shards over one shard, read in order (re-opened on a rewind)."""
 
-    def __init__(self, url: str, fn):
-        self.url, self.fn, self.it, self.pos = url, fn, None, 0
+    def __init__(self, url: str, fn, skip_bad: bool = False):
+        self.url, self.fn, self.it, self.pos, self.skip_bad = url, fn, None, 0, skip_bad
 
     def __call__(self, i: int):
-        if self.it is None or i < self.pos:
-            self.it, self.pos = iter_samples(self.url), 0
+        if self.it is None or i < self.pos:  # bad samples were counted by the first pass
+            self.it, self.pos = iter_samples(self.url, skip_bad=self.skip_bad, stats={}), 0
         while True:
             seg = next(self.it)
             self.pos += 1
@@ -106,8 +107,9 @@ class TokenizeModule(L.LightningModule):
     """predict_step(url) tokenizes one input shard into out/<part>/ and returns its summary."""
 
     def __init__(self, model: Tokenizer, out: str, batch_size: int, maxcount: int, allow_resize: bool,
-                 tokens_meta: dict, urls: list[str]):
+                 tokens_meta: dict, urls: list[str], skip_bad: bool = False):
         super().__init__()
+        self.skip_bad = bool(skip_bad)
         self.model, self.urls = model, list(urls)
         self.out, self.batch_size, self.maxcount = Path(out), int(batch_size), int(maxcount)
         self.allow_resize, self.tokens_meta = allow_resize, tokens_meta
@@ -122,9 +124,13 @@ class TokenizeModule(L.LightningModule):
         if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
             m = read_json(part / MANIFEST)
             return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": True}
-        n = sum(1 for _ in iter_samples(url, frames=False))
+        # count the readable segments; with data.skip_bad the videos are decoded too, so a sample
+        # whose video is bad is skipped here (and counted once) rather than found mid-write
+        stats: dict = {}
+        n = sum(1 for _ in iter_samples(url, skip_bad=self.skip_bad, stats=stats, frames=self.skip_bad))
         if n == 0:
-            raise EmptyShardError(f"{url}: shard holds no segments (nothing to tokenize)")
+            raise EmptyShardError(f"{url}: shard holds no segments (nothing to tokenize; "
+                                  f"{stats.get('skipped', 0)} bad sample(s) skipped as unreadable)")
         self.model.eval()
 
         def encode(seg):
@@ -135,8 +141,10 @@ class TokenizeModule(L.LightningModule):
                                     prepare)
             return token_item(seg, tokens, self.tokens_meta)
 
-        m = write_shards(part, n, _SequentialSegments(url, encode), maxcount=self.maxcount, workers=1,
-                         prefix="tokens", progress=False)
+        m = write_shards(part, n, _SequentialSegments(url, encode, self.skip_bad), maxcount=self.maxcount,
+                         workers=1, prefix="tokens", progress=False)
+        atomic_write_json(part / SKIPPED, {"skipped_bad": int(stats.get("skipped", 0)),
+                                           "errors": list(stats.get("errors", []))})
         return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": False}
 
 
@@ -154,13 +162,16 @@ def combine_manifests(out: Path, urls: list[str]) -> dict:
     for url in urls:
         d = out / part_name(url)
         m = read_json(d / MANIFEST)
+        sk = read_json(d / SKIPPED) if (d / SKIPPED).exists() else {}
         parts.append({"input": url, "dir": d.name, "complete": bool(m.get("complete")),
-                      "samples": m.get("samples", 0), "frames": m.get("frames", 0)})
+                      "samples": m.get("samples", 0), "frames": m.get("frames", 0),
+                      "skipped_bad": int(sk.get("skipped_bad", 0)), "errors": sk.get("errors", [])})
         shards += [{**e, "name": f"{d.name}/{e['name']}"} for e in m.get("shards", [])]
     ids = [s for e in shards for s in e.get("segment_ids", [])]
-    manifest = {"format": "drivegpt-token-shards/1", "kind": "tokens", "pattern": str(out / "*" / "*.tar"),
+    manifest = {"format": TOKEN_FORMAT, "kind": "tokens", "pattern": str(out / "*" / "*.tar"),
                 "complete": all(p["complete"] for p in parts), "parts": parts, "shards": shards,
-                "samples": len(ids), "frames": sum(p["frames"] for p in parts)}
+                "samples": len(ids), "frames": sum(p["frames"] for p in parts),
+                "skipped_bad": sum(p["skipped_bad"] for p in parts)}
     if len(set(ids)) != len(ids):
         dup = sorted({s for s in ids if ids.count(s) > 1})[:5]
         raise ValueError(f"{out}: segment ids appear in more than one input shard: {dup}")

@@ -21,6 +21,10 @@ from drivegpt.world_model.metrics import disengage_metrics, speed_baseline
 from drivegpt.world_model.pose_following import motion_targets
 
 
+class NoWindowsError(ValueError):
+    """The loader gave no windows to score (no held-out segment long enough)."""
+
+
 @torch.no_grad()
 def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
     """Bits/token, top-1 and disengagement predictions over held-out window batches."""
@@ -44,7 +48,7 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
             masks.append(m)
             speeds.append(b["speed"])  # speed at each frame: the speed-only baseline's input
     if count == 0:
-        raise ValueError("no held-out windows (check data.shards, data.val_fraction and segment lengths)")
+        raise NoWindowsError("no held-out windows (check data.shards, data.val_fraction and segment lengths)")
     res = {"bits_per_token": nll / count / math.log(2), "top1": top1 / count,
            "bits_per_token_next_frame": nll_last / count_last / math.log(2), "top1_next_frame": top1_last / count_last,
            "eval_windows_tokens": int(count)}
@@ -77,10 +81,10 @@ def disengagement_section(probs, target, mask, speed, horizons, train_labels) ->
     return disengage_metrics(probs, target, mask, horizons, baseline=base)
 
 
-def held_out_items(shards: str, split: str, val_fraction: float, limit: int):
-    """Token samples of segments in ``split`` (up to ``limit``)."""
+def held_out_items(shards: str, split: str, val_fraction: float, limit: int, skip_bad: bool = False):
+    """Token samples of segments in ``split`` (up to ``limit``); ``skip_bad`` as data.skip_bad."""
     out = []
-    for item in iter_samples(shards, frames=False):
+    for item in iter_samples(shards, frames=False, skip_bad=skip_bad):
         if isinstance(item, dict) and split_of(str(item["meta"]["segment_id"]), val_fraction) == split:
             out.append(item)
             if len(out) >= limit:

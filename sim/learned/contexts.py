@@ -103,10 +103,10 @@ def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Cal
 
 
 def pool_from_shards(spec: str, K: int, stride: int, val_fraction: float, future: int = 0,
-                     max_contexts: int = 256, grid=None, vocab_size=None) -> ContextPool:
+                     max_contexts: int = 256, grid=None, vocab_size=None, skip_bad: bool = False) -> ContextPool:
     """Held-out start contexts from token shards (``data.shards`` / ``data.loaders``)."""
     urls = expand_urls(spec)
-    return pool_from_samples(iter_samples(urls), K, stride,
+    return pool_from_samples(iter_samples(urls, skip_bad=skip_bad), K, stride,
                              lambda sid: split_of(sid, val_fraction), future=future,
                              max_contexts=max_contexts, grid=grid, vocab_size=vocab_size,
                              where=f"data.shards={spec}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from drivegpt.runs import atomic_write_bytes
+from drivegpt.runs import atomic_write_bytes, make_shared
 from drivegpt.data.schema import CAUSE_NAMES
 
 WEBM_CODECS = ("VP90", "VP80")
@@ -63,6 +63,7 @@ def write_webm(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path 
                 wr.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
             wr.release()
             if os.path.getsize(tmp) > 0:
+                make_shared(tmp)
                 os.replace(tmp, path)
                 return path
         finally:
