@@ -8,6 +8,7 @@ Trainer by hand. Checkpoints go to ``run_dir/checkpoints`` (``last.ckpt`` always
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -54,12 +55,18 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
 
 class DataAuditCallback(Callback):
     """Per-rank audit of a distributed run: which samples each rank trained on, and a hash of
-    its final weights, written to ``run_dir/audit/rank<r>.json``. Enabled by
-    ``trainer.audit=true``; used to check that ranks read disjoint data and end identical."""
+    its final weights, written to ``run_dir/audit/rank<r>.json``, with how far training moved
+    the parameters from where they started (``params_changed`` of ``params_total`` tensors,
+    ``max_abs_change``). Enabled by ``trainer.audit=true``; used to check that ranks read
+    disjoint data, trained, and end identical."""
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
         self.seen: list[str] = []
+        self.initial: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if not isinstance(batch, dict) or batch.get("segment_id") is None:
@@ -75,7 +82,34 @@ class DataAuditCallback(Callback):
             h.update(p.detach().cpu().contiguous().numpy().tobytes())
         atomic_write_json(self.run_dir / "audit" / f"rank{trainer.global_rank}.json",
                           {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                           "seen": self.seen, "weights_sha256": h.hexdigest()})
+                           "seen": self.seen, "weights_sha256": h.hexdigest(), **self._moved(pl_module)})
+
+    def _moved(self, pl_module) -> dict:
+        change = [float((p.detach().cpu() - self.initial[n]).abs().max()) for n, p in pl_module.named_parameters()
+                  if n in self.initial and p.numel()]
+        return {"params_total": len(change), "params_changed": sum(c > 0 for c in change),
+                "max_abs_change": max(change, default=0.0)}
+
+
+class CheckpointOnSigterm(Callback):
+    """On SIGTERM (a scheduler's stop, ``kill``) Lightning finishes the current batch and raises
+    ``SIGTERMException``; this writes ``checkpoints/last.ckpt`` at that step first (atomically), so a
+    re-run with ``trainer.ckpt_path=last`` (the pipeline's default) resumes from where it stopped,
+    not from the last periodic checkpoint. ``drivegpt`` then exits with status 143."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "checkpoints" / "last.ckpt"
+
+    def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.sigterm.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            tmp.replace(self.path)
+            print(f"SIGTERM: saved {self.path} at step {trainer.global_step}", file=sys.stderr, flush=True)
 
 
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
@@ -104,7 +138,8 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir),
         logger=make_logger(cfg, run_dir, name),
-        callbacks=[ckpt, *callbacks] + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
+        callbacks=[ckpt, CheckpointOnSigterm(run_dir), *callbacks]
+        + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)

@@ -43,7 +43,8 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
         # differ); score with `drivegpt eval tokenizer` instead.
         trainer.limit_val_batches = 0
     t0 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    resume = resume_path(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     seconds = time.time() - t0
     m = trainer.callback_metrics
     steps = int(trainer.global_step)
@@ -53,6 +54,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     counts = module.usage_counts.cpu().numpy()
     metrics = {
         "tokenizer/steps": steps,
+        "tokenizer/resumed_from_step": lightning_global_step(resume) if resume else 0,
         "tokenizer/train_seconds": seconds,
         "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
         "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
