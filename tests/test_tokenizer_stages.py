@@ -162,13 +162,13 @@ def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
               "data.batch_size=4", "data.val_fraction=0", "tokenizer.image_every_n_steps=2"]
     m = train_run(compose("train_tokenizer", [*common, "tokenizer.train_steps=3",
                                               "trainer.checkpoint_every_n_steps=null"]))
-    assert m["tokenizer/steps"] == 3
+    assert m["tokenizer/steps"] == 3 and m["tokenizer/resumed_from_step"] == 0
     for name in ("tokenizer.pt", "recon_grid.png", "codebook_usage.png", "checkpoints/last.ckpt", "metrics.json"):
         assert (tmp_path / "train" / name).exists(), name
     first = load_tokenizer(tmp_path / "train")
     m = train_run(compose("train_tokenizer", [*common, "tokenizer.train_steps=5", "trainer.ckpt_path=last",
                                               "trainer.checkpoint_every_n_steps=null"]))
-    assert m["tokenizer/steps"] == 5  # continued from step 3, not restarted
+    assert m["tokenizer/steps"] == 5 and m["tokenizer/resumed_from_step"] == 3  # continued from step 3
     second = load_tokenizer(tmp_path / "train" / "checkpoints" / "last.ckpt")
     assert bool(second.quantizer.initted)
     assert not torch.equal(first.encoder.net[0].weight, second.encoder.net[0].weight)

@@ -44,6 +44,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
         trainer.limit_val_batches = 0
     t0 = time.time()
     resume = resume_path(cfg, run_dir)
+    resumed_from = lightning_global_step(resume) if resume else 0  # before fit overwrites last.ckpt
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     seconds = time.time() - t0
     m = trainer.callback_metrics
@@ -54,7 +55,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     counts = module.usage_counts.cpu().numpy()
     metrics = {
         "tokenizer/steps": steps,
-        "tokenizer/resumed_from_step": lightning_global_step(resume) if resume else 0,
+        "tokenizer/resumed_from_step": resumed_from,
         "tokenizer/train_seconds": seconds,
         "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
         "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
