@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -37,7 +38,9 @@ def timed(fn, reps: int) -> float:
 
 
 def bench(model: Tokenizer, frames: torch.Tensor, device: str, optimized: bool, compile_: bool, reps: int):
-    model = model.to(device).eval()
+    # A private copy per measurement: channels_last (and .to(device)) would otherwise change the
+    # caller's model in place, and the fp32-eager baseline measured after it would run channels_last.
+    model = copy.deepcopy(model).to(device).eval()
     enc, dec = model.encoder, model.decoder
     x = to_float(frames).to(device)
     if optimized:

@@ -78,6 +78,9 @@ def invoke(cmd: Command, overrides: list[str]):
         sys.argv = saved
 
 
+SIGTERM_EXIT = 128 + 15  # the shell's status for "terminated by SIGTERM"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -92,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(), file=sys.stderr)
         return 2
     cmd, overrides = found
-    invoke(cmd, overrides)
+    try:
+        invoke(cmd, overrides)
+    except SystemExit as e:  # Lightning's SIGTERMException is a SystemExit without a code (status 0)
+        if type(e).__name__ != "SIGTERMException":
+            raise
+        print(f"drivegpt {' '.join(cmd.words)}: stopped by SIGTERM after saving its checkpoint; the stage is "
+              "not complete (no DONE): re-run the same command to resume", file=sys.stderr)
+        return SIGTERM_EXIT
     return 0
 
 

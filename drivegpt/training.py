@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import hashlib
 import math
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -71,19 +72,21 @@ def _sha256(tensors) -> str:
 
 class DataAuditCallback(Callback):
     """Per-rank audit of a distributed run: which samples each rank trained on, hashes of its
-    parameters at the start and the end and of its final state (parameters and buffers), and
-    the batch counts it ran, written to ``run_dir/audit/rank<r>.json``; the final state itself
-    goes to ``run_dir/audit/final_rank<r>.pt``. Enabled by ``trainer.audit=true``; used to
-    check that ranks read disjoint data, ran the same work and end identical."""
+    parameters at the start and the end and of its final state (parameters and buffers), how far
+    training moved the parameters (``params_changed`` of ``params_total`` tensors,
+    ``max_abs_change``) and the batch counts it ran, written to ``run_dir/audit/rank<r>.json``;
+    the final state itself goes to ``run_dir/audit/final_rank<r>.pt``. Enabled by
+    ``trainer.audit=true``; used to check that ranks read disjoint data, ran the same work,
+    trained, and end identical."""
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
         self.seen: list[str] = []
-        self.initial = None
+        self.initial: dict = {}
         self.batches = {"train": 0, "val": 0}
 
     def on_train_start(self, trainer, pl_module):
-        self.initial = _sha256(pl_module.named_parameters())
+        self.initial = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batches["train"] += 1
@@ -105,9 +108,15 @@ class DataAuditCallback(Callback):
                    self.run_dir / "audit" / f"final_rank{r}.pt")
         atomic_write_json(self.run_dir / "audit" / f"rank{r}.json",
                           {"rank": r, "world_size": trainer.world_size, "seen": self.seen,
-                           "batches": self.batches, "params_initial_sha256": self.initial,
+                           "batches": self.batches, "params_initial_sha256": _sha256(self.initial.items()),
                            "params_sha256": _sha256(pl_module.named_parameters()),
-                           "weights_sha256": _sha256(pl_module.state_dict().items())})
+                           "weights_sha256": _sha256(pl_module.state_dict().items()), **self._moved(pl_module)})
+
+    def _moved(self, pl_module) -> dict:
+        change = [float((p.detach().cpu() - self.initial[n]).abs().max()) for n, p in pl_module.named_parameters()
+                  if n in self.initial and p.numel()]
+        return {"params_total": len(change), "params_changed": sum(c > 0 for c in change),
+                "max_abs_change": max(change, default=0.0)}
 
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
@@ -186,6 +195,27 @@ def collective_errors(stage: str, trainer=None, timeout_s: float | None = None):
             f"batches, or a rank stalled or crashed; see the other ranks' logs): {text.splitlines()[0][:500]}") from e
 
 
+class CheckpointOnSigterm(Callback):
+    """On SIGTERM (a scheduler's stop, ``kill``) Lightning finishes the current batch and raises
+    ``SIGTERMException``; this writes ``checkpoints/last.ckpt`` at that step first (atomically), so a
+    re-run with ``trainer.ckpt_path=last`` (the pipeline's default) resumes from where it stopped,
+    not from the last periodic checkpoint. ``drivegpt`` then exits with status 143."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "checkpoints" / "last.ckpt"
+
+    def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        tmp = self.path.with_name(f".{self.path.name}.sigterm.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            tmp.replace(self.path)
+            print(f"SIGTERM: saved {self.path} at step {trainer.global_step}", file=sys.stderr, flush=True)
+
+
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
     """Build the Trainer for a stage from ``cfg.trainer`` (+ keyword overrides for tests)."""
     t = cfg.trainer
@@ -212,7 +242,8 @@ def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), 
         enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir),
         logger=make_logger(cfg, run_dir, name),
-        callbacks=[ckpt, *callbacks] + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
+        callbacks=[ckpt, CheckpointOnSigterm(run_dir), *callbacks]
+        + ([DataAuditCallback(run_dir)] if t.get("audit") else []),
     )
     kwargs.update(overrides)
     trainer = L.Trainer(**kwargs)

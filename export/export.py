@@ -29,6 +29,30 @@ from drivegpt.rl.policy import load_policy, read_checkpoint
 log = logging.getLogger(__name__)
 
 
+class HTPUnavailableError(RuntimeError):
+    """The target asks for a QNN HTP context binary and the QNN HTP backend cannot be loaded here."""
+
+
+def htp_availability(target: dict, skip_htp: bool) -> str | None:
+    """None when the target's HTP artifact can be built (or it has no HTP); else why not, when the
+    config says to export without it (``export.skip_htp=true``). Raises otherwise: an export asked
+    for an HTP target never drops the context binary and its checks silently."""
+    if not target.get("has_htp", False):
+        return None
+    ok, why = qnn.qnn_status()
+    if ok:
+        return None
+    if not skip_htp:
+        raise HTPUnavailableError(
+            f"target={target['name']!r} has a Hexagon HTP, but the QNN HTP backend cannot be loaded here ({why}), "
+            "so its context binary cannot be compiled or verified. Install it (pip install -e '.[qnn]'), "
+            "export for a target without HTP (target=sdm845), or set export.skip_htp=true to export "
+            "without the HTP artifact and its checks (the report and metrics then say so).")
+    log.warning("SKIPPING the QNN HTP context binary and its checks for target %s (export.skip_htp=true): %s",
+                target["name"], why)
+    return why
+
+
 class NotAPolicyError(ValueError):
     """The checkpoint given to the export stage is not a DriveGPT policy."""
 
@@ -149,6 +173,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     out_dir.mkdir(parents=True, exist_ok=True)
     tname = resolve_target(e, str(cfg.target))
     target = {"name": tname, **OmegaConf.to_container(e.targets[tname], resolve=True)}
+    htp_skipped = htp_availability(target, bool(e.get("skip_htp", False)))  # fails here, before any work
     action_range = float(e.action_range)
 
     log.info("export: frames %s, target %s -> %s", list(frames_shape), tname, out_dir)
@@ -204,22 +229,21 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                     "context binary: deploy policy_fp16.onnx on its GPU"
                     + (" with tinygrad (run_on_comma.py)" if target.get("gpu_runtime") == "tinygrad" else "")
                     + " or policy_fp32.onnx on its CPU.")
+    elif htp_skipped is not None:
+        htp_note = (f"SKIPPED (export.skip_htp=true): no context binary and no HTP checks for "
+                    f"{target.get('soc', tname)}: {htp_skipped}")
     else:
-        ok, why = qnn.qnn_status()
-        if not ok:
-            htp_note = f"not compiled: {why}"
-        else:
-            log.info("[3/4] QNN HTP compile: htp_arch v%s soc_model %s", target["htp_arch"], target["soc_model"])
-            ctx = qnn.compile_epcontext(qdq, out_dir / f"policy_{tname}_ctx.onnx", target)
-            artifacts.append({"file": ctx.name, "kind": "EPContext (embedded QNN HTP context binary)",
-                              "runtime": f"QNN HTP v{target['htp_arch']} (soc_model {target['soc_model']})"})
-            htp = ox.run_session(qnn.htp_session(ctx, target), held.frames, held.speed)
-            check("EPContext (QNN HTP backend) vs PyTorch fp32", htp, ref, "p95_frac", p95_bound,
-                  f"p95 <= {p95_bound:.0%} of range")
-            check("EPContext (QNN HTP backend) vs QDQ (ORT CPU)", htp, qdq_actions, "p95_frac", p95_bound,
-                  f"p95 <= {p95_bound:.0%} of range")
-            htp_note = ("compiled and run on the QNN HTP backend shipped in onnxruntime-qnn "
-                        "(on x86 a simulator: accuracy is real, speed is not)")
+        log.info("[3/4] QNN HTP compile: htp_arch v%s soc_model %s", target["htp_arch"], target["soc_model"])
+        ctx = qnn.compile_epcontext(qdq, out_dir / f"policy_{tname}_ctx.onnx", target)
+        artifacts.append({"file": ctx.name, "kind": "EPContext (embedded QNN HTP context binary)",
+                          "runtime": f"QNN HTP v{target['htp_arch']} (soc_model {target['soc_model']})"})
+        htp = ox.run_session(qnn.htp_session(ctx, target), held.frames, held.speed)
+        check("EPContext (QNN HTP backend) vs PyTorch fp32", htp, ref, "p95_frac", p95_bound,
+              f"p95 <= {p95_bound:.0%} of range")
+        check("EPContext (QNN HTP backend) vs QDQ (ORT CPU)", htp, qdq_actions, "p95_frac", p95_bound,
+              f"p95 <= {p95_bound:.0%} of range")
+        htp_note = ("compiled and run on the QNN HTP backend shipped in onnxruntime-qnn "
+                    "(on x86 a simulator: accuracy is real, speed is not)")
 
     log.info("[4/4] report: FLOPs, activation peak, latency")
     example = ox.example_inputs(frames_shape)
@@ -257,7 +281,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         "params": report.count_params(module), "flops": flops, "macs": flops // 2,
         "activation_peak_bytes": report.activation_peak_bytes(fp32),
         "artifacts": rows, "op_histograms": {a["file"]: report.op_histogram(out_dir / a["file"]) for a in rows},
-        "checks": checks, "htp_note": htp_note, "budget_ms": float(e.budget_ms),
+        "checks": checks, "htp_note": htp_note, "htp_skipped": htp_skipped, "budget_ms": float(e.budget_ms),
         "reference": OmegaConf.to_container(e.reference, resolve=True),
         "utilisation": OmegaConf.to_container(e.utilisation, resolve=True),
         "latency": report.latency_estimates(flops, OmegaConf.to_container(e.targets, resolve=True),

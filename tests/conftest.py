@@ -24,3 +24,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say loudly, at the end of every run, which tests were skipped and why: a skipped test
+    checks nothing (e.g. the QNN HTP tests where onnxruntime-qnn cannot load), and a green run
+    must not hide that behind a count."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, list[str]] = {}
+    for rep in skipped:
+        why = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reasons.setdefault(why.removeprefix("Skipped: "), []).append(rep.nodeid)
+    tr = terminalreporter
+    tr.write_sep("!", f"{len(skipped)} TEST(S) SKIPPED: what they check was NOT tested in this run",
+                 red=True, bold=True)
+    for why, ids in reasons.items():
+        tr.write_line(f"NOT TESTED ({len(ids)}): {why}", red=True, bold=True)
+        for nodeid in ids:
+            tr.write_line(f"    {nodeid}")

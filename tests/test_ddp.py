@@ -1,8 +1,9 @@
 """Scale-out: the world-model training entry point under DDP (two CPU processes, gloo).
 
 Checks what DDP must guarantee with ``data.resampled=false`` on an even layout: each rank reads
-its own shards (disjoint data) and both ranks end with identical weights (gradients were
-all-reduced). Uneven layouts and the default (resampled) mode: tests/test_scaleout.py.
+its own shards (disjoint data), training moved the weights from their initial values, and both
+ranks end with identical weights (gradients were all-reduced). Uneven layouts and the default
+(resampled) mode: tests/test_scaleout.py.
 """
 
 import json
@@ -50,3 +51,8 @@ def test_two_rank_ddp_spawn_disjoint_data_identical_weights(tmp_path):
     segs = [{k.split("@")[0] for k in s} for s in seen]
     assert not segs[0] & segs[1], "ranks read the same segments (shards not split by node)"
     assert audits[0]["weights_sha256"] == audits[1]["weights_sha256"]
+    # identical because both trained, not because neither did: the weights moved from their start
+    for a in audits:
+        assert a["params_total"] > 10 and a["max_abs_change"] > 1e-4, a
+        assert a["params_changed"] >= 0.8 * a["params_total"], (a["params_changed"], a["params_total"])
+    assert [a["max_abs_change"] for a in audits] == [audits[0]["max_abs_change"]] * 2

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from drivegpt.config import compose
 from drivegpt.export import onnx_export as ox
 from drivegpt.export import qnn
-from drivegpt.export.export import NotAPolicyError, export_module, load_export_module
+from drivegpt.export.export import HTPUnavailableError, NotAPolicyError, export_module, load_export_module
 from drivegpt.stages.export_policy import run
 from drivegpt.export.report import verify_manifest
 from drivegpt.export.verify import action_errors
@@ -108,6 +108,25 @@ def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
     assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
     assert "no Hexagon HTP" in rep["htp_note"] and rep["target"]["name"] == "sdm845"
     assert verify_manifest(tmp_path / "export") == []
+
+
+def test_htp_target_fails_unless_told_to_skip(policy_ckpt, tmp_path, monkeypatch):
+    """Where the QNN HTP backend cannot load, an export for an HTP target fails before any work
+    instead of quietly dropping the context binary; export.skip_htp=true exports without it and
+    says so in the metrics and the report."""
+    monkeypatch.setattr(qnn, "qnn_status", lambda: (False, "onnxruntime-qnn unavailable: simulated by the test"))
+    small = ["export.verify.count=4", "export.calibration.count=4", "export.timing_runs=1"]
+    with pytest.raises(HTPUnavailableError, match=r"sm8550.*simulated by the test.*export\.skip_htp=true"):
+        run(_cfg(tmp_path / "a", f"checkpoint={policy_ckpt}", "target=sm8550", *small))
+    assert not (tmp_path / "a" / "DONE").exists() and not (tmp_path / "a" / "export" / "policy_fp32.onnx").exists()
+
+    metrics = run(_cfg(tmp_path / "b", f"checkpoint={policy_ckpt}", "target=sm8550", "export.skip_htp=true", *small))
+    assert "simulated by the test" in metrics["htp_skipped"] and "qnn" not in metrics
+    out = tmp_path / "b" / "export"
+    rep = json.loads((out / "report.json").read_text())
+    assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
+    assert not any("HTP" in name for name in rep["checks"])
+    assert "SKIPPED (export.skip_htp=true)" in (out / "report.md").read_text()
 
 
 def test_flops_match_a_hand_count(policy):

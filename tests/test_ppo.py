@@ -108,7 +108,10 @@ def test_ppo_solves_lane_keeping_toy():
     # the drifting (do-nothing) driver leaves the lane; a keeping policy scores near 40
     assert after > max(before, zero_policy_score) + 10, (before, zero_policy_score, after)
     assert after > 25, after
-    assert hist[-1]["event_rate"] < hist[0]["event_rate"] + 1e-9
+    # the untrained policy leaves the lane (measured 0.055 events per step); the trained one
+    # rarely does (measured 0.0 from iteration 6 on)
+    assert hist[0]["event_rate"] > 0.02, hist[0]["event_rate"]
+    assert hist[-1]["event_rate"] < 0.2 * hist[0]["event_rate"], [h["event_rate"] for h in hist]
 
 
 def test_kl_regulariser_keeps_policy_near_reference():

@@ -10,6 +10,7 @@ from drivegpt.data.inspect import inspect_shards
 from drivegpt.data.schema import Cause
 from drivegpt.data.shards import iter_samples, read_manifest, write_shards
 from drivegpt import cli
+from filestate import freeze, states
 from synth_fleet import make_segment
 from test_sources_comma2k19 import write_segment
 from test_sources_csv_video import circle_rows, write_csv, write_video
@@ -22,8 +23,8 @@ def test_ingest_csv_video_then_inspect(tmp_path):
         write_csv(tmp_path / "in" / f"drive{k}.csv", ["time", "x", "y", "yaw", "speed", "engaged", "disengage"],
                   circle_rows())
     out, run = tmp_path / "shards", tmp_path / "run"
-    cli.main(["data", "ingest", "experiment=tiny", "source=csv_video", f"path={tmp_path / 'in'}",
-              f"out={out}", f"run_dir={run}"])
+    assert cli.main(["data", "ingest", "experiment=tiny", "source=csv_video", f"path={tmp_path / 'in'}",
+                     f"out={out}", f"run_dir={run}"]) == 0
     man = read_manifest(out)
     assert man["complete"] and man["samples"] == 3 and len(man["shards"]) == 2  # tiny: 2 per shard
     m = json.loads((run / "metrics.json").read_text())
@@ -36,25 +37,26 @@ def test_ingest_csv_video_then_inspect(tmp_path):
     assert m["disengagements_per_100_engaged_km_by_cause"]["STEER"] == pytest.approx(3 / 0.012 * 100)
 
     ins = tmp_path / "inspect"
-    cli.main(["data", "inspect", "experiment=tiny", f"shards={out}", f"run_dir={ins}"])
+    assert cli.main(["data", "inspect", "experiment=tiny", f"shards={out}", f"run_dir={ins}"]) == 0
     mi = json.loads((ins / "metrics.json").read_text())
     for k in ("segments", "frames", "km", "disengagements_by_cause", "engaged_fraction"):
         assert mi[k] == m[k]
     sheet = cv2.imread(str(ins / "contact_sheet.png"))
     assert sheet is not None and mi["contact_sheet_frames"] == 12  # 4 per segment x 3
     # re-running the ingest resumes: nothing rewritten
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    cli.main(["data", "ingest", "experiment=tiny", "source=csv_video", f"path={tmp_path / 'in'}",
-              f"out={out}", f"run_dir={run}"])
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
+    before, manifest = freeze(out.glob("*.tar")), read_manifest(out)
+    assert cli.main(["data", "ingest", "experiment=tiny", "source=csv_video", f"path={tmp_path / 'in'}",
+                     f"out={out}", f"run_dir={run}"]) == 0
+    assert states(before) == before  # every shard: same inode, the old mtime and the same bytes
+    assert read_manifest(out) == manifest
 
 
 def test_ingest_comma2k19_tree(tmp_path):
     for n in (3, 4):
         write_segment(tmp_path / "Chunk_1" / "route|2018-07-27--06-03-57" / str(n))
     out = tmp_path / "shards"
-    cli.main(["data", "ingest", "experiment=tiny", "source=comma2k19", f"path={tmp_path / 'Chunk_1'}",
-              f"out={out}", f"run_dir={tmp_path / 'run'}"])
+    assert cli.main(["data", "ingest", "experiment=tiny", "source=comma2k19", f"path={tmp_path / 'Chunk_1'}",
+                     f"out={out}", f"run_dir={tmp_path / 'run'}"]) == 0
     segs = list(iter_samples(out))
     assert [s.meta["segment_id"] for s in segs] == ["route_2018-07-27--06-03-57_3", "route_2018-07-27--06-03-57_4"]
     assert segs[0].frames.shape[1:] == (32, 64, 3) and not segs[0].engaged.any()

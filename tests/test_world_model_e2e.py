@@ -162,9 +162,12 @@ def test_left_and_right_moves_generate_frames_that_turn_the_right_way(trained, t
           f"({(pixels > 0).mean():.2f} > 0), differ {differ.mean():.2f}")
     # A model that ignores the pose scores exactly 0 on all three (checked by zeroing the move
     # embedding); one that confuses the direction scores < 0 on bits and pixels.
-    assert np.mean(differ) > 1.0, differ  # mean abs pixel difference between the two predictions
-    assert np.mean(bits) > 0, bits
-    assert np.mean(pixels) > 0, pixels
+    # Required margins, about half of what this test measured (one thread, seeded: bits 2.31 per
+    # case, pixels 4.27 with 73% of cases > 0, differ 15.2), so a model that barely uses the
+    # pose fails instead of passing on a margin of zero.
+    assert np.mean(differ) > 5.0, differ  # mean abs pixel difference between the two predictions
+    assert np.mean(bits) > 1.0, bits
+    assert np.mean(pixels) > 2.0 and np.mean(pixels > 0) > 0.5, pixels
 
 
 def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path):
@@ -179,5 +182,28 @@ def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path)
     assert m["counterfactual_cases"] == 2
     for s in ("1s", "2s"):
         assert np.isfinite(m[f"psnr_{s}"]) and np.isfinite(m[f"psnr_copy_last_{s}"]) and 0 < m[f"ssim_{s}"] <= 1
-    assert "pose_following_yaw_rate_r2" in m and "disengage_auroc_2s" in m
-    assert (tmp_path / "counterfactual_grid.png").exists() and (tmp_path / "metrics.json").exists()
+    # the headline figures are what their parts say they are
+    kinds = ("logged", "left", "right", "brake", "accelerate")
+    for s in ("1s", "2s"):
+        assert m[f"psnr_{s}"] == pytest.approx(np.mean([m[f"psnr_{s}_{k}"] for k in kinds]), abs=1e-6)
+        assert m[f"psnr_gain_{s}"] == pytest.approx(m[f"psnr_{s}"] - m[f"psnr_copy_last_{s}"], abs=1e-6)
+        assert 5 < m[f"psnr_{s}"] < 40 and 5 < m[f"psnr_copy_last_{s}"] < 40  # measured 13-17 dB
+    assert m["counterfactual_psnr_gain_1s"] == m["psnr_gain_1s"]
+    n_cmd = len(cfg.eval.commands)
+    assert m["command_following_chance"] == pytest.approx(1 / n_cmd)
+    per_cmd = [m[f"command_following_accuracy_{c}"] for c in cfg.eval.commands]
+    assert m["command_following_accuracy"] == pytest.approx(np.mean(per_cmd))
+    assert all(0 <= a <= 1 for a in per_cmd) and 0 <= m["command_following_accuracy_pose_zeroed"] <= 1
+    for c in ("", "_steer", "_brake"):
+        pos, neg = m[f"disengage_positives_2s{c}"], m[f"disengage_negatives_2s{c}"]
+        assert pos > 0 and m[f"disengage_base_rate_2s{c}"] == pytest.approx(pos / (pos + neg), rel=1e-6)
+        assert 0 <= m[f"disengage_auroc_2s{c}"] <= 1 and 0 <= m[f"disengage_auroc_2s{c}_baseline"] <= 1
+    # the hazard head learned the held-out STEER events (measured AUROC 0.93 on 60 positives)
+    assert m["disengage_positives_2s_steer"] >= 30 and m["disengage_auroc_2s_steer"] > 0.75, \
+        m["disengage_auroc_2s_steer"]
+    assert 0 < m["pose_following_yaw_rate_mae"] < 1 and m["pose_following_yaw_rate_r2"] <= 1
+    assert np.isfinite(m["pose_following_yaw_rate_r2_ceiling"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {k: saved[k] for k in ("bits_per_token", "psnr_1s", "command_following_accuracy")} == \
+        {k: m[k] for k in ("bits_per_token", "psnr_1s", "command_following_accuracy")}
+    assert (tmp_path / "counterfactual_grid.png").stat().st_size > 1000

@@ -42,6 +42,7 @@ def run(cfg: DictConfig) -> dict:
     metrics = {"params": rep["params"], "gflops": rep["flops"] / 1e9, "ort_cpu_ms": rep["ort_cpu_ms"],
                "torch_cpu_ms": rep["torch_cpu_ms"], "ort_vs_torch": rep["ort_cpu_ms"] / rep["torch_cpu_ms"],
                "target": rep["target"]["name"], "export_dir": str(out_dir), "failed_checks": failed,
+               "htp_skipped": rep["htp_skipped"],  # why the HTP artifact was not built (export.skip_htp), or None
                "est_ms": {n: {e: v["ms"] for e, v in row.items() if isinstance(v, dict)}
                           for n, row in rep["latency"].items()}}
     tiny = rep.get("tinygrad") or {}

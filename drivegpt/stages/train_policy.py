@@ -269,7 +269,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         vals = [h.get(key) for h in hist if h.get(key) is not None and math.isfinite(h.get(key))]
         return (vals[0], vals[-1]) if vals else (float("nan"), float("nan"))
 
-    metrics = {"rl/train_seconds": train_s, "rl/iterations": len(hist),
+    metrics = {"rl/train_seconds": train_s, "rl/iterations": len(hist), "rl/resumed_from_iteration": start,
                "rl/env_steps": len(hist) * pcfg.num_envs * pcfg.rollout_steps,
                "rl/sim_predicted_per_100km": final["predicted_per_100km"],
                "rl/bc_sim_predicted_per_100km": base["predicted_per_100km"],

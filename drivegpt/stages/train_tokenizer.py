@@ -39,8 +39,10 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
         trainer_overrides.setdefault("max_steps", int(cfg.tokenizer.train_steps))
     trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
     t0 = time.time()
+    resume = resume_path(cfg, run_dir)
+    resumed_from = lightning_global_step(resume) if resume else 0  # before fit overwrites last.ckpt
     with collective_errors("train_tokenizer", trainer, collective_timeout(cfg.trainer).total_seconds()):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     seconds = time.time() - t0
     m = trainer.callback_metrics
     steps = int(trainer.global_step)
@@ -50,6 +52,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     counts = module.usage_counts.cpu().numpy()
     metrics = {
         "tokenizer/steps": steps,
+        "tokenizer/resumed_from_step": resumed_from,
         "tokenizer/train_seconds": seconds,
         "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
         "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
