@@ -1,6 +1,6 @@
 """How predictable the fleet's 2 s disengagement hazard is from the GROUND-TRUTH state: the ceiling.
 
-    nice -n 19 python benchmarks/hazard_ceiling.py [--segments 40] [--seconds 30]
+    nice -n 19 python benchmarks/hazard_ceiling.py [--segments 80] [--seconds 30]
 
 Drives road-world fleet segments exactly as the fleet stage does (``drive_segment(seed=i, 30 s,
 default sim config with the fleet driver behaviours)``, seeds 0..N-1, as ``first_seed: 0``), then
@@ -21,17 +21,15 @@ Also: ``outside_reengage_2s_before_{cause}``, the fraction of held-out events wh
 the event already violated the re-engagement rule (``takeover.safe_to_engage``), and the held-out
 events by the safety rule that fired.
 
-measured (2026-11-24, ``nice -n 19 python benchmarks/hazard_ceiling.py`` = 40 segments, on the
-2-core machine under load; only 10 segments held out: 119 STEER but 60 BRAKE positive frames from
-12 and 6 events, too few for tight figures -- use ``--segments 80`` or more):
-{"benchmark": "hazard_ceiling", "segments": 40, "seconds": 30.0, "horizon_s": 2.0, "stride": 4, "val_fraction": 0.3, "train_frames": 4470, "val_frames": 1490, "val_segments": 10, "positives_steer": 119, "train_positives_steer": 314, "speed_auroc_steer": 0.372, "logistic_auroc_steer": 0.696, "mlp_auroc_steer": 0.598, "mlp_oracle_auroc_steer": 0.69, "events_steer": 12, "event_reasons_steer": {"lat_accel": 6, "lane_offset": 6}, "outside_reengage_2s_before_steer": 0.083, "positives_brake": 60, "train_positives_brake": 313, "speed_auroc_brake": 0.605, "logistic_auroc_brake": 0.354, "mlp_auroc_brake": 0.422, "mlp_oracle_auroc_brake": 0.521, "events_brake": 6, "event_reasons_brake": {"jerk": 6}, "outside_reengage_2s_before_brake": 0.167, "positives_gas": 10, "train_positives_gas": 20, "speed_auroc_gas": 1.0, "logistic_auroc_gas": 0.999, "mlp_auroc_gas": 0.838, "mlp_oracle_auroc_gas": 0.976, "events_gas": 1, "event_reasons_gas": {"slow": 1}, "outside_reengage_2s_before_gas": 0.0, "seconds_taken": 379.9}
+measured (2026-11-24, ``nice -n 19 python benchmarks/hazard_ceiling.py`` = 80 segments, 32 s on the
+2-core machine when idle, ~6 min under load; 40 segments hold out only 10 segments, 6 BRAKE events):
+{"benchmark": "hazard_ceiling", "segments": 80, "seconds": 30.0, "horizon_s": 2.0, "stride": 4, "val_fraction": 0.3, "train_frames": 7748, "val_frames": 4172, "val_segments": 28, "positives_steer": 358, "train_positives_steer": 524, "speed_auroc_steer": 0.438, "logistic_auroc_steer": 0.743, "mlp_auroc_steer": 0.687, "mlp_oracle_auroc_steer": 0.698, "events_steer": 40, "event_reasons_steer": {"lat_accel": 21, "lane_offset": 18, "heading": 1}, "outside_reengage_2s_before_steer": 0.128, "positives_brake": 229, "train_positives_brake": 453, "speed_auroc_brake": 0.585, "logistic_auroc_brake": 0.394, "mlp_auroc_brake": 0.481, "mlp_oracle_auroc_brake": 0.505, "events_brake": 24, "event_reasons_brake": {"jerk": 23, "ttc": 1}, "outside_reengage_2s_before_brake": 0.238, "positives_gas": 10, "train_positives_gas": 30, "speed_auroc_gas": 0.994, "logistic_auroc_gas": 0.999, "mlp_auroc_gas": 0.98, "mlp_oracle_auroc_gas": 0.94, "events_gas": 1, "event_reasons_gas": {"slow": 1}, "outside_reengage_2s_before_gas": 0.0, "seconds_taken": 31.6}
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -180,7 +178,7 @@ def one_segment(job) -> tuple[str, dict, dict]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--segments", type=int, default=40)
+    ap.add_argument("--segments", type=int, default=80)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--stride", type=int, default=4)
