@@ -14,6 +14,7 @@ from drivegpt.training import make_trainer
 from drivegpt.world_model import WorldModel, WorldModelConfig, load_world_model, save_world_model
 from drivegpt.world_model import sampling
 from drivegpt.world_model.metrics import disengage_metrics
+from drivegpt.stages.common import bind_fps
 from drivegpt.stages.train_world_model import build_module
 
 V, GRID, K = 16, (2, 4), 3
@@ -115,7 +116,9 @@ class LossRecorder(Callback):
 
 
 def tiny_cfg(tmp_path, *extra):
-    return compose("train_world_model", ["experiment=tiny", f"run_dir={tmp_path}", "data.context_frames=3", *extra])
+    cfg = compose("train_world_model", ["experiment=tiny", f"run_dir={tmp_path}", "data.context_frames=3", *extra])
+    bind_fps(cfg)  # no shards here: the road world's rate, as the stage does without data.shards
+    return cfg
 
 
 def fit(cfg, module, items, batch_size, steps, run_dir, ckpt_path=None, val=None):

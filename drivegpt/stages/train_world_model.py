@@ -46,6 +46,9 @@ def token_meta(shards: str, skip_bad: bool = False) -> dict:
 def model_config(cfg: DictConfig, vocab_size: int, grid) -> dict:
     wm = cfg.world_model
     d = {k: OmegaConf.to_object(wm[k]) if OmegaConf.is_config(wm[k]) else wm[k] for k in MODEL_KEYS if k in wm}
+    if cfg.data.get("fps") is None:
+        raise ValueError("data.fps is null (it follows the shards' meta.fps): bind it first with "
+                         "drivegpt.stages.common.bind_fps(cfg), as the stage does, or set data.fps")
     d.update(vocab_size=int(vocab_size), grid=[int(g) for g in grid], max_frames=int(cfg.data.context_frames),
              fps=float(cfg.data.fps) / float(cfg.data.stride))
     return d
