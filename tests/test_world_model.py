@@ -35,8 +35,21 @@ def window(b=2, k=K, dtype=torch.float32, seed=0):
             torch.randn(b, k, 6, generator=g).to(dtype), torch.rand(b, k, generator=g).to(dtype) * 10)
 
 
-def test_causality_future_tokens_and_moves_never_change_the_past():
-    m = tiny_model()
+# the model with and without the previous-frame path (a 3x3 neighbourhood, warped by the move)
+PREV = [{}, {"prev_frame": 3, "prev_warp": True}]
+
+
+def with_live_warp(m: WorldModel) -> WorldModel:
+    """A fresh model's warp is the identity (zero init): make it depend on the move."""
+    if m.cfg.prev_warp:
+        with torch.no_grad():
+            m.prev_theta.weight.normal_(0.0, 0.1)
+    return m
+
+
+@pytest.mark.parametrize("prev", PREV)
+def test_causality_future_tokens_and_moves_never_change_the_past(prev):
+    m = with_live_warp(tiny_model(**prev))
     tok, pose, speed = window()
     base = m(tok, pose, speed)
     j = 5  # change image token x_1[j]
@@ -58,9 +71,10 @@ def test_causality_future_tokens_and_moves_never_change_the_past():
     assert not torch.allclose(out["disengage"][:, 2], base["disengage"][:, 2])
 
 
+@pytest.mark.parametrize("prev", PREV)
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
-def test_kv_cache_greedy_equals_full_recomputation(cfg_scale):
-    m = tiny_model(torch.float64)
+def test_kv_cache_greedy_equals_full_recomputation(cfg_scale, prev):
+    m = with_live_warp(tiny_model(torch.float64, **prev))
     tok, pose, speed = window(b=3, dtype=torch.float64, seed=1)
     cached, dis_c = sampling.generate_frame(m, tok, pose, speed, temperature=0.0, cfg_scale=cfg_scale)
     full, dis_f = sampling.generate_frame_full(m, tok, pose, speed, temperature=0.0, cfg_scale=cfg_scale)
@@ -71,6 +85,28 @@ def test_kv_cache_greedy_equals_full_recomputation(cfg_scale):
         ext = m(torch.cat([tok, cached[:, None]], 1), torch.cat([pose, pose[:, :1]], 1),
                 torch.cat([speed, speed[:, :1]], 1))
         assert torch.equal(ext["logits"][:, K].argmax(-1).view_as(cached), cached)
+
+
+def test_previous_frame_path_sees_the_previous_frame_shifted_by_the_move():
+    """Slot 1+i of a frame reads the previous frame around token i+1; the warp is the identity at
+    initialisation, and a move that maps to a one-column shift moves what every slot reads by
+    one column."""
+    m = tiny_model(prev_frame=1, prev_warp=True)  # 1x1 conv: a slot reads exactly one token
+    g = torch.Generator().manual_seed(0)
+    prev = torch.randint(0, V, (1, *GRID), generator=g)
+    feats = torch.randn(1, 7, generator=g)
+    n, w = GRID[0] * GRID[1], GRID[1]
+    got = m.prev_features(prev, 1, feats)
+    assert got.shape == (1, n + 1, 32)
+    plain = torch.einsum("dc,nc->nd", m.prev_conv.weight[:, :, 0, 0], m.prev_emb(prev.flatten(1))[0]) + m.prev_conv.bias
+    torch.testing.assert_close(got[0, 1:n], plain[1:], atol=1e-5, rtol=1e-5)  # identity warp at init
+    assert torch.equal(got[0, 0], torch.zeros(32)) and torch.equal(got[0, n], torch.zeros(32))
+    with torch.no_grad():  # x_in = x_out + 2/w in normalised coordinates: one column to the right
+        m.prev_theta.bias.copy_(torch.tensor([0.0, 0.0, 2.0 / w, 0.0, 0.0, 0.0]))
+    shifted = m.prev_features(prev, 1, feats)[0, 1:n].view(-1, 32)
+    grid = plain.view(GRID[0], w, 32)
+    expect = torch.cat([grid[:, 1:], grid[:, -1:]], dim=1).reshape(n, 32)[1:]  # border padding at the edge
+    torch.testing.assert_close(shifted, expect, atol=1e-5, rtol=1e-5)
 
 
 def test_step_contract_shapes_sampling_and_bad_input():

@@ -11,6 +11,15 @@ every image token of frame k (global conditioning of each position, as action-co
 models do), so every prediction in the frame reads the move directly instead of having to find
 it through attention to ``S_k``; a tiny model learns to follow the pose far faster this way.
 Image tokens are raster order.
+
+Previous frame (``prev_frame`` = k, ``prev_warp``): every image position of frame k also gets
+the previous frame's k x k token neighbourhood around the token it predicts (embeddings through
+a conv), after warping that embedding map by an affine transform linear in the move into frame
+k (a spatial transformer, identity at initialisation: ego-motion shifts, zooms and rotates the
+whole picture). This is the copy-and-move prior of video: without it a small model trained for
+a few hundred steps on CPU hardly used the previous frame at all (demo: 3.81 bits/token with
+four frames of context vs 3.88 with none) and not the pose; with it 2.88 at 150 steps, and the
+mirrored move costs 0.085 bits/token (``tests/test_world_model_logged.py``).
 Every position gets a learned spatial embedding (slot 0 = the start token, slot 1+i = image
 token i) plus a learned temporal embedding (frame index).
 
@@ -68,11 +77,21 @@ class WorldModelConfig:
     # the disengagement head also reads the normalised conditioning of its frame (the move into
     # it and the speed) directly, through a small MLP, besides the start token's hidden state
     dis_cond: bool = False
+    # every position also reads the previous frame around the token it predicts (a k x k
+    # neighbourhood of its token embeddings, through a conv): the copy-and-shift prior of video
+    # (0 = off, the original model)
+    prev_frame: int = 0
+    # before the conv, the previous frame's embedding map is warped by an affine transform that
+    # is linear in the move into the frame (identity at start; a spatial transformer): ego-motion
+    # moves the whole picture (yaw -> shift, forward -> zoom), which a conv alone learns slowly
+    prev_warp: bool = False
     fps: float = 5.0  # frame rate the model reads (fleet fps / stride)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         self.horizons = tuple(float(h) for h in self.horizons)
+        if self.prev_frame < 0 or (self.prev_frame and self.prev_frame % 2 == 0):
+            raise ValueError(f"prev_frame={self.prev_frame}: 0 (off) or an odd kernel size")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.max_frames < 2:
@@ -178,6 +197,12 @@ class WorldModel(nn.Module):
         self.spatial_emb = nn.Parameter(torch.zeros(n + 1, d))  # slot 0 = start token
         self.temporal_emb = nn.Parameter(torch.zeros(cfg.max_frames, d))
         self.cond_mlp = nn.Sequential(nn.Linear(7, d), nn.GELU(), nn.Linear(d, d))
+        if cfg.prev_frame:
+            self.prev_emb = nn.Embedding(cfg.vocab_size, d)
+            self.prev_conv = nn.Conv2d(d, d, cfg.prev_frame, padding=cfg.prev_frame // 2)
+            if cfg.prev_warp:
+                self.prev_theta = nn.Linear(7, 6)  # normalised move + speed -> affine offset from identity
+            self.prev_null = nn.Parameter(torch.zeros(d))  # frame 0 of a window: no previous frame
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
@@ -203,11 +228,20 @@ class WorldModel(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
         for p in (self.start_emb, self.null_cond, self.spatial_emb, self.temporal_emb):
             nn.init.normal_(p, mean=0.0, std=0.02)
+        if cfg.prev_frame:
+            nn.init.normal_(self.prev_null, mean=0.0, std=0.02)
+            if cfg.prev_warp:
+                nn.init.zeros_(self.prev_theta.weight)
+                nn.init.zeros_(self.prev_theta.bias)
 
     @staticmethod
     def _init_weights(m):
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02 / m.kernel_size[0])
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
@@ -236,6 +270,11 @@ class WorldModel(nn.Module):
         c = self.cond_features(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1])
         return torch.cat([torch.zeros_like(c[:, :1]).expand(c.shape[0], 1, 7), c], dim=1)
 
+    def move_features(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
+        """``frame_features`` with the dropped samples' (``drop`` [b]) set to zeros (the mean move)."""
+        f = self.frame_features(rel_pose, speed, n_frames)
+        return f if drop is None else torch.where(drop[:, None, None], torch.zeros_like(f), f)
+
     def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
         """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
         e = self.cond_mlp(self.cond_features(rel_pose, speed))
@@ -255,6 +294,49 @@ class WorldModel(nn.Module):
         """Start-token embeddings [b, n_frames, d] for frames 0..n_frames-1 (no positions)."""
         return self.start_emb + self.frame_conditioning(rel_pose, speed, n_frames, drop)
 
+    # ------------------------------------------------------------------ previous frame
+    def prev_features(self, prev: torch.Tensor | None, batch: int, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """The previous-frame input of one frame's slots: prev tokens [b, h, w] (None = no previous
+        frame) -> [b, n+1, d]. Slot j (1+i = image token i) predicts image token j, so it gets the
+        previous frame's neighbourhood of token j; slot n predicts nothing and the start token
+        (slot 0, the disengagement head's query) is left as it was: both get zeros (measured: the
+        tiny e2e model's held-out STEER AUROC fell from 0.93 to 0.75 with a corner neighbourhood
+        added to its start token). Zeros throughout when ``cfg.prev_frame`` is 0. With
+        ``cfg.prev_warp`` the map is first warped by the affine transform of ``feats`` [b, 7] (the
+        frame's ``move_features``; zeros = the mean move, used where the conditioning is dropped)."""
+        d, n = self.cfg.n_embd, self.cfg.tokens_per_frame
+        dev, dt = self.start_emb.device, self.start_emb.dtype
+        if not self.cfg.prev_frame:
+            return torch.zeros(batch, n + 1, d, device=dev, dtype=dt)
+        if prev is None:
+            a = self.prev_null.expand(batch, n, d)
+        else:
+            e = rearrange(self.prev_emb(prev), "b h w d -> b d h w")
+            if self.cfg.prev_warp:
+                if feats is None:
+                    raise ValueError("prev_warp: the previous-frame input needs the frame's move (feats)")
+                eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], device=e.device, dtype=e.dtype)
+                theta = (eye + self.prev_theta(feats.to(e.dtype))).view(-1, 2, 3)
+                grid = F.affine_grid(theta, list(e.shape), align_corners=False)
+                e = F.grid_sample(e, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            a = rearrange(self.prev_conv(e), "b d h w -> b (h w) d")
+        zero = torch.zeros(batch, 1, d, device=dev, dtype=a.dtype)
+        return torch.cat([zero, a[:, 1:], zero], dim=1)
+
+    def sequence_prev(self, tokens: torch.Tensor, n_frames: int, feats: torch.Tensor) -> torch.Tensor:
+        """Previous-frame inputs [b, n_frames, n+1, d] of frames 0..n_frames-1 of a window whose
+        frames are ``tokens`` [b, >= n_frames-1, h, w] (frame 0: the null previous frame); ``feats``
+        [b, n_frames, 7] the frames' move features (``move_features``)."""
+        b = tokens.shape[0]
+        first = self.prev_features(None, b)[:, None]
+        if n_frames == 1:
+            return first
+        if not self.cfg.prev_frame:
+            return first.expand(b, n_frames, *first.shape[2:])
+        rest = self.prev_features(rearrange(tokens[:, : n_frames - 1], "b f h w -> (b f) h w"), b * (n_frames - 1),
+                                  rearrange(feats[:, 1:n_frames], "b f c -> (b f) c"))
+        return torch.cat([first, rearrange(rest, "(b f) s d -> b f s d", b=b)], dim=1)
+
     # ------------------------------------------------------------------ sequence
     def embed_sequence(self, tokens, rel_pose, speed, drop=None, open_frame: bool = False):
         """Embed full frames (and optionally the start token of one more frame).
@@ -267,21 +349,30 @@ class WorldModel(nn.Module):
         if n_start > self.cfg.max_frames:
             raise ValueError(f"{n_start} frames > max_frames={self.cfg.max_frames}")
         cond = self.frame_conditioning(rel_pose, speed, n_start, drop)  # b F' d
+        prev = self.sequence_prev(tokens, n_start, self.move_features(rel_pose, speed, n_start, drop))
         starts = self.start_emb + cond
         img = self.tok_emb(rearrange(tokens, "b f h w -> b f (h w)")) + cond[:, :f, None]  # b F n d
-        frames = torch.cat([starts[:, :f, None], img], dim=2) + self.spatial_emb  # b F n+1 d
+        frames = torch.cat([starts[:, :f, None], img], dim=2) + self.spatial_emb + prev[:, :f]  # b F n+1 d
         frames = frames + self.temporal_emb[:f, None]
         x = rearrange(frames, "b f n d -> b (f n) d")
         if open_frame:
-            s = starts[:, f] + self.spatial_emb[0] + self.temporal_emb[f]
+            s = starts[:, f] + self.spatial_emb[0] + self.temporal_emb[f] + prev[:, f, 0]
             x = torch.cat([x, s[:, None]], dim=1)
         return x
 
-    def embed_token(self, token: torch.Tensor, frame: int, index: int, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """token [b] -> [b, 1, d]: image token ``index`` of frame ``frame``, with positions and the
-        frame's move embedding ``cond`` [b, d] (``frame_conditioning(...)[:, frame]``)."""
+    def embed_token(self, token: torch.Tensor, frame: int, index: int, cond: torch.Tensor | None = None,
+                    prev: torch.Tensor | None = None) -> torch.Tensor:
+        """token [b] -> [b, 1, d]: image token ``index`` of frame ``frame``, with positions, the
+        frame's move embedding ``cond`` [b, d] (``frame_conditioning(...)[:, frame]``) and its
+        previous-frame input ``prev`` [b, n+1, d] (``prev_features``; needed with ``cfg.prev_frame``)."""
         x = self.tok_emb(token) + self.spatial_emb[1 + index] + self.temporal_emb[frame]
-        return (x if cond is None else x + cond)[:, None]
+        if cond is not None:
+            x = x + cond
+        if self.cfg.prev_frame:
+            if prev is None:
+                raise ValueError("this model reads the previous frame: pass prev=model.prev_features(...)")
+            x = x + prev[:, 1 + index]
+        return x[:, None]
 
     def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h)."""

@@ -77,6 +77,8 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
     emb = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
     cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]  # the new frame's move
+    feats = model.move_features(x_pose, x_speed, k + 1, drop)[:, k]
+    prev = model.prev_features(x_tok[:, -1], x_tok.shape[0], feats)  # the last context frame, around each new token
     cache = KVCache(model.cfg, emb.shape[0], emb.shape[1] + n - 1, emb.device, emb.dtype)
     hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
     dis = model.disengage_logits(hid[:b], model.frame_features(rel_pose, speed, k + 1)[:, k])
@@ -91,7 +93,7 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
         if i == n - 1:
             break
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
-        hid = model.hidden(model.embed_token(nxt, k, i, cond), cache)[:, -1]
+        hid = model.hidden(model.embed_token(nxt, k, i, cond, prev), cache)[:, -1]
     out = rearrange(out, "b (h w) -> b h w", h=h)
     return (out, dis, ent) if return_entropy else (out, dis)
 
@@ -105,6 +107,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
     prefix = model.embed_sequence(x_tok, x_pose, x_speed, drop, open_frame=True)
     cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]
+    prev = model.prev_features(x_tok[:, -1], x_tok.shape[0], model.move_features(x_pose, x_speed, k + 1, drop)[:, k])
     out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
     embs = []
     dis = None
@@ -115,7 +118,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
         logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
         out[:, i] = _pick(logits, temperature, top_k, generator)
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
-        embs.append(model.embed_token(nxt, k, i, cond))
+        embs.append(model.embed_token(nxt, k, i, cond, prev))
     return rearrange(out, "b (h w) -> b h w", h=h), dis
 
 
