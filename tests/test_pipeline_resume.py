@@ -44,7 +44,7 @@ def start(run_dir: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     log = open(run_dir.parent / f"attempt-{time.time_ns()}.log", "w+b")  # a file: a full pipe would block
     p = subprocess.Popen([sys.executable, "-m", "drivegpt", "pipeline", *TINY, f"run_dir={run_dir}", *extra],
-                         stdout=subprocess.DEVNULL, stderr=log, env=env)
+                         stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
     p.log = log
     return p
 
@@ -54,8 +54,9 @@ def err_of(proc: subprocess.Popen) -> str:
     return proc.log.read().decode(errors="replace")
 
 
-def kill_when(proc: subprocess.Popen, ready, sig, timeout=1800.0) -> int:
-    """Send ``sig`` once ``ready()``; returns the time it was sent (ns). The timeout guards against a
+def kill_when(proc: subprocess.Popen, ready, sig, timeout=1800.0, group: bool = False) -> int:
+    """Send ``sig`` once ``ready()`` (``group``: to the whole process group, DataLoader workers
+    included, as a scheduler does); returns the time it was sent (ns). The timeout guards against a
     hang, not speed: on a 2-core machine at load ~10 the RL kill point came after 15 min."""
     t0 = time.time()
     while not ready():
@@ -64,7 +65,10 @@ def kill_when(proc: subprocess.Popen, ready, sig, timeout=1800.0) -> int:
         assert time.time() - t0 < timeout, "kill point never reached"
         time.sleep(0.05)
     sent = time.time_ns()
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     proc.wait(timeout=120)
     return sent
 
@@ -89,11 +93,12 @@ def test_pipeline_survives_kills_and_matches_clean_run(tmp_path):
     kill_when(p, lambda: len(list((fleet / "shards").glob("*.tar"))) >= 1, signal.SIGKILL)
     assert not (fleet / "DONE").exists()
 
-    # 2) SIGTERM during tokenizer training, once a periodic checkpoint exists: Lightning finishes
-    #    the batch, last.ckpt is written at that step, the process exits cleanly with 143.
-    p = start(run)
+    # 2) SIGTERM to the whole process group (DataLoader workers too, as a scheduler sends it) during
+    #    tokenizer training, once a periodic checkpoint exists: Lightning finishes the batch,
+    #    last.ckpt is written at that step, the process exits cleanly with 143.
+    p = start(run, "data.num_workers=1")
     sent = kill_when(p, lambda: any((tok / "checkpoints").glob("*.ckpt")) if (tok / "checkpoints").exists() else False,
-                     signal.SIGTERM)
+                     signal.SIGTERM, group=True)
     err = err_of(p)
     assert p.returncode == 143, (p.returncode, err[-3000:])
     assert "SIGTERM: saved" in err and "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
