@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import signal
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -290,28 +289,13 @@ def window_dataset(urls, context_frames: int, stride: int, key: str = "frames",
     return wds.DataPipeline(*stages)
 
 
-def _swallow_first_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the next one (the parent shutting us down) ends the worker
-
-
-def _leave_sigterm_to_the_parent(_worker_id: int) -> None:
-    """DataLoader worker init: the first SIGTERM is left to the parent. A scheduler's stop (or
-    ``kill -- -PGID``) signals the whole process group; a worker that died of it failed the
-    parent's next batch ("DataLoader worker ... is killed by signal: Terminated") before the
-    parent's handler could write ``last.ckpt``. The parent then stops and terminates its workers
-    (a second SIGTERM, which ends the worker); a worker whose parent is gone exits by itself
-    (PyTorch's watchdog)."""
-    signal.signal(signal.SIGTERM, _swallow_first_sigterm)
-
-
 def make_loader(dataset, batch_size: int, num_workers: int = 0, epoch_samples: int | None = None):
     """A WebLoader batching ``dataset``; ``epoch_samples`` (per rank) sets the epoch length of
     a resampled (endless) dataset via ``with_epoch`` on the loader (counted in batches)."""
     import webdataset as wds
 
     loader = wds.WebLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                           persistent_workers=num_workers > 0,
-                           worker_init_fn=_leave_sigterm_to_the_parent if num_workers > 0 else None)
+                           persistent_workers=num_workers > 0)
     if epoch_samples:
         loader = loader.with_epoch(nbatches=max(1, int(epoch_samples) // batch_size))
     return loader

@@ -17,7 +17,9 @@ import contextlib
 import datetime
 import hashlib
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -195,25 +197,45 @@ def collective_errors(stage: str, trainer=None, timeout_s: float | None = None):
             f"batches, or a rank stalled or crashed; see the other ranks' logs): {text.splitlines()[0][:500]}") from e
 
 
+def _is_sigterm_stop(trainer, exception) -> bool:
+    """Lightning's ``SIGTERMException``, or a DataLoader worker killed by the same SIGTERM: a
+    scheduler's stop (or ``kill -- -PGID``) signals the whole process group, and a worker that
+    died first fails the next batch ("DataLoader worker ... is killed by signal: Terminated")
+    before Lightning raises its own exception. Either way the last optimizer step is complete."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(exception, SIGTERMException):
+        return True
+    received = bool(getattr(getattr(trainer, "_signal_connector", None), "received_sigterm", False))
+    return received and isinstance(exception, RuntimeError) and "DataLoader worker" in str(exception)
+
+
 class CheckpointOnSigterm(Callback):
     """On SIGTERM (a scheduler's stop, ``kill``) Lightning finishes the current batch and raises
     ``SIGTERMException``; this writes ``checkpoints/last.ckpt`` at that step first (atomically), so a
     re-run with ``trainer.ckpt_path=last`` (the pipeline's default) resumes from where it stopped,
-    not from the last periodic checkpoint. ``drivegpt`` then exits with status 143."""
+    not from the last periodic checkpoint. ``drivegpt`` then exits with status 143. The same
+    holds when the SIGTERM reached the DataLoader workers too and one died first
+    (``_is_sigterm_stop``)."""
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / "checkpoints" / "last.ckpt"
 
     def on_exception(self, trainer, pl_module, exception):
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if not isinstance(exception, SIGTERMException):
+        if not _is_sigterm_stop(trainer, exception):
             return
+        if threading.current_thread() is threading.main_thread():
+            # the workers die of the same SIGTERM: PyTorch's SIGCHLD handler would raise in the save
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         tmp = self.path.with_name(f".{self.path.name}.sigterm.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             tmp.replace(self.path)
             print(f"SIGTERM: saved {self.path} at step {trainer.global_step}", file=sys.stderr, flush=True)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):  # a dead worker's error: stop as SIGTERM stops
+            raise SIGTERMException() from exception
 
 
 def make_trainer(cfg: DictConfig, run_dir: str | Path, name: str, callbacks=(), **overrides):
