@@ -44,3 +44,18 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"NOT TESTED ({len(ids)}): {why}", red=True, bold=True)
         for nodeid in ids:
             tr.write_line(f"    {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def policy_ckpt(tmp_path_factory):
+    """A small saved policy (32x64 frames, 3 context frames) for the export tests; its actor's
+    last layer is spread so the actions are not all ~0 before training."""
+    import torch
+
+    from drivegpt.rl.policy import Policy, PolicyConfig, save_policy
+
+    torch.manual_seed(0)
+    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
+                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32))
+    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
+    return save_policy(p, tmp_path_factory.mktemp("policy") / "policy.pt")

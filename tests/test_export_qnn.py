@@ -62,17 +62,6 @@ def _cfg(tmp_path, *extra):
     return compose("export_policy", ["experiment=tiny", f"run_dir={tmp_path}", "checkpoint=none", *extra])
 
 
-@pytest.fixture(scope="module")
-def policy_ckpt(tmp_path_factory):
-    from drivegpt.rl.policy import Policy, PolicyConfig, save_policy
-
-    torch.manual_seed(0)
-    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
-                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32))
-    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
-    return save_policy(p, tmp_path_factory.mktemp("policy") / "policy.pt")
-
-
 @needs_qnn
 def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
     metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sm8550"))

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from drivegpt.config import compose
@@ -97,17 +96,6 @@ def test_tinygrad_missing_fails_the_845_and_is_noted_elsewhere(monkeypatch, tmp_
         verify_tinygrad({}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=True)
     sec = verify_tinygrad({}, None, None, None, cfg.export, 50.0, gpu_is_tinygrad=False)
     assert sec == {"verified": False, "note": "not verified: tinygrad is not installed"}
-
-
-@pytest.fixture(scope="module")
-def policy_ckpt(tmp_path_factory):
-    from drivegpt.rl.policy import Policy, PolicyConfig, save_policy
-
-    torch.manual_seed(0)
-    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
-                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32))
-    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
-    return save_policy(p, tmp_path_factory.mktemp("policy") / "policy.pt")
 
 
 def _cfg(tmp_path, *extra):
