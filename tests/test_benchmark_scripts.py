@@ -56,3 +56,28 @@ def test_pipeline_benchmark_reports_only_what_its_run_did():
     ran, cached = pb.split_stages(metrics)
     assert ran == {"rl": 40.5, "export": 17.0} and cached == ["fleet", "train_tokenizer"]
     assert pb.split_stages({}) == ({}, [])
+
+
+def test_world_model_pose_scores_each_move_variant_on_the_same_windows():
+    """A model with no path from the move to its tokens costs exactly 0 under every variant; once
+    the move reaches the tokens, mirroring it changes the bits (the variants are really applied)."""
+    from drivegpt.world_model.model import WorldModel, WorldModelConfig
+
+    wmp = _load("world_model_pose")
+    torch.manual_seed(0)
+    m = WorldModel(WorldModelConfig(vocab_size=16, grid=(2, 3), max_frames=3, n_layer=1, n_head=2, n_embd=16)).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"tokens": torch.randint(0, 16, (4, 3, 2, 3), generator=g), "rel_pose": torch.randn(4, 3, 6, generator=g),
+                "speed": torch.rand(4, 3, generator=g) * 20} for _ in range(2)]
+    with torch.no_grad():
+        m.cond_mlp[-1].weight.zero_()
+        m.cond_mlp[-1].bias.zero_()
+        m.null_cond.zero_()
+    res = wmp.pose_usage(m, batches, max_batches=10)
+    assert res["windows"] == 8 and len(res["bits_per_token"]["logged"]) == 3
+    assert res["mirrored_cost"] == res["shuffled_cost"] == res["null_cost"] == 0.0
+    logged = res["bits_per_token"]["logged"]
+    assert abs(res["history_gain"] - (logged[0] - sum(logged[1:]) / 2)) < 1e-3  # the per-frame bits are rounded
+    with torch.no_grad():
+        m.cond_mlp[-1].weight.normal_(0.0, 0.5)
+    assert wmp.pose_usage(m, batches, max_batches=10)["mirrored_cost"] != 0.0
