@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivegpt.data.labels import DEFAULT_HORIZONS  # noqa: E402
 from drivegpt.data.loaders import segment_windows, split_of  # noqa: E402
-from drivegpt.data.shards import iter_samples  # noqa: E402
+from drivegpt.data.shard_reading import iter_samples  # noqa: E402
 from drivegpt.world_model.metrics import _auroc_ap, speed_baseline  # noqa: E402
 
 CAUSES = ("steer", "brake", "gas")

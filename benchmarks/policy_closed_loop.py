@@ -45,7 +45,8 @@ def encode_fleet(fleet_shards: Path, tokenizer_path: Path, out: Path) -> Path:
     import numpy as np
     import torch
 
-    from drivegpt.data.shards import expand_urls, iter_samples, write_shards
+    from drivegpt.data.shards import write_shards
+    from drivegpt.data.shard_reading import expand_urls, iter_samples
     from drivegpt.tokenizer import load_tokenizer
 
     if (out / "manifest.json").exists():

@@ -21,7 +21,8 @@ import numpy as np
 from einops import rearrange
 
 from drivegpt.data.schema import CAUSE_NAMES, Segment
-from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls, raw_samples, read_manifest
+from drivegpt.data.shards import ShardError, read_manifest
+from drivegpt.data.shard_reading import BadInput, decode_sample, expand_urls, raw_samples
 from drivegpt.runs import write_png
 
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from drivegpt.data.labels import DEFAULT_HORIZONS, disengagement_targets
 from drivegpt.data.poses import strided_rel_poses
-from drivegpt.data.shards import BadInput, ShardError, decode_sample, expand_urls, tar_samples
+from drivegpt.data.shards import ShardError
+from drivegpt.data.shard_reading import BadInput, decode_sample, expand_urls, tar_samples
 from drivegpt.frameops import resize
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from drivegpt.data.loaders import split_of, window_frames, window_starts
-from drivegpt.data.shards import expand_urls, iter_samples
+from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.frameops import resize
 from drivegpt.sim.roadworld import drive_segment, segment_id
 

@@ -34,7 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from drivegpt.data.shards import expand_urls
+from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 from drivegpt.trainable import EvalSums, valid_rows

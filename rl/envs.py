@@ -126,7 +126,7 @@ def learned_sim_settings(cfg) -> dict[str, Any]:
         if cfg.data.get("fps") is not None:
             s["fps"] = float(cfg.data.fps)
         elif s.get("shards"):
-            from drivegpt.data.shards import shards_fps
+            from drivegpt.data.shard_reading import shards_fps
 
             s["fps"] = shards_fps(s["shards"])[0]
         else:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from drivegpt.data.loaders import split_of
-from drivegpt.data.shards import expand_urls, iter_samples
+from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.rl.envs import FrameHistoryVecEnv
 from drivegpt.sim.learned import WorldModelVectorEnv
 from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples

@@ -11,7 +11,8 @@ import torch
 
 from drivegpt.config import compose
 from drivegpt.data.inspect import inspect_shards
-from drivegpt.data.shards import IncompleteShardsError, ShardError, expand_urls, iter_samples, write_shards
+from drivegpt.data.shards import ShardError, write_shards
+from drivegpt.data.shard_reading import IncompleteShardsError, expand_urls, iter_samples
 from drivegpt.runs import read_json
 from synth_fleet import make_segment
 

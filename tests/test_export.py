@@ -130,7 +130,8 @@ def test_calibration_set_errors(fp32, windows):
 
 def test_fleet_windows_respect_the_held_out_split(tmp_path):
     from drivegpt.data.loaders import split_of
-    from drivegpt.data.shards import iter_samples, write_shards
+    from drivegpt.data.shards import write_shards
+    from drivegpt.data.shard_reading import iter_samples
     from drivegpt.export.frames import fleet_windows
     from synth_fleet import make_segment
 

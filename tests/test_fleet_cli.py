@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from drivegpt.data.schema import CAUSE_NAMES
-from drivegpt.data.shards import iter_samples, read_manifest
+from drivegpt.data.shards import read_manifest
+from drivegpt.data.shard_reading import iter_samples
 from drivegpt import cli
 from filestate import freeze, states
 

@@ -184,7 +184,7 @@ def test_road_world_segment_through_shards_and_windows(tmp_path):
     """A real road-world drive: bit-exact arrays, frames within tolerance, and the strided
     poses agree with the drive's world poses (inv(W_i) @ W_{i+stride})."""
     roadworld = pytest.importorskip("drivegpt.sim.roadworld")
-    from drivegpt.data.shards import iter_samples
+    from drivegpt.data.shard_reading import iter_samples
     from drivegpt.data.video import psnr
 
     seg = roadworld.drive_segment(1, seconds=3, height=32, width=64)

@@ -23,7 +23,8 @@ import torch
 
 from drivegpt.config import compose
 from drivegpt.data.loaders import split_of, window_dataset
-from drivegpt.data.shards import iter_samples, write_shards
+from drivegpt.data.shards import write_shards
+from drivegpt.data.shard_reading import iter_samples
 from synth_fleet import make_segment
 
 VAL_FRACTION = 0.3

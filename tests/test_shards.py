@@ -12,8 +12,8 @@ import pytest
 import webdataset as wds
 
 from drivegpt.data.schema import ARRAY_FIELDS, SegmentError
-from drivegpt.data.shards import (IncompleteShardsError, MANIFEST, ShardError, expand_urls, item_to_members, iter_samples,
-                         read_manifest, write_shards)
+from drivegpt.data.shards import MANIFEST, ShardError, item_to_members, read_manifest, write_shards
+from drivegpt.data.shard_reading import IncompleteShardsError, expand_urls, iter_samples
 from drivegpt.data.video import decode_frames, encode_frames, psnr
 from synth_fleet import make_item, make_segment, make_token_item, road_frames
 
@@ -230,7 +230,7 @@ def test_large_arrays_are_compressed_and_bit_exact(tmp_path):
 
 
 def test_directory_spec_finds_shards_in_rank_subdirectories(tmp_path):
-    from drivegpt.data.shards import expand_urls
+    from drivegpt.data.shard_reading import expand_urls
 
     for rel in ("rank0/shard-000000.tar", "rank1/shard-000000.tar", "top.tar", ".tmp/partial.tar",
                 "rank0/.shard-000001.tar.tmp.tar"):

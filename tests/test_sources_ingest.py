@@ -8,7 +8,8 @@ import pytest
 
 from drivegpt.data.inspect import inspect_shards
 from drivegpt.data.schema import Cause
-from drivegpt.data.shards import iter_samples, read_manifest, write_shards
+from drivegpt.data.shards import read_manifest, write_shards
+from drivegpt.data.shard_reading import iter_samples
 from drivegpt import cli
 from filestate import freeze, states
 from synth_fleet import make_segment

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from drivegpt.data.loaders import NOT_ENCODED, segment_windows
-from drivegpt.data.shards import iter_samples, write_shards
+from drivegpt.data.shards import write_shards
+from drivegpt.data.shard_reading import iter_samples
 from drivegpt.config import compose
 from drivegpt.runs import read_json
 from drivegpt.tokenizer import Tokenizer, load_tokenizer, save_tokenizer

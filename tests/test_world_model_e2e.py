@@ -100,7 +100,7 @@ def test_train_stage_writes_a_loadable_model_that_beats_chance(trained):
 def turn_cases(token_shards):
     """Held-out (val-split, logged-driving) contexts from three starts per segment."""
     from drivegpt.data.loaders import split_of
-    from drivegpt.data.shards import iter_samples
+    from drivegpt.data.shard_reading import iter_samples
     from drivegpt.world_model.counterfactual import make_cases
 
     items = [it for it in iter_samples(str(token_shards), frames=False)

@@ -35,7 +35,7 @@ def bind_fps(cfg, shards=None) -> float:
     them is refused naming both. Without shards (``data.shards`` unset) the road world's
     ``sim.fps`` is used. Returns the rate.
     """
-    from drivegpt.data.shards import shards_fps
+    from drivegpt.data.shard_reading import shards_fps
 
     spec = shards if shards is not None else cfg.data.get("shards")
     have = spec is not None and str(spec).strip() not in ("", "???")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from drivegpt.data.inspect import FleetStats, format_summary, inspect_shards
 from drivegpt.data.loaders import split_of
-from drivegpt.data.shards import iter_samples, read_manifest, write_shards
+from drivegpt.data.shards import read_manifest, write_shards
+from drivegpt.data.shard_reading import iter_samples
 from drivegpt.data.video import DEFAULT_CODEC
 from drivegpt.runs import atomic_write_json, read_json, write_metrics
 from drivegpt.sim.roadworld.source import ProceduralSource

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from drivegpt.data.shards import expand_urls
+from drivegpt.data.shard_reading import expand_urls
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.stages.common import run_dir_of
 from drivegpt.tokenizer.model import load_tokenizer

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivegpt.data.datamodule import FleetDataModule
-from drivegpt.data.shards import expand_urls, iter_samples
+from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path

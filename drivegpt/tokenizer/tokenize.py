@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from drivegpt.data.loaders import NOT_ENCODED
-from drivegpt.data.shards import TOKEN_FORMAT, iter_samples, write_shards
+from drivegpt.data.shards import write_shards
+from drivegpt.data.shard_reading import TOKEN_FORMAT, iter_samples
 from drivegpt.frameops import resize
 from drivegpt.runs import atomic_write_json, read_json
 from drivegpt.tokenizer.model import Tokenizer

@@ -33,7 +33,7 @@ class Case:
 
 
 def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) -> list[Case]:
-    """Cases from token sample dicts (data.shards.iter_samples of held-out token shards)."""
+    """Cases from token sample dicts (data.shard_reading.iter_samples of held-out token shards)."""
     cases = []
     span = (context + n_future) * stride
     for item in items:

@@ -15,7 +15,7 @@ import torch
 
 from drivegpt.data.loaders import encoded_tokens, split_of
 from drivegpt.data.poses import strided_rel_poses
-from drivegpt.data.shards import iter_samples
+from drivegpt.data.shard_reading import iter_samples
 from drivegpt.world_model.losses import unpack_batch
 from drivegpt.world_model.metrics import disengage_metrics, speed_baseline
 from drivegpt.world_model.pose_following import motion_targets

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from drivegpt.data.loaders import segment_windows, split_of, window_starts
-from drivegpt.data.shards import expand_urls, iter_samples
+from drivegpt.data.shard_reading import expand_urls, iter_samples
 
 
 @dataclass
