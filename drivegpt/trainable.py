@@ -13,6 +13,7 @@ A caller that needs the forward outputs as well passes a dict as ``outputs`` and
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -23,6 +24,16 @@ LossParts = dict[str, torch.Tensor]
 @runtime_checkable
 class Trainable(Protocol):
     def compute_loss(self, batch: Any, **settings: Any) -> tuple[torch.Tensor, LossParts]: ...
+
+
+# --------------------------------------------------------------------------- learning-rate schedule
+def cosine_lr(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The lr multiplier at optimiser step ``step``: linear warm-up over ``warmup`` steps, then a
+    cosine from 1 down to ``min_ratio`` at step ``total`` (held there after it; 1.0 = constant)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # --------------------------------------------------------------------------- evaluation over ranks

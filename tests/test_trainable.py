@@ -41,3 +41,39 @@ def test_world_model_tokenizer_and_policy_share_the_contract():
              "target": torch.rand(3, 2) * 2 - 1, "weight": torch.ones(3)}
     parts = check(pol, batch)
     assert {"action_mse", "log_std_prior"} <= set(parts)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    from drivegpt.trainable import cosine_lr
+
+    lrs = [cosine_lr(s, 4, 20, 0.1) for s in range(25)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # non-increasing after warm-up
+    assert abs(lrs[20] - 0.1) < 1e-9 and lrs[24] == lrs[20]  # held at the floor after the last step
+
+
+def test_tokenizer_lr_follows_the_stage_length():
+    """tokenizer.optim.min_lr_ratio < 1: the generator's lr decays to lr x ratio at the stage's
+    last step (trainer.max_steps); 1.0 keeps it constant after the warm-up."""
+    import lightning as L
+
+    from drivegpt.tokenizer.module import TokenizerModule
+
+    def lrs_after(ratio):
+        cfg = compose("train_tokenizer", ["experiment=tiny", f"tokenizer.optim.min_lr_ratio={ratio}",
+                                          "tokenizer.optim.warmup_steps=2", "tokenizer.optim.lr=1e-3"]).tokenizer
+        module = TokenizerModule(cfg)
+        module.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False,
+                                   enable_progress_bar=False, enable_model_summary=False)
+        sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(10):
+            out.append(sched.optimizer.param_groups[0]["lr"])
+            sched.optimizer.step()
+            sched.step()
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        return out
+
+    decayed, constant = lrs_after(0.1), lrs_after(1.0)
+    assert abs(decayed[-1] - 1e-4) < 1e-9 and decayed[2] == 1e-3
+    assert constant[2:] == [1e-3] * 9

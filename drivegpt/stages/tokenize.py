@@ -35,8 +35,10 @@ def run(cfg: DictConfig) -> dict:
     module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
                             bool(cfg.data.get("resize", True)), tokens_meta, urls,
                             skip_bad=bool(cfg.data.get("skip_bad", False)))
+    # fp32 whatever trainer.precision trains in: the shards' tokens must be the ones
+    # Tokenizer.encode gives the learned simulator at run time (bf16 moves lattice boundaries)
     trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,
-                           inference_mode=True)
+                           inference_mode=True, precision="32-true")
     t0 = time.time()
     with collective_errors("tokenize", trainer, collective_timeout(cfg.trainer).total_seconds()):
         trainer.predict(module, return_predictions=False)

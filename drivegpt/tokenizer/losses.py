@@ -97,7 +97,12 @@ class ReconstructionLoss(nn.Module):
         self.w_edge = float(edge)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon, target = recon.float(), target.float()
+        # in fp32 under bf16/fp16 autocast too: SSIM's E[x^2] - mu^2 cancels catastrophically in
+        # bf16 (NaN losses within a few steps of bf16-mixed training)
+        with torch.autocast(device_type=recon.device.type, enabled=False):
+            return self._terms(recon.float(), target.float())
+
+    def _terms(self, recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = {"l1": F.l1_loss(recon, target), "mse": F.mse_loss(recon, target)}
         total = self.w_l1 * parts["l1"] + self.w_mse * parts["mse"]
         if self.w_ssim:

@@ -37,7 +37,7 @@ CONFIG_SCHEMA = {
     "vq": dict.fromkeys(("decay", "commitment", "kmeans_init", "kmeans_iters", "dead_after", "l2_normalize")),
     "fsq": dict.fromkeys(("levels",)),
     "loss": dict.fromkeys(("l1", "mse", "ssim", "gradient", "edge", "gan", "gan_start", "disc_channels", "disc_layers")),
-    "optim": dict.fromkeys(("lr", "disc_lr", "betas", "weight_decay", "warmup_steps")),
+    "optim": dict.fromkeys(("lr", "disc_lr", "betas", "weight_decay", "warmup_steps", "min_lr_ratio")),
 }
 
 

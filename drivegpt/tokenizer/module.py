@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from drivegpt.trainable import EvalSums, valid_rows
+from drivegpt.trainable import EvalSums, cosine_lr, valid_rows
 from drivegpt.tokenizer.losses import PatchDiscriminator, hinge_d_loss, psnr
 from drivegpt.tokenizer.model import Tokenizer, to_float, tokenizer_config
 
@@ -124,8 +124,11 @@ class TokenizerModule(L.LightningModule):
         o = self.model.cfg.optim
         opt_g = torch.optim.Adam(self.model.parameters(), lr=float(o.lr), betas=tuple(o.betas),
                                  weight_decay=float(o.weight_decay))
-        warm = max(1, int(o.warmup_steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt_g, lambda s: min(1.0, (s + 1) / warm))
+        warm, floor = max(1, int(o.warmup_steps)), float(o.get("min_lr_ratio", 1.0))
+        total = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else 0
+        # warm-up, then a cosine to lr * min_lr_ratio at the stage's last step (1.0: constant)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt_g, lambda s: cosine_lr(s, warm, total, floor) if total > warm else min(1.0, (s + 1) / warm))
         g = {"optimizer": opt_g, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.disc is None:
             return g

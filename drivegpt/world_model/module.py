@@ -11,17 +11,10 @@ import math
 import lightning as L
 import torch
 
-from drivegpt.trainable import EvalSums, gather_rows, take_rows, valid_rows
+from drivegpt.trainable import EvalSums, cosine_lr, gather_rows, take_rows, valid_rows
 from drivegpt.world_model.losses import unpack_batch
 from drivegpt.world_model.model import WorldModel, WorldModelConfig
 from drivegpt.world_model.metrics import disengage_metrics
-
-def cosine_lr(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
 
 class WorldModelModule(L.LightningModule):
     def __init__(self, model_config: dict, tokenizer_path: str | None = None, lr: float = 3e-4,
