@@ -52,3 +52,18 @@ def test_every_stage_reads_the_one_learned_sim_group_and_old_names_still_work():
     s = learned_sim_settings(cfg)
     assert s["temperature"] == 0.5 and s["max_steps"] == 7
     LearnedSimConfig.from_mapping(s)  # every key is a learned-sim setting
+
+
+def test_precision_null_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    """The demo's trainer.precision is null: bf16-mixed where the CPU multiplies bf16 in hardware,
+    32-true where bf16 would be emulated (slower); an explicit precision always wins."""
+    from drivegpt import training
+
+    cfg = compose("train_tokenizer", ["experiment=demo", "trainer.accelerator=cpu"]).trainer
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert training.resolve_precision(cfg) == "bf16-mixed"
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert training.resolve_precision(cfg) == "32-true"
+    tiny = compose("train_tokenizer", ["experiment=tiny"]).trainer
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert training.resolve_precision(tiny) == "32-true"

@@ -165,3 +165,38 @@ def test_reconstruction_loss_is_computed_in_fp32_under_bf16_autocast():
     for k in ref:
         assert low[k].dtype == torch.float32 and torch.isfinite(low[k])
         assert torch.allclose(low[k], ref[k], rtol=2e-2, atol=1e-3), k  # recon rounded to bf16 only
+
+
+def test_attention_block_gives_every_token_the_whole_frame():
+    """tokenizer.attn_blocks: self-attention over the token grid at the encoder's end and the
+    decoder's start. The block starts as the identity (zero output projection); once trained, a
+    token's features depend on the content of every other position."""
+    from drivegpt.tokenizer.model import AttnBlock
+
+    model = Tokenizer(tiny_cfg("tokenizer.attn_blocks=1"))
+    assert sum(isinstance(m, AttnBlock) for m in model.modules()) == 2
+    torch.manual_seed(0)
+    block = AttnBlock(32)
+    x = torch.randn(2, 32, 4, 8)
+    assert torch.equal(block(x), x)  # identity at init
+    torch.nn.init.normal_(block.proj.weight, std=0.2)
+    block.norm = torch.nn.Identity()  # per-position maps only: what moves the corner is the attention
+    y = x.clone()
+    y[:, :, 0, 0] += torch.randn(2, 32)  # the far corner only
+    moved = (block(y) - block(x))[:, :, -1, -1].abs().amax()
+    assert moved > 1e-3
+
+
+def test_checkpoint_without_attention_key_still_matches(tmp_path):
+    """A checkpoint written before ``attn_blocks`` existed was built without attention."""
+    from drivegpt.checkpoints import TOKENIZER, read_artifact, save_artifact
+
+    model = Tokenizer(tiny_cfg()).eval()
+    path = save_tokenizer(model, tmp_path / "tokenizer.pt")
+    art = read_artifact(path, TOKENIZER)
+    old = {k: v for k, v in art.config.items() if k != "attn_blocks"}
+    save_artifact(tmp_path / "old.pt", TOKENIZER, old, art.state_dict)
+    loaded = load_tokenizer(tmp_path / "old.pt", expect=tiny_cfg())
+    assert torch.equal(loaded.encode(frames(1)), model.encode(frames(1)))
+    with pytest.raises(TokenizerInputError, match="attn_blocks: checkpoint has 0, config wants 1"):
+        load_tokenizer(tmp_path / "old.pt", expect=tiny_cfg("tokenizer.attn_blocks=1"))

@@ -27,13 +27,15 @@ from drivegpt.tokenizer.quantizers import build_quantizer
 CHECKPOINT_KIND = TOKENIZER
 # Keys that change the shape of the network or of its tokens: a checkpoint must agree on them.
 SHAPE_KEYS = ("frame_height", "frame_width", "downsample", "quantizer", "codebook_size", "embed_dim",
-              "channels", "channel_mult", "res_blocks")
+              "channels", "channel_mult", "res_blocks", "attn_blocks")
+# The value a checkpoint written before a shape key existed was built with.
+SHAPE_DEFAULTS = {"attn_blocks": 0}
 
 
 # The names of the ``tokenizer`` config group (values and defaults: configs/tokenizer/default.yaml).
 CONFIG_SCHEMA = {
     **dict.fromkeys(("frame_height", "frame_width", "downsample", "channels", "channel_mult", "res_blocks",
-                     "embed_dim", "quantizer", "codebook_size", "train_steps", "image_every_n_steps")),
+                     "attn_blocks", "embed_dim", "quantizer", "codebook_size", "train_steps", "image_every_n_steps")),
     "vq": dict.fromkeys(("decay", "commitment", "kmeans_init", "kmeans_iters", "dead_after", "l2_normalize")),
     "fsq": dict.fromkeys(("levels",)),
     "loss": dict.fromkeys(("l1", "mse", "ssim", "gradient", "edge", "gan", "gan_start", "disc_channels", "disc_layers")),
@@ -65,6 +67,27 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.block(x)
 
 
+class AttnBlock(nn.Module):
+    """Self-attention over the positions of the token grid (VQ-GAN's mid block): every token
+    sees the whole frame, so far, thin structure (lane markings near the horizon) can be
+    inferred from the near road it continues. 128 positions at 8x16: cheap next to the convs."""
+
+    def __init__(self, ch: int, head_dim: int = 32):
+        super().__init__()
+        self.heads = max(1, ch // head_dim)
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)  # starts as the identity: the conv path trains as before
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (t n d) h w -> t b n (h w) d", t=3, n=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(rearrange(y, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+
 def level_channels(cfg) -> list[int]:
     """Channels at each resolution level 0..n_down (level i has stride 2**i)."""
     n_down = int(round(math.log2(int(cfg.downsample))))
@@ -85,6 +108,7 @@ class Encoder(nn.Module):
             layers += [ResBlock(chs[i], chs[i]) for _ in range(int(cfg.res_blocks))]
             layers.append(nn.Conv2d(chs[i], chs[i + 1], 4, stride=2, padding=1))  # downsample
         layers += [ResBlock(chs[-1], chs[-1]) for _ in range(int(cfg.res_blocks))]
+        layers += [AttnBlock(chs[-1]) for _ in range(int(cfg.get("attn_blocks") or 0))]
         layers += [nn.GroupNorm(_groups(chs[-1]), chs[-1]), nn.SiLU(), nn.Conv2d(chs[-1], int(cfg.embed_dim), 1)]
         self.net = nn.Sequential(*layers)
 
@@ -99,6 +123,7 @@ class Decoder(nn.Module):
         super().__init__()
         chs = level_channels(cfg)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(int(cfg.embed_dim), chs[0], 3, padding=1)]
+        layers += [AttnBlock(chs[0]) for _ in range(int(cfg.get("attn_blocks") or 0))]
         layers += [ResBlock(chs[0], chs[0]) for _ in range(int(cfg.res_blocks))]
         for i in range(len(chs) - 1):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chs[i], chs[i + 1], 3, padding=1)]
@@ -241,8 +266,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, Path]:
 
 def check_compatible(stored: Mapping, expected: Mapping, where: str) -> None:
     """Raise naming every shape-relevant key where ``stored`` (a checkpoint) differs from ``expected``."""
-    diffs = [f"{k}: checkpoint has {stored.get(k)!r}, config wants {expected.get(k)!r}"
-             for k in SHAPE_KEYS if k in expected and _norm(stored.get(k)) != _norm(expected.get(k))]
+    def get(cfg, k):
+        return cfg.get(k, SHAPE_DEFAULTS.get(k))
+
+    diffs = [f"{k}: checkpoint has {get(stored, k)!r}, config wants {get(expected, k)!r}"
+             for k in SHAPE_KEYS if k in expected and _norm(get(stored, k)) != _norm(get(expected, k))]
     if diffs:
         raise TokenizerInputError(f"{where}: checkpoint does not match the config ({'; '.join(diffs)})")
 
