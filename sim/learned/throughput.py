@@ -7,7 +7,9 @@
   the new frame to pixels; matmuls, convolutions and attention, which is where the FLOPs are),
   divided by the batch size;
 - ``matmul_flops_per_s``: a square fp32 matmul's FLOP/s on the same device, measured in the same
-  call (the machine's practical peak for dense work);
+  call before and after every timed step, the best of those (the machine's practical peak for
+  dense work: on a machine shared with other jobs one short measurement can read 20x low, and a
+  fraction above 1 then says nothing; ``matmul_flops_per_s_min`` shows the spread);
 - ``bound_steps_per_s`` = matmul FLOP/s / FLOPs per env step: the env steps/s the machine could
   give if every FLOP ran at matmul speed;
 - ``steps_per_s``: measured env steps/s (median of ``steps`` timed batched steps after a warm-up);
@@ -61,16 +63,17 @@ def measure(env, steps: int = 3, seed: int = 0, device="cpu", actions=None) -> d
     env.reset(seed=seed)
     env.step(actions)  # warm-up
     flops = count_step_flops(env, actions) / n
-    times = []
+    times, peaks = [], [matmul_flops_per_s(device=device, seconds=0.25)]
     for _ in range(max(1, int(steps))):
         _sync(device)
         t0 = time.perf_counter()
         env.step(actions)
         _sync(device)
         times.append(time.perf_counter() - t0)
+        peaks.append(matmul_flops_per_s(device=device, seconds=0.25))  # interleaved: same conditions
     sps = n / float(np.median(times))
-    peak = matmul_flops_per_s(device=device)
+    peak = max(peaks)
     bound = peak / max(flops, 1.0)
     return {"envs": n, "steps_per_s": sps, "flops_per_env_step": flops, "matmul_flops_per_s": peak,
-            "bound_steps_per_s": bound, "roofline_fraction": sps / bound, "timed_steps": len(times),
-            "torch_threads": torch.get_num_threads()}
+            "matmul_flops_per_s_min": min(peaks), "bound_steps_per_s": bound, "roofline_fraction": sps / bound,
+            "timed_steps": len(times), "torch_threads": torch.get_num_threads()}
