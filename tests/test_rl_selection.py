@@ -56,6 +56,18 @@ def test_keep_best_never_ships_worse_than_bc():
     assert all(torch.equal(shipped.state_dict()[k], v) for k, v in bc.state_dict().items())
 
 
+def test_keep_best_ships_an_iterate_only_past_the_margin():
+    """rl.select.margin: a gain within the learned sim's noise does not replace BC."""
+    bc = Policy(PolicyConfig.from_dict({"context_frames": 2, "channels": [4, 8], "frame_height": 32,
+                                        "frame_width": 64}))
+    kb = KeepBest(margin=0.02)
+    assert kb.offer(-1, bc, {"predicted_per_100km": 375.3})
+    assert not kb.offer(0, bc, {"predicted_per_100km": 374.5})  # 0.2% better: noise
+    assert kb.best_iteration == -1
+    assert kb.offer(1, bc, {"predicted_per_100km": 360.0})  # 4% better
+    assert kb.best_iteration == 1 and kb.best_score == 360.0
+
+
 def test_frame_history_context_cache_equals_fresh_decode():
     """Episode starts read each start window's decoded frames from a cache: same pixels as decoding."""
     from drivegpt.rl.envs import FrameHistoryVecEnv

@@ -193,7 +193,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         core.pool = train_pool
         scorer = scoring_env(core, int(sel_cfg.get("envs", 16)), select_pool, bc.cfg.context_frames)
         sel_every = max(1, int(sel_cfg.get("every", 1)))
-        selector = KeepBest()
+        selector = KeepBest(margin=float(sel_cfg.get("margin", 0.0)))
         print(f"rl: keep-the-best, {how}")
         selector.offer(-1, bc, sim_score(bc, scorer, sel_seed, sel_steps))
     policy = copy.deepcopy(bc)
