@@ -111,7 +111,7 @@ class KeepBest:
     def offer(self, iteration: int, policy, score: dict[str, float]) -> bool:
         s = float(score[self.key])
         self.history.append({"iteration": iteration, **score})
-        if not math.isfinite(s) or s >= self.best_score * (1.0 - self.margin if math.isfinite(self.best_score) else 1.0):
+        if not math.isfinite(s) or s >= self.best_score * (1.0 - self.margin):  # inf (no best yet) stays inf
             return False
         raw = getattr(policy, "module", policy)
         self.best_score, self.best_iteration = s, iteration
