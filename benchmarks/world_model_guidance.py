@@ -13,8 +13,10 @@ copy-last-frame. One JSON line, a row per scale.
 
 It answers "has the model learned the pose but does greedy decoding at scale 1 underuse it?": if
 R^2 rises with s while PSNR falls, the conditional and the unconditional predictions differ in the
-right direction but the plain conditional is too timid. It is a diagnostic of held-out data, not a
-way to choose the evaluation's scale (that would tune on the evaluation).
+right direction but the plain conditional is too timid. On the held-out contexts (``--split val``,
+the default) it is a diagnostic, not a way to choose the scale (that would tune on the
+evaluation); ``--split train`` scores contexts from the training segments instead, where a scale
+may be chosen.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--experiment", default="demo", help="the preset the run used (data split and window settings)")
     ap.add_argument("--world-model", default=None, help="score this world_model.pt instead of the run's")
     ap.add_argument("--scales", default="0,1,2,3", help="comma-separated guidance scales")
-    ap.add_argument("--contexts", type=int, default=None, help="held-out contexts (default: the preset's eval)")
+    ap.add_argument("--contexts", type=int, default=None, help="contexts (default: the preset's eval)")
+    ap.add_argument("--split", default="val", choices=("val", "train"),
+                    help="contexts from the held-out segments (val) or the training ones (train: to choose a scale)")
     args = ap.parse_args(argv)
     from omegaconf import open_dict
 
@@ -65,10 +69,11 @@ def main(argv=None) -> dict:
             with open_dict(cfg):  # windows of the model's length and frame rate, as the evaluation reads them
                 cfg.data.context_frames = model.cfg.max_frames
                 cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))
-            res = counterfactual_and_following(cfg, model, tokenizer, Path(tmp))
+            res = counterfactual_and_following(cfg, model, tokenizer, Path(tmp), split=args.split)
             rows.append({"cfg_scale": s, **{k: res.get(k) for k in KEYS}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    out = {"benchmark": "world_model_guidance", "world_model": str(ckpt), "contexts": res.get("counterfactual_cases"),
+    out = {"benchmark": "world_model_guidance", "world_model": str(ckpt), "split": args.split,
+           "contexts": res.get("counterfactual_cases"),
            "ceiling_yaw_rate_r2": res.get("pose_following_yaw_rate_r2_ceiling"),
            "ceiling_lateral_r2": res.get("pose_following_lateral_r2_ceiling"), "scales": rows,
            "seconds": round(time.time() - t0, 1)}

@@ -207,3 +207,42 @@ def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path)
     assert {k: saved[k] for k in ("bits_per_token", "psnr_1s", "command_following_accuracy")} == \
         {k: m[k] for k in ("bits_per_token", "psnr_1s", "command_following_accuracy")}
     assert (tmp_path / "counterfactual_grid.png").stat().st_size > 1000
+
+
+def test_counterfactual_contexts_come_from_the_split_asked_for(trained, token_shards, tmp_path, monkeypatch):
+    """The guidance benchmark's --split train: contexts from training segments only (to choose a
+    sampling setting without the evaluation's segments); the stage itself scores held-out ones."""
+    from omegaconf import open_dict
+
+    import drivegpt.stages.eval_world_model as ev
+    from drivegpt.data.loaders import split_of
+    from drivegpt.stages.common import bind_fps
+
+    run_dir, _ = trained
+    model = load_world_model(run_dir / "world_model.pt")
+    cfg = compose("eval_world_model", [
+        "experiment=tiny", f"run_dir={tmp_path}", f"data.shards={token_shards}", f"data.val_fraction={VAL_FRACTION}",
+        f"checkpoint={run_dir / 'world_model.pt'}", "eval.counterfactual_contexts=2", "eval.inverse_dynamics_steps=5"])
+    bind_fps(cfg)
+    with open_dict(cfg):  # windows of the model's length and rate, as the stage's run() binds them
+        cfg.data.context_frames = model.cfg.max_frames
+        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))
+    seen: list[str] = []
+    real = ev.make_cases
+
+    def spy(items, *a, **k):
+        cases = real(items, *a, **k)
+        seen.extend(c.segment_id for c in cases)
+        return cases
+
+    monkeypatch.setattr(ev, "make_cases", spy)
+    ids = {}
+    for split in ("val", "train"):
+        seen.clear()
+        res = ev.counterfactual_and_following(cfg, model, PatchTokenizer(), tmp_path, split=split)
+        assert res["counterfactual_cases"] == 2 and len(seen) == 2
+        assert {split_of(s, VAL_FRACTION) for s in seen} == {split}
+        ids[split] = set(seen)
+    assert not ids["val"] & ids["train"]
+    with pytest.raises(ValueError, match="split='test'"):
+        ev.counterfactual_and_following(cfg, model, PatchTokenizer(), tmp_path, split="test")

@@ -45,12 +45,17 @@ def replay_ground_truth(case: Case, moves: np.ndarray, height: int, width: int) 
                   width=width)
 
 
-def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path) -> dict:
+def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: str = "val") -> dict:
+    """Counterfactual fidelity and pose-following from the contexts of ``split``: "val" (the
+    held-out segments, what the stage reports) or "train" (e.g. to choose a sampling setting
+    without looking at the evaluation's segments)."""
     e, d = cfg.eval, cfg.data
     stride, fps = int(d.stride), float(d.fps) / float(d.stride)
     seconds = [float(s) for s in e.seconds]
     n_future = int(round(max(seconds) * fps))
-    val = held_out_items(str(d.shards), "val", float(d.val_fraction), int(e.counterfactual_contexts) * 4,
+    if split not in ("val", "train"):
+        raise ValueError(f"counterfactual contexts: split={split!r}, expected 'val' or 'train'")
+    val = held_out_items(str(d.shards), split, float(d.val_fraction), int(e.counterfactual_contexts) * 4,
                          skip_bad=bool(d.get("skip_bad", False)))
     cases = make_cases(val, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
     if not cases:
