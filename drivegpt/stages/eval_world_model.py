@@ -55,9 +55,9 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     n_future = int(round(max(seconds) * fps))
     if split not in ("val", "train"):
         raise ValueError(f"counterfactual contexts: split={split!r}, expected 'val' or 'train'")
-    val = held_out_items(str(d.shards), split, float(d.val_fraction), int(e.counterfactual_contexts) * 4,
+    items = held_out_items(str(d.shards), split, float(d.val_fraction), int(e.counterfactual_contexts) * 4,
                          skip_bad=bool(d.get("skip_bad", False)))
-    cases = make_cases(val, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
+    cases = make_cases(items, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
     if not cases:
         log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
         return {"counterfactual_cases": 0}
@@ -83,8 +83,8 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     if pairs is None:
         return res
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
-    held = real_pairs(val, tokenizer, stride, fps, 512, int(e.seed) + 1)
-    if held is not None:  # the inverse-dynamics net's ceiling: its R^2 on real held-out frame pairs
+    held = real_pairs(items, tokenizer, stride, fps, 512, int(e.seed) + 1)
+    if held is not None:  # the inverse-dynamics net's ceiling: its R^2 on real frame pairs of the split (held out in the stage)
         res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
         for q in ("yaw_rate", "lateral"):
             res[f"pose_following_{q}_r2_ceiling"] = res.get(f"real_pairs_{q}_r2")
