@@ -84,7 +84,8 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
         return res
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     held = real_pairs(items, tokenizer, stride, fps, 512, int(e.seed) + 1)
-    if held is not None:  # the inverse-dynamics net's ceiling: its R^2 on real frame pairs of the split (held out in the stage)
+    # the inverse-dynamics net's ceiling: its R^2 on real frame pairs of the split (held out in the stage)
+    if held is not None:
         res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
         for q in ("yaw_rate", "lateral"):
             res[f"pose_following_{q}_r2_ceiling"] = res.get(f"real_pairs_{q}_r2")
