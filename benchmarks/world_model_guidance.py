@@ -44,11 +44,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--split", default="val", choices=("val", "train"),
                     help="contexts from the held-out segments (val) or the training ones (train: to choose a scale)")
     args = ap.parse_args(argv)
-    from omegaconf import open_dict
-
     from drivegpt.config import compose
-    from drivegpt.stages.common import bind_fps
-    from drivegpt.stages.eval_world_model import counterfactual_and_following
+    from drivegpt.stages.eval_world_model import bind_model_windows, counterfactual_and_following
     from drivegpt.tokenizer import load_tokenizer
     from drivegpt.world_model.checkpoint import load_world_model
 
@@ -64,11 +61,7 @@ def main(argv=None) -> dict:
                     f"data.shards={run / '05_tokenize' / 'tokens'}", f"eval.cfg_scale={s}"]
             if args.contexts:
                 over.append(f"eval.counterfactual_contexts={args.contexts}")
-            cfg = compose("eval_world_model", over)
-            bind_fps(cfg)
-            with open_dict(cfg):  # windows of the model's length and frame rate, as the evaluation reads them
-                cfg.data.context_frames = model.cfg.max_frames
-                cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))
+            cfg = bind_model_windows(compose("eval_world_model", over), model)
             res = counterfactual_and_following(cfg, model, tokenizer, Path(tmp), split=args.split)
             rows.append({"cfg_scale": s, **{k: res.get(k) for k in KEYS}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -81,11 +81,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--world-model", default=None, help="score this world_model.pt instead of the run's")
     ap.add_argument("--max-batches", type=int, default=20)
     args = ap.parse_args(argv)
-    from omegaconf import open_dict
-
     from drivegpt.config import compose
     from drivegpt.data.datamodule import FleetDataModule
-    from drivegpt.stages.common import bind_fps
+    from drivegpt.stages.eval_world_model import bind_model_windows
     from drivegpt.world_model.checkpoint import load_world_model
 
     run = Path(args.run_dir)
@@ -94,11 +92,7 @@ def main(argv=None) -> dict:
     model = load_world_model(ckpt).eval()
     cfg = compose("eval_world_model", [f"experiment={args.experiment}", f"run_dir={run}",
                                        f"data.shards={run / '05_tokenize' / 'tokens'}", f"checkpoint={ckpt}"])
-    bind_fps(cfg)
-    with open_dict(cfg):  # windows of the model's length and frame rate, as the evaluation reads them
-        cfg.data.context_frames = model.cfg.max_frames
-        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))
-        cfg.data.horizons = list(model.cfg.horizons)
+    bind_model_windows(cfg, model)  # windows of the model's length and frame rate, as the evaluation reads them
     loader = FleetDataModule(cfg, kind="windows", key="tokens").dataloader("val", shuffle=False, resampled=False)
     res = {"benchmark": "world_model_pose", "world_model": str(ckpt), **pose_usage(model, loader, args.max_batches),
            "seconds": round(time.time() - t0, 1)}

@@ -212,21 +212,15 @@ def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path)
 def test_counterfactual_contexts_come_from_the_split_asked_for(trained, token_shards, tmp_path, monkeypatch):
     """The guidance benchmark's --split train: contexts from training segments only (to choose a
     sampling setting without the evaluation's segments); the stage itself scores held-out ones."""
-    from omegaconf import open_dict
-
     import drivegpt.stages.eval_world_model as ev
     from drivegpt.data.loaders import split_of
-    from drivegpt.stages.common import bind_fps
 
     run_dir, _ = trained
     model = load_world_model(run_dir / "world_model.pt")
     cfg = compose("eval_world_model", [
         "experiment=tiny", f"run_dir={tmp_path}", f"data.shards={token_shards}", f"data.val_fraction={VAL_FRACTION}",
         f"checkpoint={run_dir / 'world_model.pt'}", "eval.counterfactual_contexts=2", "eval.inverse_dynamics_steps=5"])
-    bind_fps(cfg)
-    with open_dict(cfg):  # windows of the model's length and rate, as the stage's run() binds them
-        cfg.data.context_frames = model.cfg.max_frames
-        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))
+    ev.bind_model_windows(cfg, model)  # windows of the model's length and rate, as the stage's run() binds them
     seen: list[str] = []
     real = ev.make_cases
 

@@ -45,6 +45,17 @@ def replay_ground_truth(case: Case, moves: np.ndarray, height: int, width: int) 
                   width=width)
 
 
+def bind_model_windows(cfg: DictConfig, model) -> DictConfig:
+    """Bind ``cfg.data`` (in place, after data.fps) to the windows the world model reads: its
+    length, its frame rate (stride) and its disengagement horizons. Returns ``cfg``."""
+    bind_fps(cfg)
+    with open_dict(cfg):
+        cfg.data.context_frames = model.cfg.max_frames
+        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate
+        cfg.data.horizons = list(model.cfg.horizons)
+    return cfg
+
+
 def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: str = "val") -> dict:
     """Counterfactual fidelity and pose-following from the contexts of ``split``: "val" (the
     held-out segments, what the stage reports) or "train" (e.g. to choose a sampling setting
@@ -59,7 +70,7 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
                          skip_bad=bool(d.get("skip_bad", False)))
     cases = make_cases(items, model.cfg.context_frames, n_future, stride, int(e.counterfactual_contexts))
     if not cases:
-        log.warning("eval world_model: no held-out road-world segments long enough for counterfactuals")
+        log.warning("eval world_model: no road-world segments of the %s split long enough for counterfactuals", split)
         return {"counterfactual_cases": 0}
     commands = [str(c) for c in (e.get("commands") or ["logged", "left", "right", "brake"])]
     kinds = list(dict.fromkeys([*e.perturbations, *commands]))
@@ -102,12 +113,7 @@ def run(cfg: DictConfig, tokenizer=None) -> dict:
     torch.manual_seed(int(cfg.seed))
     t0 = time.time()
     model = load_world_model(cfg.checkpoint)
-    cfg = cfg.copy()
-    bind_fps(cfg)
-    with open_dict(cfg):  # windows of the model's length, labels at the model's horizons
-        cfg.data.context_frames = model.cfg.max_frames
-        cfg.data.stride = max(1, int(round(float(cfg.data.fps) / model.cfg.fps)))  # the model's frame rate
-        cfg.data.horizons = list(model.cfg.horizons)
+    cfg = bind_model_windows(cfg.copy(), model)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
     split = "val"
     try:
