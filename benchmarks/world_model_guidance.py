@@ -43,6 +43,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--contexts", type=int, default=None, help="contexts (default: the preset's eval)")
     ap.add_argument("--split", default="val", choices=("val", "train"),
                     help="contexts from the held-out segments (val) or the training ones (train: to choose a scale)")
+    ap.add_argument("--mask-steps", type=int, default=None,
+                    help="a maskgit model's sampling passes per frame (default: the model's mask_steps)")
     args = ap.parse_args(argv)
     from drivegpt.config import compose
     from drivegpt.stages.eval_world_model import bind_model_windows, counterfactual_and_following
@@ -53,6 +55,8 @@ def main(argv=None) -> dict:
     ckpt = Path(args.world_model) if args.world_model else run / "06_train_world_model" / "world_model.pt"
     t0 = time.time()
     model = load_world_model(ckpt).eval()
+    if args.mask_steps:
+        model.cfg.mask_steps = args.mask_steps
     tokenizer = load_tokenizer(model.tokenizer_path)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:  # the stage's plots go here, not into the run
@@ -66,6 +70,7 @@ def main(argv=None) -> dict:
             rows.append({"cfg_scale": s, **{k: res.get(k) for k in KEYS}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = {"benchmark": "world_model_guidance", "world_model": str(ckpt), "split": args.split,
+           "decoding": model.cfg.decoding, "mask_steps": model.cfg.mask_steps if model.cfg.decoding == "maskgit" else None,
            "contexts": res.get("counterfactual_cases"),
            "ceiling_yaw_rate_r2": res.get("pose_following_yaw_rate_r2_ceiling"),
            "ceiling_lateral_r2": res.get("pose_following_lateral_r2_ceiling"), "scales": rows,

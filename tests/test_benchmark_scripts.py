@@ -81,3 +81,21 @@ def test_world_model_pose_scores_each_move_variant_on_the_same_windows():
     with torch.no_grad():
         m.cond_mlp[-1].weight.normal_(0.0, 0.5)
     assert wmp.pose_usage(m, batches, max_batches=10)["mirrored_cost"] != 0.0
+
+
+def test_parallel_decoding_benchmark_shares_the_context_pass_under_guidance():
+    """Guidance doubles an autoregressive step's FLOPs (every move dropped: the whole batch twice)
+    but not a parallel step's (the commanded move alone: the context pass is shared)."""
+    pd = _load("parallel_decoding")
+    n = torch.get_num_threads()
+    try:
+        res = pd.main(["--size", "tiny", "--batches", "2", "--steps", "2", "--rounds", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(n)
+    f = res["gflop_per_env_step"]
+    assert f["ar_cfg3"] > 1.9 * f["ar_cfg1"]
+    assert f["parallel2_cfg1"] < f["parallel2_cfg3"] < 1.9 * f["parallel2_cfg1"]
+    (row,) = res["batches"]
+    assert row["batch"] == 2 and set(row["env_steps_per_s"]) == {"ar_cfg1", "ar_cfg3", "parallel2_cfg1",
+                                                                  "parallel2_cfg3"}
+    assert all(v > 0 for v in row["env_steps_per_s"].values())

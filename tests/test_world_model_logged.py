@@ -90,7 +90,9 @@ def last_frame_bits(model, tokens, rel_pose, speed, drop=None) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_the_turn_direction_from_logged_driving(data):
+@pytest.mark.parametrize("decoding", ["ar", "maskgit"])
+def test_tiny_model_learns_the_turn_direction_from_logged_driving(data, decoding):
+    """maskgit scores the last frame predicted whole (all its tokens masked) from the context."""
     train, val = data
     yaw = val["rel_pose"][:, -2, 5] * 20.0 / STRIDE  # yaw rate (rad/s) of the move into the scored frame
     assert float(yaw.std()) > 0.15, "the logged weave must show in the moves"
@@ -98,7 +100,7 @@ def test_tiny_model_learns_the_turn_direction_from_logged_driving(data):
     t0 = time.time()
     module = WorldModelModule(dict(vocab_size=PatchTokenizer().vocab_size, grid=(4, 8), max_frames=K, n_layer=2,
                                    n_head=4, n_embd=64, cond_drop=0.1, pose_head=False, fps=20.0 / STRIDE,
-                                   prev_frame=3, prev_warp=True),
+                                   prev_frame=3, prev_warp=True, decoding=decoding),
                               lr=3e-3, warmup_steps=20, max_steps=STEPS, dis_weight=0.0, pose_weight=0.0)
     opt = module.configure_optimizers()
     opt, sched = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
@@ -121,7 +123,7 @@ def test_tiny_model_learns_the_turn_direction_from_logged_driving(data):
     turning = yaw.abs() > 0.2  # windows whose scored move turns visibly
     gain_mirror = (mirror - true)[turning]
     gain_zeroed = (zeroed - true)[turning]
-    print(f"train {train_s:.1f} s; held-out {int(turning.sum())} turning windows: bits/frame true "
+    print(f"{decoding}: train {train_s:.1f} s; held-out {int(turning.sum())} turning windows: bits/frame true "
           f"{float(true[turning].mean()):.1f}, mirrored +{float(gain_mirror.mean()):.2f} "
           f"({float((gain_mirror > 0).float().mean()):.2f} > 0), pose zeroed +{float(gain_zeroed.mean()):.2f}")
     assert int(turning.sum()) >= 20

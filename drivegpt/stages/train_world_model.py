@@ -24,7 +24,8 @@ from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
 from drivegpt.world_model.module import WorldModelModule
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond", "prev_frame", "prev_warp")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond",
+              "prev_frame", "prev_warp", "decoding", "mask_steps")
 OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
 
 

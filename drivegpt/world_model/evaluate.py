@@ -38,6 +38,8 @@ def token_metrics(model, loader, max_batches: int) -> tuple[dict, tuple]:
         logits, tgt = out["logits"].float(), b["tokens"].flatten(2)
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), tgt.flatten(), reduction="none").view_as(tgt)
         hit = (logits.argmax(-1) == tgt).float()
+        if "masked" in out:  # maskgit: only the last frame is predicted, all of its tokens at once
+            ce, hit = ce[:, -1:], hit[:, -1:]
         nll += float(ce.sum()); top1 += float(hit.sum()); count += ce.numel()
         nll_last += float(ce[:, -1].sum()); top1_last += float(hit[:, -1].sum()); count_last += ce[:, -1].numel()
         if b["target"] is not None:

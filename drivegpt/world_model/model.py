@@ -41,6 +41,15 @@ Heads:
 - next pose (behaviour prior, optional): on the last image token of frame k, the logged move
   ``rel_pose[k]`` (normalised, Huber loss), which that position has not seen.
 
+Parallel decoding (``decoding="maskgit"``, MaskGIT as Genie uses it over VQ tokens): attention
+is block-causal instead: every position sees all earlier frames; within its own frame the start
+token ``S_k`` sees only itself and each image token sees ``S_k`` and every image token of the
+frame. A fraction of each frame's image tokens (cosine schedule, per frame) is replaced by a
+learned mask embedding and the position of a masked token predicts that token (not the next
+one). Sampling fills a whole frame in ``mask_steps`` passes (``sampling``), not one pass per
+token. Conditioning dropout then drops frames' moves independently, so guidance can drop the
+commanded move alone and share the context's pass.
+
 Conditioning dropout: during training a fraction ``cond_drop`` of samples has every move
 replaced by the learned null embedding, which makes classifier-free guidance on the pose
 possible at sampling time (``sampling.step(..., cfg_scale=s)``).
@@ -58,6 +67,9 @@ from einops import rearrange, repeat
 
 from drivegpt.settings import typed
 from drivegpt.world_model.losses import LN2, balanced_bce, unpack_batch
+
+
+DECODINGS = ("ar", "maskgit")
 
 
 @dataclass
@@ -86,6 +98,10 @@ class WorldModelConfig:
     # moves the whole picture (yaw -> shift, forward -> zoom), which a conv alone learns slowly
     prev_warp: bool = False
     fps: float = 5.0  # frame rate the model reads (fleet fps / stride)
+    # "ar": one token per pass, raster order; "maskgit": a whole frame in ``mask_steps`` passes
+    # (block-causal attention, masked-token training; see the module docstring)
+    decoding: str = "ar"
+    mask_steps: int = 8  # maskgit: sampling passes per frame (sampling.generate_frame's default)
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -94,6 +110,10 @@ class WorldModelConfig:
             raise ValueError(f"prev_frame={self.prev_frame}: 0 (off) or an odd kernel size")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"decoding={self.decoding!r}: one of {', '.join(DECODINGS)}")
+        if self.mask_steps < 1:
+            raise ValueError(f"mask_steps={self.mask_steps}: at least one sampling pass per frame")
         if self.max_frames < 2:
             raise ValueError(f"max_frames={self.max_frames}: need at least one context frame + one to predict")
 
@@ -149,7 +169,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` [t, past + t] bool (True = may attend) replaces the causal mask."""
         t = x.shape[1]
         q, k, v = rearrange(self.qkv(x), "b t (three nh hd) -> three b nh t hd", three=3, nh=self.n_head)
         past = 0
@@ -157,7 +179,9 @@ class SelfAttention(nn.Module):
             past = cache.length
             k, v = cache.append(layer, k, v)
         drop = self.dropout if self.training else 0.0
-        if past == 0:
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
         elif t == 1:  # one new token attends to everything cached
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
@@ -180,8 +204,8 @@ class Block(nn.Module):
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.drop(self.attn(self.ln1(x), cache, layer))
+    def forward(self, x, cache=None, layer=0, attn_mask=None):
+        x = x + self.drop(self.attn(self.ln1(x), cache, layer, attn_mask))
         return x + self.drop(self.proj(F.gelu(self.fc(self.ln2(x)))))
 
 
@@ -208,6 +232,7 @@ class WorldModel(nn.Module):
         self.ln_f = nn.LayerNorm(d, bias=cfg.bias)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied
+        self.mask_emb = nn.Parameter(torch.zeros(d)) if cfg.decoding == "maskgit" else None
         n_dis = len(cfg.horizons) * cfg.n_causes
         if cfg.dis_cond:
             self.dis_head = nn.Sequential(nn.Linear(d + 7, d), nn.GELU(), nn.Linear(d, n_dis))
@@ -226,8 +251,9 @@ class WorldModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections (GPT-2 scaled init)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        for p in (self.start_emb, self.null_cond, self.spatial_emb, self.temporal_emb):
-            nn.init.normal_(p, mean=0.0, std=0.02)
+        for p in (self.start_emb, self.null_cond, self.spatial_emb, self.temporal_emb, self.mask_emb):
+            if p is not None:
+                nn.init.normal_(p, mean=0.0, std=0.02)
         if cfg.prev_frame:
             nn.init.normal_(self.prev_null, mean=0.0, std=0.02)
             if cfg.prev_warp:
@@ -270,16 +296,31 @@ class WorldModel(nn.Module):
         c = self.cond_features(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1])
         return torch.cat([torch.zeros_like(c[:, :1]).expand(c.shape[0], 1, 7), c], dim=1)
 
+    @staticmethod
+    def frame_drop(drop: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
+        """Condition dropout per frame [b, n_frames] from ``drop`` [b] (whole samples) or
+        [b, >= n_frames] (frames: True = frame k's move is replaced by the null move)."""
+        if drop is None:
+            return None
+        if drop.ndim == 1:
+            return drop[:, None].expand(drop.shape[0], n_frames)
+        if drop.shape[1] < n_frames:
+            raise ValueError(f"drop: {drop.shape[1]} frames < the {n_frames} embedded")
+        return drop[:, :n_frames]
+
     def move_features(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
-        """``frame_features`` with the dropped samples' (``drop`` [b]) set to zeros (the mean move)."""
+        """``frame_features`` with the dropped frames' (``frame_drop(drop)``) set to zeros (the mean move)."""
         f = self.frame_features(rel_pose, speed, n_frames)
-        return f if drop is None else torch.where(drop[:, None, None], torch.zeros_like(f), f)
+        d = self.frame_drop(drop, n_frames)
+        return f if d is None else torch.where(d[..., None], torch.zeros_like(f), f)
 
     def cond_embed(self, rel_pose: torch.Tensor, speed: torch.Tensor, drop: torch.Tensor | None = None):
-        """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] is true)."""
+        """rel_pose [b,k,6], speed [b,k] -> embeddings [b,k,d] of the moves (null where drop [b] or
+        [b,k] is true)."""
         e = self.cond_mlp(self.cond_features(rel_pose, speed))
         if drop is not None:
-            e = torch.where(drop[:, None, None], self.null_cond.expand_as(e), e)
+            d = drop[:, None] if drop.ndim == 1 else drop
+            e = torch.where(d[..., None], self.null_cond.expand_as(e), e)
         return e
 
     def frame_conditioning(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
@@ -287,7 +328,8 @@ class WorldModel(nn.Module):
         on rel_pose[:, k-1], speed[:, k-1]; frame 0 on the null move."""
         b = rel_pose.shape[0]
         null = repeat(self.null_cond, "d -> b 1 d", b=b)
-        moves = self.cond_embed(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1], drop)
+        d = self.frame_drop(drop, n_frames)
+        moves = self.cond_embed(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1], None if d is None else d[:, 1:])
         return torch.cat([null, moves], dim=1)
 
     def start_tokens(self, rel_pose, speed, n_frames: int, drop=None) -> torch.Tensor:
@@ -338,10 +380,20 @@ class WorldModel(nn.Module):
         return torch.cat([first, rearrange(rest, "(b f) s d -> b f s d", b=b)], dim=1)
 
     # ------------------------------------------------------------------ sequence
-    def embed_sequence(self, tokens, rel_pose, speed, drop=None, open_frame: bool = False):
+    def token_embed(self, tokens: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings [..., d] of ``tokens`` [...], the mask embedding where ``masked`` [...] is true."""
+        e = self.tok_emb(tokens)
+        if masked is None:
+            return e
+        if self.mask_emb is None:
+            raise ValueError("masked tokens: only a decoding='maskgit' world model has a mask embedding")
+        return torch.where(masked[..., None], self.mask_emb.to(e.dtype), e)
+
+    def embed_sequence(self, tokens, rel_pose, speed, drop=None, open_frame: bool = False, masked=None):
         """Embed full frames (and optionally the start token of one more frame).
 
-        tokens [b, F, h, w] int64; rel_pose [b, >=F-1 (+1 if open_frame), 6]; speed likewise.
+        tokens [b, F, h, w] int64; rel_pose [b, >=F-1 (+1 if open_frame), 6]; speed likewise;
+        ``masked`` [b, F, n] bool (maskgit): those image tokens get the mask embedding.
         Returns x [b, F*(n+1) (+1), d] with position embeddings added.
         """
         b, f = tokens.shape[:2]
@@ -351,7 +403,7 @@ class WorldModel(nn.Module):
         cond = self.frame_conditioning(rel_pose, speed, n_start, drop)  # b F' d
         prev = self.sequence_prev(tokens, n_start, self.move_features(rel_pose, speed, n_start, drop))
         starts = self.start_emb + cond
-        img = self.tok_emb(rearrange(tokens, "b f h w -> b f (h w)")) + cond[:, :f, None]  # b F n d
+        img = self.token_embed(rearrange(tokens, "b f h w -> b f (h w)"), masked) + cond[:, :f, None]  # b F n d
         frames = torch.cat([starts[:, :f, None], img], dim=2) + self.spatial_emb + prev[:, :f]  # b F n+1 d
         frames = frames + self.temporal_emb[:f, None]
         x = rearrange(frames, "b f n d -> b (f n) d")
@@ -359,6 +411,15 @@ class WorldModel(nn.Module):
             s = starts[:, f] + self.spatial_emb[0] + self.temporal_emb[f] + prev[:, f, 0]
             x = torch.cat([x, s[:, None]], dim=1)
         return x
+
+    def embed_frame(self, tokens: torch.Tensor, masked: torch.Tensor | None, frame: int, cond: torch.Tensor,
+                    prev: torch.Tensor) -> torch.Tensor:
+        """One frame's slots [b, n+1, d] (start token, image tokens) at window index ``frame``, as
+        ``embed_sequence`` embeds them: tokens [b, n] (the mask embedding where ``masked`` [b, n]),
+        the frame's move embedding ``cond`` [b, d] and previous-frame input ``prev`` [b, n+1, d]."""
+        start = (self.start_emb + cond)[:, None]
+        img = self.token_embed(tokens, masked) + cond[:, None]
+        return torch.cat([start, img], dim=1) + self.spatial_emb + prev + self.temporal_emb[frame]
 
     def embed_token(self, token: torch.Tensor, frame: int, index: int, cond: torch.Tensor | None = None,
                     prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -374,11 +435,12 @@ class WorldModel(nn.Module):
             x = x + prev[:, 1 + index]
         return x[:, None]
 
-    def hidden(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h)."""
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h).
+        ``attn_mask`` [t, past + t] bool replaces the causal mask (maskgit: ``frame_mask``)."""
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, attn_mask)
         if cache is not None:
             cache.length += x.shape[1]
         return self.ln_f(x)
@@ -393,40 +455,82 @@ class WorldModel(nn.Module):
         raw = rearrange(self.dis_head(h_start), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
         return raw + self.dis_prior.to(raw.dtype)
 
-    def forward(self, tokens, rel_pose, speed, drop=None) -> dict[str, torch.Tensor]:
+    def frame_mask(self, n_frames: int, past_frames: int = 0, device=None) -> torch.Tensor:
+        """maskgit's block-causal attention mask [q, k] bool (True = may attend): queries are the
+        slots of frames past_frames..past_frames+n_frames-1, keys those of frames 0..; a slot sees
+        every earlier frame; in its own frame the start token sees itself, image tokens see all."""
+        slots = self.cfg.tokens_per_frame + 1
+        fk = torch.arange(past_frames + n_frames, device=device).repeat_interleave(slots)
+        sk = torch.arange(slots, device=device).repeat(past_frames + n_frames)
+        fq, sq = fk[past_frames * slots:, None], sk[past_frames * slots:, None]
+        return (fk[None] < fq) | ((fk[None] == fq) & ((sq > 0) | (sk[None] == 0)))
+
+    def random_masks(self, b: int, n_frames: int, generator=None) -> torch.Tensor:
+        """maskgit training masks [b, n_frames, n] bool: per frame a ratio r = cos(pi/2 u), u ~ U(0, 1)
+        (MaskGIT's schedule), of its image tokens (at least one) masked, chosen uniformly."""
+        n, dev = self.cfg.tokens_per_frame, self.start_emb.device
+        u = torch.rand(b, n_frames, 1, device=dev, generator=generator)
+        count = torch.ceil(torch.cos(0.5 * math.pi * u) * n).clamp(1, n)
+        ranks = torch.rand(b, n_frames, n, device=dev, generator=generator).argsort(-1).argsort(-1)
+        return ranks < count
+
+    def forward(self, tokens, rel_pose, speed, drop=None, masked=None) -> dict[str, torch.Tensor]:
         """Teacher-forced pass over windows.
 
-        tokens [b, K, h, w] int64, rel_pose [b, K, 6], speed [b, K], drop [b] bool or None.
-        Returns logits [b, K, n, V] (position of x_k[i] predicts x_k[i]), disengage
-        [b, K, n_h, 3] (from S_k), pose [b, K, 6] (normalised next move, from x_k[n-1]).
+        tokens [b, K, h, w] int64, rel_pose [b, K, 6], speed [b, K], drop [b] or [b, K] bool or
+        None. Returns logits [b, K, n, V], disengage [b, K, n_h, 3] (from S_k), pose [b, K, 6]
+        (normalised next move, from the frame's last image token). "ar": the position of x_k[i]
+        predicts x_k[i] from x_k[<i]. "maskgit": ``masked`` [b, K, n] bool (default: the last
+        frame's tokens all masked) are replaced by the mask embedding and each position predicts
+        its own token; ``out["masked"]`` says which logits are predictions.
         """
         k = tokens.shape[1]
-        h = self.hidden(self.embed_sequence(tokens, rel_pose, speed, drop))
+        if self.cfg.decoding == "maskgit":
+            if masked is None:
+                masked = torch.zeros(tokens.shape[0], k, self.cfg.tokens_per_frame, dtype=torch.bool,
+                                     device=tokens.device)
+                masked[:, -1] = True
+            x = self.embed_sequence(tokens, rel_pose, speed, drop, masked=masked)
+            h = self.hidden(x, attn_mask=self.frame_mask(k, device=x.device))
+        elif masked is not None:
+            raise ValueError("masked tokens: this world model decodes autoregressively (decoding='ar')")
+        else:
+            h = self.hidden(self.embed_sequence(tokens, rel_pose, speed, drop))
         h = rearrange(h, "b (f n) d -> b f n d", f=k)
         out = {
-            "logits": self.lm_head(h[:, :, :-1]),
+            "logits": self.lm_head(h[:, :, 1:] if masked is not None else h[:, :, :-1]),
             "disengage": self.disengage_logits(h[:, :, 0], self.frame_features(rel_pose, speed, k)),
         }
         if self.pose_head is not None:
             out["pose"] = self.pose_head(h[:, :, -1])
+        if masked is not None:
+            out["masked"] = masked
         return out
 
     def compute_loss(self, batch: dict, *, dis_weight: float = 1.0, pose_weight: float = 0.1,
                      pos_rate: torch.Tensor | None = None, drop: torch.Tensor | None = None,
-                     outputs: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     outputs: dict | None = None, masked: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The trainable contract (drivegpt.trainable): (loss, named parts incl. "loss").
 
         ``batch``: a window batch (``losses.unpack_batch`` reads it). Token cross-entropy, plus
         ``dis_weight`` x class-balanced disengagement BCE (rates ``pos_rate`` [n_h, 3], 0.5 when
-        None) when the batch has targets, plus ``pose_weight`` x the pose prior. ``drop`` [b]:
-        condition dropout. ``outputs`` (a dict) receives the forward outputs, ``target_tokens``
-        and, with targets, ``mask``/``target``.
+        None) when the batch has targets, plus ``pose_weight`` x the pose prior. ``drop`` [b] or
+        [b, K]: condition dropout. ``outputs`` (a dict) receives the forward outputs,
+        ``target_tokens`` and, with targets, ``mask``/``target``. maskgit: in training mode every
+        frame gets ``random_masks`` (``masked`` overrides; in eval mode the last frame is masked
+        whole) and the token loss is over the masked tokens alone.
         """
         b = unpack_batch(batch)
-        out = self(b["tokens"], b["rel_pose"], b["speed"], drop)
+        if self.cfg.decoding == "maskgit" and masked is None and self.training:
+            masked = self.random_masks(b["tokens"].shape[0], b["tokens"].shape[1])
+        out = self(b["tokens"], b["rel_pose"], b["speed"], drop, masked)
         logits = out["logits"].float()  # b K n V
         target = b["tokens"].flatten(2)  # b K n
-        ce = F.cross_entropy(logits.flatten(0, 2), target.flatten())
+        if "masked" in out:
+            ce = F.cross_entropy(logits[out["masked"]], target[out["masked"]])
+        else:
+            ce = F.cross_entropy(logits.flatten(0, 2), target.flatten())
         loss = ce
         parts = {"loss_tokens": ce, "bits_per_token": ce / LN2}
         if b["target"] is not None and dis_weight > 0:

@@ -40,7 +40,10 @@ class WorldModelModule(L.LightningModule):
             m.fit_conditioning(b["rel_pose"], b["speed"])
         drop = None
         if train and cfg.cond_drop > 0:
-            drop = torch.rand(b["tokens"].shape[0], device=self.device) < cfg.cond_drop
+            # maskgit drops frames' moves independently (guidance then drops the commanded move
+            # alone), the autoregressive model whole samples' (guidance drops every move)
+            shape = b["tokens"].shape[:2] if cfg.decoding == "maskgit" else b["tokens"].shape[:1]
+            drop = torch.rand(shape, device=self.device) < cfg.cond_drop
         if train and b["target"] is not None and hp.dis_weight > 0:
             mask = b["mask"]
             mask[:, 0] = 0  # frame 0 has no commanded move and no history
@@ -86,8 +89,10 @@ class WorldModelModule(L.LightningModule):
             batch = take_rows(batch, valid if real else torch.arange(n) == 0)  # all padding: one row, weight 0
         logs, out = self.losses(batch, train=False)
         w = float(real > 0)
-        tokens = out["target_tokens"].numel() * w
-        correct = (out["logits"].argmax(-1) == out["target_tokens"]).sum() * w
+        scored = out.get("masked")  # maskgit: the masked tokens are the predictions
+        hit = out["logits"].argmax(-1) == out["target_tokens"]
+        tokens = (out["target_tokens"].numel() if scored is None else scored.sum()) * w
+        correct = (hit.sum() if scored is None else hit[scored].sum()) * w
         self._sums.add(tokens=tokens, ce=logs["loss_tokens"] * tokens, correct=correct)
         if "loss_disengage" in logs:
             labels = out["mask"].sum() * w

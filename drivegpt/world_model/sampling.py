@@ -1,4 +1,4 @@
-"""Batched autoregressive frame generation with a KV cache.
+"""Batched frame generation with a KV cache: autoregressive, or parallel (MaskGIT).
 
 One new frame = prefill (the context frames and the new frame's start token, one pass) and
 then h*w - 1 single-token decode steps against the cache. Attention is plain causal, so the
@@ -9,9 +9,21 @@ Classifier-free guidance on the pose (``cfg_scale`` != 1): the batch is doubled,
 half with every move replaced by the null embedding (as in conditioning dropout), and the
 logits are ``uncond + s * (cond - uncond)``. Disengagement probabilities come from the
 conditioned half.
+
+Parallel decoding (a ``decoding="maskgit"`` model, MaskGIT / Genie): one prefill of the context
+frames, then ``steps`` passes of the new frame's n+1 slots against the cache (block-causal,
+``WorldModel.frame_mask``; the cache is not extended). Every pass predicts all still-masked
+tokens; the most confident are committed so that after pass t a fraction cos(pi/2 (t+1)/steps)
+stays masked (MaskGIT's cosine schedule; confidence = the committed token's log-probability, plus
+Gumbel noise scaled by the temperature and the fraction of passes left when sampling). Guidance
+drops the commanded move alone (the model is trained with per-frame dropout), so the context's
+pass is shared by both halves. ``generate_frame_full`` is the reference: the model's full forward
+over the window with the same masks, pass by pass; greedy outputs match token for token.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from einops import rearrange
@@ -46,8 +58,11 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # inverse-CDF sampling: the same distribution as torch.multinomial, whose exponential draws over
+    # every (row, code) were 16% of a parallel decoding step (b*n rows at once)
+    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u)[:, 0].clamp_max(cdf.shape[-1] - 1)
 
 
 def _guided(logits: torch.Tensor, b: int, cfg_scale: float) -> torch.Tensor:
@@ -66,12 +81,110 @@ def _inputs(model, tokens, rel_pose, speed, cfg_scale):
     return tokens, rel_pose, speed, drop
 
 
+def masked_after(n: int, t: int, steps: int) -> int:
+    """Tokens of n still masked after parallel pass t (0-based) of ``steps``: MaskGIT's cosine
+    schedule, at least one committed per pass, none left after the last."""
+    left = n
+    for i in range(t + 1):
+        left = min(left - 1, math.floor(n * math.cos(0.5 * math.pi * (i + 1) / steps)))
+    return max(left, 0)
+
+
+def _commit(logits, masked, out, t, steps, temperature, top_k, generator):
+    """One parallel pass: logits [b, n, V] of the frame, masked [b, n] (updated in place), out
+    [b, n] (written where committed). Returns the committed positions [b, n] bool."""
+    b, n, _ = logits.shape
+    pick = _pick(logits.reshape(b * n, -1), temperature, top_k, generator).view(b, n)
+    logp = logits.float().log_softmax(-1)
+    conf = logp.gather(-1, pick[..., None])[..., 0]
+    if temperature > 0:  # MaskGIT: randomness in which tokens are kept, annealed to none
+        u = torch.rand(conf.shape, device=conf.device, generator=generator).clamp_(1e-9, 1 - 1e-9)
+        conf = conf + temperature * (1.0 - (t + 1) / steps) * -torch.log(-torch.log(u))
+    conf = conf.masked_fill(~masked, float("-inf"))
+    n_new = int(masked[0].sum()) - masked_after(n, t, steps)
+    new = torch.zeros_like(masked)
+    new.scatter_(1, conf.topk(n_new, dim=-1).indices, True)
+    out[new] = pick[new]
+    masked &= ~new
+    return new
+
+
+def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator,
+                       return_entropy, steps):
+    b, k, h, w = tokens.shape
+    n, steps = h * w, int(steps or model.cfg.mask_steps)
+    guided = cfg_scale != 1.0
+    ctx = model.embed_sequence(tokens, rel_pose, speed)
+    cache = KVCache(model.cfg, b, ctx.shape[1] + n + 1, ctx.device, ctx.dtype)
+    model.hidden(ctx, cache, attn_mask=model.frame_mask(k, device=ctx.device))
+    if guided:  # both halves share the context: only the commanded move is dropped
+        cache.k = [torch.cat([x, x]) for x in cache.k]
+        cache.v = [torch.cat([x, x]) for x in cache.v]
+    drop = None
+    if guided:
+        drop = torch.zeros(2 * b, k + 1, dtype=torch.bool, device=tokens.device)
+        drop[b:, k] = True
+    x_tok, x_pose, x_speed = ((torch.cat([t, t]) if guided else t) for t in (tokens, rel_pose, speed))
+    cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]
+    prev = model.prev_features(x_tok[:, -1], x_tok.shape[0], model.move_features(x_pose, x_speed, k + 1, drop)[:, k])
+    mask = model.frame_mask(1, k, device=ctx.device)
+    out = torch.zeros(b, n, dtype=torch.long, device=tokens.device)
+    masked = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+    ent = torch.zeros(b, device=tokens.device)
+    dis = None
+    for t in range(steps):
+        x_out, x_masked = (torch.cat([v, v]) if guided else v for v in (out, masked))
+        length = cache.length
+        hid = model.hidden(model.embed_frame(x_out, x_masked, k, cond, prev), cache, attn_mask=mask)
+        cache.length = length  # the frame's pass is not context: the next pass overwrites it
+        if dis is None:  # the start token sees the context and the move, not the frame
+            dis = model.disengage_logits(hid[:b, 0], model.frame_features(rel_pose, speed, k + 1)[:, k])
+        logits = _guided(model.lm_head(hid[:, 1:]), b, cfg_scale)
+        new = _commit(logits, masked, out, t, steps, temperature, top_k, generator)
+        if return_entropy:  # each token's distribution when it was committed
+            logp = logits.float().log_softmax(-1)
+            ent += (-(logp.exp() * logp).sum(-1) * new).sum(-1) / n
+    out = rearrange(out, "b (h w) -> b h w", h=h)
+    return (out, dis, ent) if return_entropy else (out, dis)
+
+
+@torch.no_grad()
+def _generate_parallel_full(model: WorldModel, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator,
+                            steps):
+    """Reference: the model's teacher-forced forward over the whole window every pass."""
+    b, k, h, w = tokens.shape
+    n, steps = h * w, int(steps or model.cfg.mask_steps)
+    out = torch.zeros(b, n, dtype=torch.long, device=tokens.device)
+    masked = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+    pose = torch.cat([rel_pose, torch.zeros_like(rel_pose[:, :1])], 1)  # the new frame's move: not read
+    spd = torch.cat([speed, speed[:, -1:]], 1)
+    drop = torch.zeros(b, k + 1, dtype=torch.bool, device=tokens.device)
+    drop[:, k] = True
+    dis = None
+    for t in range(steps):
+        window = torch.cat([tokens, rearrange(out, "b (h w) -> b 1 h w", h=h)], 1)
+        full = torch.cat([torch.zeros(b, k, n, dtype=torch.bool, device=tokens.device), masked[:, None]], 1)
+        res = model(window, pose, spd, masked=full)
+        logits = res["logits"][:, -1]
+        if dis is None:
+            dis = res["disengage"][:, -1]
+        if cfg_scale != 1.0:
+            uncond = model(window, pose, spd, drop, masked=full)["logits"][:, -1]
+            logits = uncond + cfg_scale * (logits - uncond)
+        _commit(logits, masked, out, t, steps, temperature, top_k, generator)
+    return rearrange(out, "b (h w) -> b h w", h=h), dis
+
+
 @torch.no_grad()
 def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None,
-                   cfg_scale=1.0, generator=None, return_entropy=False):
+                   cfg_scale=1.0, generator=None, return_entropy=False, steps=None):
     """KV-cached generation of the frame after the context. Returns (tokens [b,h,w], dis_logits
     [b,n_h,3]) and, with ``return_entropy``, the mean entropy (nats) of the model's (guided,
-    temperature-1) distributions over the frame's tokens [b]."""
+    temperature-1) distributions over the frame's tokens [b]. A maskgit model decodes in
+    parallel, in ``steps`` passes (default ``model.cfg.mask_steps``)."""
+    if model.cfg.decoding == "maskgit":
+        return _generate_parallel(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator,
+                                  return_entropy, steps)
     b, k, h, w = tokens.shape
     n = h * w
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
@@ -100,8 +213,11 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
 
 @torch.no_grad()
 def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None,
-                        cfg_scale=1.0, generator=None):
-    """Reference without a cache: one full forward over the whole sequence per token."""
+                        cfg_scale=1.0, generator=None, steps=None):
+    """Reference without a cache: one full forward over the whole sequence per token (per
+    parallel pass for a maskgit model)."""
+    if model.cfg.decoding == "maskgit":
+        return _generate_parallel_full(model, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator, steps)
     b, k, h, w = tokens.shape
     n = h * w
     x_tok, x_pose, x_speed, drop = _inputs(model, tokens, rel_pose, speed, cfg_scale)
