@@ -36,6 +36,22 @@ MIRROR = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])  # lateral, roll, yaw n
 
 
 @torch.no_grad()
+def token_nll(model, tokens, pose, speed, drop, target) -> torch.Tensor:
+    """Nats of each token [b, K, n] given the frames before its frame: teacher-forced for a
+    one-token model; for a maskgit model one forward per frame with that frame masked whole
+    (block-causal: later frames do not reach it), i.e. the frame predicted all at once."""
+    nll = lambda lg: torch.nn.functional.cross_entropy(  # noqa: E731
+        lg.float().flatten(0, -2), target.flatten(), reduction="none").view_as(target)
+    if model.cfg.decoding != "maskgit":
+        return nll(model(tokens, pose, speed, drop)["logits"])
+    out = torch.empty(target.shape)
+    for k in range(tokens.shape[1]):
+        masked = torch.zeros(target.shape, dtype=torch.bool)
+        masked[:, k] = True
+        out[:, k] = nll(model(tokens, pose, speed, drop, masked=masked)["logits"])[:, k]
+    return out
+
+
 def pose_usage(model, loader, max_batches: int) -> dict:
     """Bits/token per frame index of the held-out windows under logged/mirrored/shuffled/null moves."""
     from drivegpt.world_model.losses import unpack_batch
@@ -58,9 +74,8 @@ def pose_usage(model, loader, max_batches: int) -> dict:
         }
         target = b["tokens"].flatten(2)
         for name, (pose, speed, drop) in variants.items():
-            logits = model(b["tokens"], pose, speed, drop)["logits"].float()
-            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
-            per_frame = ce.view_as(target).mean(2).sum(0) / math.log(2)  # [K] bits/token summed over windows
+            ce = token_nll(model, b["tokens"], pose, speed, drop, target)
+            per_frame = ce.mean(2).sum(0) / math.log(2)  # [K] bits/token summed over windows
             sums[name] = sums.get(name, 0) + per_frame
         windows += n
     if not windows:

@@ -5,6 +5,7 @@ leaves the caller's model alone; the pipeline benchmark reports only the stages 
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from drivegpt.config import compose
@@ -58,14 +59,17 @@ def test_pipeline_benchmark_reports_only_what_its_run_did():
     assert pb.split_stages({}) == ({}, [])
 
 
-def test_world_model_pose_scores_each_move_variant_on_the_same_windows():
+@pytest.mark.parametrize("decoding", ["ar", "maskgit"])
+def test_world_model_pose_scores_each_move_variant_on_the_same_windows(decoding):
     """A model with no path from the move to its tokens costs exactly 0 under every variant; once
-    the move reaches the tokens, mirroring it changes the bits (the variants are really applied)."""
+    the move reaches the tokens, mirroring it changes the bits (the variants are really applied).
+    A maskgit model's frame is scored predicted whole from the frames before it."""
     from drivegpt.world_model.model import WorldModel, WorldModelConfig
 
     wmp = _load("world_model_pose")
     torch.manual_seed(0)
-    m = WorldModel(WorldModelConfig(vocab_size=16, grid=(2, 3), max_frames=3, n_layer=1, n_head=2, n_embd=16)).eval()
+    m = WorldModel(WorldModelConfig(vocab_size=16, grid=(2, 3), max_frames=3, n_layer=1, n_head=2, n_embd=16,
+                                    decoding=decoding)).eval()
     g = torch.Generator().manual_seed(1)
     batches = [{"tokens": torch.randint(0, 16, (4, 3, 2, 3), generator=g), "rel_pose": torch.randn(4, 3, 6, generator=g),
                 "speed": torch.rand(4, 3, generator=g) * 20} for _ in range(2)]
@@ -81,6 +85,15 @@ def test_world_model_pose_scores_each_move_variant_on_the_same_windows():
     with torch.no_grad():
         m.cond_mlp[-1].weight.normal_(0.0, 0.5)
     assert wmp.pose_usage(m, batches, max_batches=10)["mirrored_cost"] != 0.0
+    if decoding == "maskgit":  # a frame is scored from the frames before it, not from its own tokens
+        b = batches[0]
+        target = b["tokens"].flatten(2)
+        changed = b["tokens"].clone()
+        changed[:, 1] = (changed[:, 1] + 1) % 16
+        a = wmp.token_nll(m, b["tokens"], b["rel_pose"], b["speed"], None, target)
+        c = wmp.token_nll(m, changed, b["rel_pose"], b["speed"], None, target)
+        torch.testing.assert_close(a[:, :2], c[:, :2])
+        assert not torch.allclose(a[:, 2], c[:, 2])  # frame 2 reads frame 1
 
 
 def test_parallel_decoding_benchmark_shares_the_context_pass_under_guidance():
