@@ -115,7 +115,7 @@ def test_the_commit_schedule_is_cosine_and_commits_are_final():
     for t in range(steps):
         before = out.clone()
         logits = torch.randn(b, n, V, generator=g) * 3
-        new = sampling._commit(logits, masked, out, t, steps, 1.0, None, g)
+        new, _ = sampling._commit(logits, masked, out, t, steps, 1.0, None, g)
         assert (masked.sum(-1) == masked_after(n, t, steps)).all()
         assert torch.equal(out[~new], before[~new])  # committed tokens never change
         assert (out[new] >= 0).all() and not (new & masked).any()

@@ -92,7 +92,8 @@ def masked_after(n: int, t: int, steps: int) -> int:
 
 def _commit(logits, masked, out, t, steps, temperature, top_k, generator):
     """One parallel pass: logits [b, n, V] of the frame, masked [b, n] (updated in place), out
-    [b, n] (written where committed). Returns the committed positions [b, n] bool."""
+    [b, n] (written where committed). Returns the committed positions [b, n] bool and the
+    log-probabilities [b, n, V] (float32) the pass read."""
     b, n, _ = logits.shape
     pick = _pick(logits.reshape(b * n, -1), temperature, top_k, generator).view(b, n)
     logp = logits.float().log_softmax(-1)
@@ -106,7 +107,7 @@ def _commit(logits, masked, out, t, steps, temperature, top_k, generator):
     new.scatter_(1, conf.topk(n_new, dim=-1).indices, True)
     out[new] = pick[new]
     masked &= ~new
-    return new
+    return new, logp
 
 
 def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, top_k, cfg_scale, generator,
@@ -140,9 +141,8 @@ def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, 
         if dis is None:  # the start token sees the context and the move, not the frame
             dis = model.disengage_logits(hid[:b, 0], model.frame_features(rel_pose, speed, k + 1)[:, k])
         logits = _guided(model.lm_head(hid[:, 1:]), b, cfg_scale)
-        new = _commit(logits, masked, out, t, steps, temperature, top_k, generator)
+        new, logp = _commit(logits, masked, out, t, steps, temperature, top_k, generator)
         if return_entropy:  # each token's distribution when it was committed
-            logp = logits.float().log_softmax(-1)
             ent += (-(logp.exp() * logp).sum(-1) * new).sum(-1) / n
     out = rearrange(out, "b (h w) -> b h w", h=h)
     return (out, dis, ent) if return_entropy else (out, dis)
@@ -170,7 +170,7 @@ def _generate_parallel_full(model: WorldModel, tokens, rel_pose, speed, temperat
             dis = res["disengage"][:, -1]
         if cfg_scale != 1.0:
             uncond = model(window, pose, spd, drop, masked=full)["logits"][:, -1]
-            logits = uncond + cfg_scale * (logits - uncond)
+            logits = _guided(torch.cat([logits, uncond]), b, cfg_scale)
         _commit(logits, masked, out, t, steps, temperature, top_k, generator)
     return rearrange(out, "b (h w) -> b h w", h=h), dis
 
