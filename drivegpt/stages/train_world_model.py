@@ -22,9 +22,10 @@ from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
 from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
+from drivegpt.world_model.hazard import hazard_inputs, refit_hazard_head
 from drivegpt.world_model.module import WorldModelModule
 
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond",
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond", "dis_history", "dis_start",
               "prev_frame", "prev_warp", "decoding", "mask_steps")
 OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
 
@@ -70,6 +71,27 @@ def build_module(cfg: DictConfig, vocab_size: int, grid, tokenizer_path: str | N
     return module
 
 
+def hazard_refit(cfg: DictConfig, model) -> dict:
+    """``world_model.hazard_refit``: refit the disengagement head on the training split's windows
+    (``drivegpt.world_model.hazard``), each frame once (windows that do not overlap). Under DDP it
+    runs on rank zero and reads the shards that rank reads."""
+    t0 = time.time()
+    rc = cfg.world_model.hazard_refit
+    rcfg = cfg.copy()
+    rcfg.data.window_step = int(cfg.data.stride) * int(cfg.data.context_frames)
+    rcfg.data.windows_per_segment = None
+    loader = FleetDataModule(rcfg, kind="windows", key="tokens").dataloader("train", shuffle=False, resampled=False)
+    nb = rc.get("max_batches")
+    data = hazard_inputs(model, loader, int(nb) if nb is not None else None)
+    if data is None:
+        return {"replaced": False, "reason": "the training windows carry no disengagement targets"}
+    report = refit_hazard_head(model, data, steps=int(rc.steps), lr=float(rc.lr),
+                               weight_decays=tuple(float(w) for w in rc.weight_decays),
+                               aside_fraction=float(rc.aside_fraction), seed=int(cfg.seed))
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
 def run(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -85,6 +107,9 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
     train_s = time.time() - t0
     model = module.model.float().cpu().eval()
+    refit = None
+    if trainer.is_global_zero and cfg.world_model.get("hazard_refit") and cfg.world_model.hazard_refit.get("enabled"):
+        refit = hazard_refit(cfg, model)
     out = run_dir / "world_model.pt"
     if trainer.is_global_zero:  # every rank holds the same weights; one writes them
         out = save_world_model(model, out)
@@ -97,6 +122,8 @@ def run(cfg: DictConfig) -> dict:
         "global_step": trainer.global_step,
         "tokens_per_step": int(cfg.data.batch_size) * model.cfg.block_size * int(cfg.trainer.accumulate_grad_batches),
     }
+    if refit is not None:
+        metrics["hazard_refit"] = refit
     for k, v in cm.items():
         if k.startswith(("train/", "val/")) and torch.is_tensor(v) and v.numel() == 1:
             metrics[k.replace("/", "_")] = float(v)

@@ -89,6 +89,13 @@ class WorldModelConfig:
     # the disengagement head also reads the normalised conditioning of its frame (the move into
     # it and the speed) directly, through a small MLP, besides the start token's hidden state
     dis_cond: bool = False
+    # ... and, with dis_cond, the conditioning of the ``dis_history`` frames before it too (zeros
+    # before the window's first frame): the recent motion (speed changes, yaw rates) says how
+    # hard the car brakes and turns, which the safety driver's comfort rules read
+    dis_history: int = 0
+    # the disengagement head reads the start token's hidden state (False: with dis_cond, the recent
+    # moves alone; the hazard then depends on the commanded and past moves only, not the frames)
+    dis_start: bool = True
     # every position also reads the previous frame around the token it predicts (a k x k
     # neighbourhood of its token embeddings, through a conv): the copy-and-shift prior of video
     # (0 = off, the original model)
@@ -114,6 +121,10 @@ class WorldModelConfig:
             raise ValueError(f"decoding={self.decoding!r}: one of {', '.join(DECODINGS)}")
         if self.mask_steps < 1:
             raise ValueError(f"mask_steps={self.mask_steps}: at least one sampling pass per frame")
+        if not (self.dis_start or self.dis_cond):
+            raise ValueError("dis_start=False needs dis_cond=True: the disengagement head must read something")
+        if self.dis_history < 0:
+            raise ValueError(f"dis_history={self.dis_history}: the number of earlier frames' moves the hazard head reads (>= 0)")
         if self.max_frames < 2:
             raise ValueError(f"max_frames={self.max_frames}: need at least one context frame + one to predict")
 
@@ -235,7 +246,8 @@ class WorldModel(nn.Module):
         self.mask_emb = nn.Parameter(torch.zeros(d)) if cfg.decoding == "maskgit" else None
         n_dis = len(cfg.horizons) * cfg.n_causes
         if cfg.dis_cond:
-            self.dis_head = nn.Sequential(nn.Linear(d + 7, d), nn.GELU(), nn.Linear(d, n_dis))
+            n_in = (d if cfg.dis_start else 0) + 7 * (1 + cfg.dis_history)
+            self.dis_head = nn.Sequential(nn.Linear(n_in, d), nn.GELU(), nn.Linear(d, n_dis))
         else:
             self.dis_head = nn.Linear(d, n_dis)
         self.pose_head = nn.Linear(d, 6) if cfg.pose_head else None
@@ -295,6 +307,17 @@ class WorldModel(nn.Module):
         """Conditioning vectors [b, n_frames, 7] of frames 0..n_frames-1 (frame 0: zeros)."""
         c = self.cond_features(rel_pose[:, : n_frames - 1], speed[:, : n_frames - 1])
         return torch.cat([torch.zeros_like(c[:, :1]).expand(c.shape[0], 1, 7), c], dim=1)
+
+    def hazard_features(self, rel_pose, speed, n_frames: int) -> torch.Tensor:
+        """What the disengagement head reads besides the start token: the conditioning vectors of
+        frame k and of the ``cfg.dis_history`` frames before it (zeros before frame 0), newest
+        first -> [b, n_frames, 7 (1 + dis_history)]."""
+        f = self.frame_features(rel_pose, speed, n_frames)
+        if not self.cfg.dis_history:
+            return f
+        pad = F.pad(f, (0, 0, self.cfg.dis_history, 0))
+        return torch.cat([pad[:, self.cfg.dis_history - j: self.cfg.dis_history - j + n_frames]
+                          for j in range(self.cfg.dis_history + 1)], dim=-1)
 
     @staticmethod
     def frame_drop(drop: torch.Tensor | None, n_frames: int) -> torch.Tensor | None:
@@ -446,14 +469,20 @@ class WorldModel(nn.Module):
         return self.ln_f(x)
 
     def disengage_logits(self, h_start: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
-        """h_start [..., d] (and with ``cfg.dis_cond`` the frame's conditioning vector [..., 7],
-        ``frame_features``) -> calibrated logits [..., n_horizons, n_causes] (raw + dis_prior)."""
-        if self.cfg.dis_cond:
-            if feats is None:
-                raise ValueError("this model's disengagement head reads the frame's conditioning: pass feats")
-            h_start = torch.cat([h_start, feats.to(h_start.dtype)], dim=-1)
-        raw = rearrange(self.dis_head(h_start), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
+        """h_start [..., d] (and with ``cfg.dis_cond`` the frame's recent conditioning [..., 7 (1 +
+        dis_history)], ``hazard_features``) -> calibrated logits [..., n_horizons, n_causes] (raw + dis_prior)."""
+        raw = rearrange(self.dis_head(self.hazard_input(h_start, feats)), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
         return raw + self.dis_prior.to(raw.dtype)
+
+    def hazard_input(self, h_start: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``dis_head`` reads: the start token's state and/or the recent moves (``cfg.dis_start``,
+        ``cfg.dis_cond``)."""
+        if not self.cfg.dis_cond:
+            return h_start
+        if feats is None:
+            raise ValueError("this model's disengagement head reads the frame's conditioning: pass feats")
+        feats = feats.to(h_start.dtype)
+        return torch.cat([h_start, feats], dim=-1) if self.cfg.dis_start else feats
 
     def frame_mask(self, n_frames: int, past_frames: int = 0, device=None) -> torch.Tensor:
         """maskgit's block-causal attention mask [q, k] bool (True = may attend): queries are the
@@ -479,7 +508,8 @@ class WorldModel(nn.Module):
 
         tokens [b, K, h, w] int64, rel_pose [b, K, 6], speed [b, K], drop [b] or [b, K] bool or
         None. Returns logits [b, K, n, V], disengage [b, K, n_h, 3] (from S_k), pose [b, K, 6]
-        (normalised next move, from the frame's last image token). "ar": the position of x_k[i]
+        (normalised next move, from the frame's last image token), start [b, K, d] (the start tokens'
+        hidden states). "ar": the position of x_k[i]
         predicts x_k[i] from x_k[<i]. "maskgit": ``masked`` [b, K, n] bool (default: the last
         frame's tokens all masked) are replaced by the mask embedding and each position predicts
         its own token; ``out["masked"]`` says which logits are predictions.
@@ -499,7 +529,8 @@ class WorldModel(nn.Module):
         h = rearrange(h, "b (f n) d -> b f n d", f=k)
         out = {
             "logits": self.lm_head(h[:, :, 1:] if masked is not None else h[:, :, :-1]),
-            "disengage": self.disengage_logits(h[:, :, 0], self.frame_features(rel_pose, speed, k)),
+            "disengage": self.disengage_logits(h[:, :, 0], self.hazard_features(rel_pose, speed, k)),
+            "start": h[:, :, 0],  # the start tokens' hidden states (what the disengagement head reads)
         }
         if self.pose_head is not None:
             out["pose"] = self.pose_head(h[:, :, -1])

@@ -139,7 +139,7 @@ def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, 
         hid = model.hidden(model.embed_frame(x_out, x_masked, k, cond, prev), cache, attn_mask=mask)
         cache.length = length  # the frame's pass is not context: the next pass overwrites it
         if dis is None:  # the start token sees the context and the move, not the frame
-            dis = model.disengage_logits(hid[:b, 0], model.frame_features(rel_pose, speed, k + 1)[:, k])
+            dis = model.disengage_logits(hid[:b, 0], model.hazard_features(rel_pose, speed, k + 1)[:, k])
         logits = _guided(model.lm_head(hid[:, 1:]), b, cfg_scale)
         new, logp = _commit(logits, masked, out, t, steps, temperature, top_k, generator)
         if return_entropy:  # each token's distribution when it was committed
@@ -194,7 +194,7 @@ def generate_frame(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, 
     prev = model.prev_features(x_tok[:, -1], x_tok.shape[0], feats)  # the last context frame, around each new token
     cache = KVCache(model.cfg, emb.shape[0], emb.shape[1] + n - 1, emb.device, emb.dtype)
     hid = model.hidden(emb, cache)[:, -1]  # the new frame's start token
-    dis = model.disengage_logits(hid[:b], model.frame_features(rel_pose, speed, k + 1)[:, k])
+    dis = model.disengage_logits(hid[:b], model.hazard_features(rel_pose, speed, k + 1)[:, k])
     out = torch.empty(b, n, dtype=torch.long, device=tokens.device)
     ent = torch.zeros(b, device=tokens.device)
     for i in range(n):
@@ -230,7 +230,7 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
     for i in range(n):
         hid = model.hidden(torch.cat([prefix, *embs], dim=1))
         if dis is None:
-            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1], model.frame_features(rel_pose, speed, k + 1)[:, k])
+            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1], model.hazard_features(rel_pose, speed, k + 1)[:, k])
         logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
         out[:, i] = _pick(logits, temperature, top_k, generator)
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
