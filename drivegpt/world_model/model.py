@@ -124,7 +124,8 @@ class WorldModelConfig:
         if not (self.dis_start or self.dis_cond):
             raise ValueError("dis_start=False needs dis_cond=True: the disengagement head must read something")
         if self.dis_history < 0:
-            raise ValueError(f"dis_history={self.dis_history}: the number of earlier frames' moves the hazard head reads (>= 0)")
+            raise ValueError(f"dis_history={self.dis_history}: the number of earlier frames' moves the hazard "
+                             "head reads (>= 0)")
         if self.max_frames < 2:
             raise ValueError(f"max_frames={self.max_frames}: need at least one context frame + one to predict")
 
