@@ -87,7 +87,8 @@ def hazard_refit(cfg: DictConfig, model) -> dict:
         return {"replaced": False, "reason": "the training windows carry no disengagement targets"}
     report = refit_hazard_head(model, data, steps=int(rc.steps), lr=float(rc.lr),
                                weight_decays=tuple(float(w) for w in rc.weight_decays),
-                               aside_fraction=float(rc.aside_fraction), seed=int(cfg.seed))
+                               aside_fraction=float(rc.aside_fraction), seed=int(cfg.seed),
+                               keep_joint=bool(rc.get("keep_joint", False)))
     report["seconds"] = round(time.time() - t0, 1)
     return report
 
