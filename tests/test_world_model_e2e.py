@@ -83,9 +83,7 @@ def trained(token_shards, tmp_path_factory):
     cfg = compose("train_world_model", [
         "experiment=tiny", f"run_dir={run_dir}", f"data.shards={token_shards}", "data.context_frames=4",
         f"data.val_fraction={VAL_FRACTION}", f"trainer.max_steps={STEPS}", "trainer.limit_val_batches=1", "trainer.val_check_interval=null",
-        "world_model.n_embd=64", "world_model.n_head=4", "world_model.lr=3e-3", "world_model.warmup_steps=20",
-        "world_model.dis_start=false", "world_model.dis_history=2", "world_model.hazard_refit.enabled=true",
-        "world_model.hazard_refit.steps=20"])
+        "world_model.n_embd=64", "world_model.n_head=4", "world_model.lr=3e-3", "world_model.warmup_steps=20"])
     metrics = run(cfg)
     return run_dir, metrics
 
@@ -97,13 +95,30 @@ def test_train_stage_writes_a_loadable_model_that_beats_chance(trained):
     m = load_world_model(run_dir / "world_model.pt")
     assert m.cfg.grid == (4, 8) and m.cfg.context_frames == 3 and bool(m.cond_fitted)
     assert metrics["train_bits_per_token"] < 0.5 * np.log2(V)
-    # the disengagement head was refit on the training segments; the saved model carries the head
-    # the refit chose (the Lightning checkpoint keeps the jointly trained one)
+    assert "hazard_refit" not in metrics  # off by default
+
+
+def test_train_stage_refits_the_hazard_head_on_training_segments_and_saves_it(token_shards, tmp_path):
+    from drivegpt.stages.train_world_model import run
+
+    cfg = compose("train_world_model", [
+        "experiment=tiny", f"run_dir={tmp_path}", f"data.shards={token_shards}", "data.context_frames=4",
+        f"data.val_fraction={VAL_FRACTION}", "trainer.max_steps=5", "trainer.limit_val_batches=1",
+        "trainer.val_check_interval=null", "world_model.dis_start=false", "world_model.dis_history=2",
+        "world_model.hazard_refit.enabled=true", "world_model.hazard_refit.steps=20"])
+    metrics = run(cfg)
     refit = metrics["hazard_refit"]
-    assert refit["segments"] >= 2 and refit["windows_frames"] > 0 and "aside_score_joint" in refit
-    joint = load_world_model(run_dir / "checkpoints" / "last.ckpt").dis_head.state_dict()
-    same = all(torch.equal(v, joint[k]) for k, v in m.dis_head.state_dict().items())
-    assert same != refit["replaced"], refit
+    from drivegpt.data.loaders import split_of
+    from drivegpt.sim.roadworld.fleet import segment_id
+
+    train_segments = {i for i in range(8) if split_of(segment_id(100 + i), VAL_FRACTION) == "train"}
+    assert refit["segments"] == len(train_segments) and refit["windows_frames"] > 0 and refit["replaced"]
+    assert refit["aside_segments"] >= 1 and "aside_score_joint" in refit and "aside_score_refit" in refit
+    # the saved model carries the refit head; the Lightning checkpoint keeps the jointly trained one
+    saved = load_world_model(tmp_path / "world_model.pt")
+    joint = load_world_model(tmp_path / "checkpoints" / "last.ckpt").dis_head.state_dict()
+    assert not all(torch.equal(v, joint[k]) for k, v in saved.dis_head.state_dict().items())
+    assert saved.cfg.dis_history == 2 and not saved.cfg.dis_start
 
 
 def turn_cases(token_shards):
