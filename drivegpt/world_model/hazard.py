@@ -12,12 +12,13 @@ a few weight decays and early stopping, all chosen on a part of the *training* s
 aside (never the evaluation's held-out split), and replaces the joint head. (It is not compared
 with the joint head on the held-aside windows: the joint head trained on them. In the proof's
 fifth run that comparison kept a joint head scoring 0.59 held aside against the refit's 0.55,
-and 0.56 on the held-out split, where a refit on the fourth run's features scored 0.65.) The choice is only honest for inputs the world model did not learn
-on those segments: the moves are data, but the start token's hidden state comes from a
-transformer trained on every training segment (with the hazard's gradient), so held-aside
-segments are not held out from it (measured: a head on that state alone had a mean AUROC of
-0.61 on held-aside segments, ~0.53 on the held-out split). Use it with ``dis_start=False`` (the
-head reads the moves alone).
+and 0.56 on the held-out split, where a refit on the fourth run's features scored 0.65.)
+
+The choice is only honest for inputs the world model did not learn on those segments: the moves
+are data, but the start token's hidden state comes from a transformer trained on every training
+segment (with the hazard's gradient), so held-aside segments are not held out from it
+(measured: a head on that state alone had a mean AUROC of 0.61 on held-aside segments, ~0.53 on
+the held-out split). Use it with ``dis_start=False`` (the head reads the moves alone).
 """
 
 from __future__ import annotations

@@ -471,8 +471,10 @@ class WorldModel(nn.Module):
 
     def disengage_logits(self, h_start: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
         """h_start [..., d] (and with ``cfg.dis_cond`` the frame's recent conditioning [..., 7 (1 +
-        dis_history)], ``hazard_features``) -> calibrated logits [..., n_horizons, n_causes] (raw + dis_prior)."""
-        raw = rearrange(self.dis_head(self.hazard_input(h_start, feats)), "... (nh c) -> ... nh c", c=self.cfg.n_causes)
+        dis_history)], ``hazard_features``) -> calibrated logits [..., n_horizons, n_causes] (raw +
+        dis_prior)."""
+        raw = self.dis_head(self.hazard_input(h_start, feats))
+        raw = rearrange(raw, "... (nh c) -> ... nh c", c=self.cfg.n_causes)
         return raw + self.dis_prior.to(raw.dtype)
 
     def hazard_input(self, h_start: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
@@ -509,11 +511,11 @@ class WorldModel(nn.Module):
 
         tokens [b, K, h, w] int64, rel_pose [b, K, 6], speed [b, K], drop [b] or [b, K] bool or
         None. Returns logits [b, K, n, V], disengage [b, K, n_h, 3] (from S_k), pose [b, K, 6]
-        (normalised next move, from the frame's last image token), start [b, K, d] (the start tokens'
-        hidden states). "ar": the position of x_k[i]
-        predicts x_k[i] from x_k[<i]. "maskgit": ``masked`` [b, K, n] bool (default: the last
-        frame's tokens all masked) are replaced by the mask embedding and each position predicts
-        its own token; ``out["masked"]`` says which logits are predictions.
+        (normalised next move, from the frame's last image token), start [b, K, d] (the start
+        tokens' hidden states). "ar": the position of x_k[i] predicts x_k[i] from x_k[<i].
+        "maskgit": ``masked`` [b, K, n] bool (default: the last frame's tokens all masked) are
+        replaced by the mask embedding and each position predicts its own token; ``out["masked"]``
+        says which logits are predictions.
         """
         k = tokens.shape[1]
         if self.cfg.decoding == "maskgit":

@@ -230,7 +230,8 @@ def generate_frame_full(model: WorldModel, tokens, rel_pose, speed, temperature=
     for i in range(n):
         hid = model.hidden(torch.cat([prefix, *embs], dim=1))
         if dis is None:
-            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1], model.hazard_features(rel_pose, speed, k + 1)[:, k])
+            dis = model.disengage_logits(hid[:b, prefix.shape[1] - 1],
+                                         model.hazard_features(rel_pose, speed, k + 1)[:, k])
         logits = _guided(model.lm_head(hid[:, -1]), b, cfg_scale)
         out[:, i] = _pick(logits, temperature, top_k, generator)
         nxt = out[:, i] if cfg_scale == 1.0 else torch.cat([out[:, i], out[:, i]])
