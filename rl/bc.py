@@ -21,9 +21,11 @@ the engaged decisions of segments whose autopilot quality (the procedural fleet'
 value; human-driven decisions (the safety driver's takeovers: good demonstrations) are kept
 from every segment, weighted ``human_weight``.
 
-Augmentation: ``pad_prob`` (padded histories, as at episode starts) and ``photometric``
+Augmentation: ``pad_prob`` (padded histories, as at episode starts), ``photometric``
 (per-window brightness/contrast jitter of +-that fraction: the closed-loop roads differ in
-lighting from the training roads).
+lighting from the training roads) and ``viewpoint`` (recovery views, ``rl.viewpoint``: the
+frames as seen from a car shifted sideways and turned, with the curvature that steers back to
+the logged path; the camera comes from the shards' ``meta.camera``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
+from drivegpt.rl.viewpoint import Camera, ViewpointAugment
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 from drivegpt.trainable import EvalSums, valid_rows
 
@@ -141,6 +144,24 @@ def segment_behaviours(spec) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
+def shards_camera(spec) -> Camera:
+    """The camera of the shards' segments (``meta.camera``, the schema's required intrinsics); a
+    clear error when a segment has none or the segments disagree (one camera per fleet here)."""
+    cams = {}
+    for meta in _segment_metas(spec):
+        sid = str(meta.get("segment_id"))
+        cam = Camera.from_meta(meta.get("camera"), where=f"data.shards={spec}: segment {sid!r}, key 'camera'")
+        cams.setdefault(cam, sid)
+        if len(cams) > 1:
+            (a, sa), (b, sb) = list(cams.items())[:2]
+            raise ValueError(f"data.shards={spec}: segments {sa!r} and {sb!r} have different cameras ({a} vs "
+                             f"{b}); rl.bc.viewpoint needs one camera per fleet")
+    if not cams:
+        raise ValueError(f"data.shards={spec}: no segment meta.json with a 'camera' (rl.bc.viewpoint needs the "
+                         "intrinsics; local .tar shards only)")
+    return next(iter(cams))
+
+
 def in_episodes(frame: torch.Tensor, segment_ids, episodes: dict[str, list[tuple[int, int]]]) -> torch.Tensor:
     """bool [b]: frame[i] of segment_ids[i] lies inside one of that segment's episodes."""
     out = torch.zeros(len(frame), dtype=torch.bool)
@@ -186,9 +207,15 @@ class BCModule(L.LightningModule):
                  log_std_target: float = -1.5, pad_prob: float = 0.1, max_steps: int | None = None,
                  min_quality: float | None = None, qualities: dict[str, float] | None = None,
                  human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
-                 episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1):
+                 episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1,
+                 viewpoint: dict | None = None, camera: Camera | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["qualities", "episodes"])
+        self.save_hyperparameters(ignore=["qualities", "episodes", "camera"])
+        self.viewpoint = None
+        if viewpoint and float(viewpoint.get("prob", 0.0)) > 0:
+            if camera is None:
+                raise ValueError("rl.bc.viewpoint.prob > 0 needs the fleet's camera (meta.camera)")
+            self.viewpoint = ViewpointAugment.from_settings(camera, dict(viewpoint), frame_dt=dt)
         self.qualities = dict(qualities or {})
         self.episodes = dict(episodes or {})  # driver-behaviour episodes BC must not imitate
         self.policy = Policy(PolicyConfig.from_dict(policy_config))
@@ -217,6 +244,8 @@ class BCModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         frames, speed, target, w = self._prepare(batch)
+        if self.viewpoint is not None:  # recovery views: shifted / turned car, corrected curvature
+            frames, target = self.viewpoint(frames, speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
         loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "target": target, "weight": w},

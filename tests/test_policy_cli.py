@@ -118,3 +118,36 @@ def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
 
     with pytest.raises(ValueError, match="checkpoint=BC_POLICY"):
         run(compose("train_policy", ["stage=rl", "experiment=tiny", f"run_dir={tmp_path / 'x'}"]))
+
+
+def test_bc_cli_viewpoint_augments_with_the_fleet_camera(bc_run, tmp_path, monkeypatch):
+    """rl.bc.viewpoint.prob > 0: the stage reads the camera from the shards' meta and every
+    training batch goes through the augmentation (prob 0, the default, never builds it)."""
+    from drivegpt.rl import viewpoint
+
+    seen = []
+    orig = viewpoint.ViewpointAugment.__call__
+
+    def spy(self, frames, speed, target, generator=None):
+        seen.append((self.camera, frames.shape[0]))
+        return orig(self, frames, speed, target, generator)
+
+    monkeypatch.setattr(viewpoint.ViewpointAugment, "__call__", spy)
+    shards = bc_run.parent / "fleet"
+    assert main(["train", "policy", "stage=bc", "experiment=tiny", f"data.shards={shards}",
+                 f"run_dir={tmp_path / 'vp'}", "data.val_fraction=0.5", "rl.bc.max_steps=3",
+                 "rl.bc.viewpoint.prob=1.0"]) == 0
+    assert len(seen) == 3
+    meta = json.loads(next(iter(_metas(shards))))
+    cam = seen[0][0]
+    assert (cam.fx, cam.width, cam.height) == (meta["camera"]["fx"], meta["camera"]["width"], meta["camera"]["height"])
+
+
+def _metas(shards):
+    import tarfile
+
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                if m.name.endswith("meta.json"):
+                    yield tar.extractfile(m).read()

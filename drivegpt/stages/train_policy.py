@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from drivegpt import tracking
 from drivegpt.data.datamodule import FleetDataModule
-from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities
+from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities, shards_camera
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
 from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
@@ -74,6 +74,8 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
     dt = float(cfg.data.stride) / float(cfg.data.fps)
     min_q = b.get("min_quality")
     qualities = segment_qualities(cfg.data.shards) if min_q is not None else {}
+    vp = OmegaConf.to_container(b.viewpoint, resolve=True) if b.get("viewpoint") else None
+    vp = vp if vp and float(vp.get("prob", 0.0)) > 0 else None
     module = BCModule(pcfg.to_dict(), dt=dt, lr=float(b.lr), weight_decay=float(b.weight_decay),
                       exclude_before_disengage_s=float(b.exclude_before_disengage_s),
                       horizons_s=[float(h) for h in cfg.data.horizons], log_std_target=float(b.log_std_target),
@@ -82,7 +84,8 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
                       human_weight=float(b.get("human_weight", 1.0)), photometric=float(b.get("photometric", 0.0)),
                       warmup_steps=int(b.get("warmup_steps") or 0),
                       episodes=segment_behaviours(cfg.data.shards) if b.get("exclude_behaviours") else None,
-                      stride=int(cfg.data.stride))
+                      stride=int(cfg.data.stride), viewpoint=vp,
+                      camera=shards_camera(cfg.data.shards) if vp else None)
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
