@@ -66,7 +66,7 @@ class _Scenario:
             self.traj.add(m["speed"], m["flow_speed"], m["lat_accel"], m["accel"], m["lane_offset"], self.stretch)
             cause = self.takeover.check(m)
             if cause != Cause.NONE:
-                self.traj.disengage(int(cause))
+                self.traj.disengage(int(cause), self.takeover.reason)
                 self.stretch += 1
 
     def observe(self, k: int) -> None:

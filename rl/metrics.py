@@ -9,7 +9,9 @@ test was driving (engaged), and the disengagements it caused (cause codes, ``dat
 - ``speed_ratio``: mean speed / mean flow speed over engaged time (1 = keeps up with traffic);
 - ``lat_accel_p50/p95/p99`` |v^2 k| m/s^2, ``jerk_p50/p95/p99`` |da/dt| m/s^3 (jerk within
   continuous engaged stretches only);
-- ``lane_error_mean`` / ``_p95`` / ``_rms``: |lateral offset from the lane centre| m.
+- ``lane_error_mean`` / ``_p95`` / ``_rms``: |lateral offset from the lane centre| m;
+- ``rule_<name>``: disengagements by the safety rule that fired (``lane_offset``, ``lat_accel``,
+  ``slow``...; the road world's ``Safety.reason``), when the trajectories recorded it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Trajectory:
     lane_offset: list = field(default_factory=list)
     stretch: list = field(default_factory=list)   # id of the continuous engaged stretch
     causes: list = field(default_factory=list)    # one cause code per disengagement
+    reasons: list = field(default_factory=list)   # the rule that fired, per disengagement ("" unknown)
 
     def add(self, speed, flow_speed, lat_accel, accel, lane_offset, stretch: int = 0):
         self.speed.append(float(speed))
@@ -40,10 +43,11 @@ class Trajectory:
         self.lane_offset.append(float(lane_offset))
         self.stretch.append(int(stretch))
 
-    def disengage(self, cause: int):
+    def disengage(self, cause: int, reason: str = ""):
         if int(cause) == Cause.NONE:
             raise ValueError("Trajectory.disengage: cause must be a Cause code != NONE")
         self.causes.append(int(cause))
+        self.reasons.append(str(reason or ""))
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -81,6 +85,9 @@ def closed_loop_metrics(trajs: list[Trajectory]) -> dict[str, float]:
         n = int((causes == int(code)).sum())
         out[f"{name}"] = float(n)
         out[f"{name}_per_100km"] = float(n / km * 100.0) if km > 0 else float("nan")
+    reasons = [r for t in trajs for r in t.reasons if r]
+    for r in sorted(set(reasons)):
+        out[f"rule_{r}"] = float(reasons.count(r))
     flow = cat["flow_speed"].mean() if cat["flow_speed"].size else float("nan")
     out["mean_speed"] = float(cat["speed"].mean()) if cat["speed"].size else float("nan")
     out["speed_ratio"] = float(cat["speed"].mean() / flow) if flow and flow > 0 else float("nan")

@@ -82,3 +82,21 @@ def test_drive_records_the_first_scenario_for_the_video():
     assert frames[0][0].shape == (32, 64, 3) and frames[0][0].dtype == np.uint8
     assert frames[0][1].startswith("p engaged")
     assert not np.array_equal(frames[0][0], frames[-1][0])  # the car moved
+
+
+def test_drive_records_the_rule_behind_each_disengagement():
+    """Each disengagement carries the safety rule that fired; the counts add up to the total and a
+    rule made strict on purpose (a 5 cm lane-offset limit) shows up under its own name."""
+    from drivegpt.rl.evaluate import drive
+
+    cfg = {"height": 32, "width": 64, "safety": {"max_lane_offset": 0.05}}
+    m = closed_loop_metrics(drive("autopilot", [1_000_000, 1_000_001], 20.0, cfg))
+    rules = {k: v for k, v in m.items() if k.startswith("rule_")}
+    assert m["disengagements"] > 0 and sum(rules.values()) == m["disengagements"]
+    assert rules.get("rule_lane_offset", 0) >= 0.5 * m["disengagements"], rules
+    t = Trajectory(dt=0.05)
+    t.add(10, 10, 0, 0, 0)
+    t.disengage(1, "heading")
+    t.disengage(1)
+    m = closed_loop_metrics([t])
+    assert m["rule_heading"] == 1.0 and m["disengagements"] == 2.0
