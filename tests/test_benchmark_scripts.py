@@ -112,3 +112,29 @@ def test_parallel_decoding_benchmark_shares_the_context_pass_under_guidance():
     assert row["batch"] == 2 and set(row["env_steps_per_s"]) == {"ar_cfg1", "ar_cfg3", "parallel2_cfg1",
                                                                   "parallel2_cfg3"}
     assert all(v > 0 for v in row["env_steps_per_s"].values())
+
+
+def test_bc_recovery_trains_the_baseline_without_views_in_the_same_run(tmp_path):
+    """Both BCs come from the same stage and fleet; only the views differ (prob 0 vs --prob)."""
+    from synth_fleet import make_segment
+
+    from drivegpt.data.shards import write_shards
+
+    write_shards(tmp_path / "fleet", 4, lambda i: make_segment(seed=[0, 1, 2, 6][i], t=20, events={12: 1}),
+                 maxcount=1, progress=False)
+    br = _load("bc_recovery")
+    n = torch.get_num_threads()
+    try:
+        res = br.main(["--shards", str(tmp_path / "fleet"), "--experiment", "tiny", "--scenarios", "1",
+                       "--seconds", "2", "--prob", "1.0", "--out", str(tmp_path / "runs")])
+    finally:
+        torch.set_num_threads(n)
+    assert set(res["runs"]) == {"without_seed0", "with_seed0"}
+    probs = {}
+    for name in res["runs"]:
+        hp = torch.load(tmp_path / "runs" / name / "checkpoints" / "last.ckpt", map_location="cpu",
+                        weights_only=False)["hyper_parameters"]
+        probs[name] = float((hp.get("viewpoint") or {}).get("prob", 0.0))
+    assert probs == {"without_seed0": 0.0, "with_seed0": 1.0}
+    for row in res["runs"].values():
+        assert row["km"] > 0 and row["zero_action_mae"] > 0
