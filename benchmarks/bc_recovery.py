@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--offset", type=float, default=None, help="max_offset_m (default: the preset's)")
     ap.add_argument("--preview", type=float, default=None, help="preview_s (default: the preset's)")
     ap.add_argument("--out", default=None, help="keep the BC runs here (default: a temporary folder)")
+    ap.add_argument("--override", nargs="*", default=[], help="more hydra overrides for both BC runs")
     a = ap.parse_args(argv)
     from drivegpt.cli import main as cli
     from drivegpt.config import compose
@@ -75,7 +76,8 @@ def main(argv=None) -> dict:
         for name, ov in (("without", ["rl.bc.viewpoint.prob=0"]), ("with", on)):
             run = root / f"{name}_seed{seed}"
             code = cli(["train", "policy", "stage=bc", f"experiment={a.experiment}", f"data.shards={a.shards}",
-                        f"run_dir={run}", f"seed={seed}", "logger=none", "trainer.enable_progress_bar=false", *ov])
+                        f"run_dir={run}", f"seed={seed}", "logger=none", "trainer.enable_progress_bar=false",
+                        *a.override, *ov])
             if code != 0:
                 raise SystemExit(f"bc_recovery: BC ({name}, seed {seed}) failed with exit code {code}")
             m = json.loads((run / "metrics.json").read_text())

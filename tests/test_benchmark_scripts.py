@@ -120,13 +120,15 @@ def test_bc_recovery_trains_the_baseline_without_views_in_the_same_run(tmp_path)
 
     from drivegpt.data.shards import write_shards
 
-    write_shards(tmp_path / "fleet", 4, lambda i: make_segment(seed=[0, 1, 2, 6][i], t=20, events={12: 1}),
+    seeds = [0, 1, 2, 3, 6, 8]  # seg0006 and seg0008 are held out at val_fraction=0.5 (test_policy_cli)
+    write_shards(tmp_path / "fleet", 6, lambda i: make_segment(seed=seeds[i], t=20, events={12: 1}),
                  maxcount=1, progress=False)
     br = _load("bc_recovery")
     n = torch.get_num_threads()
     try:
         res = br.main(["--shards", str(tmp_path / "fleet"), "--experiment", "tiny", "--scenarios", "1",
-                       "--seconds", "2", "--prob", "1.0", "--out", str(tmp_path / "runs")])
+                       "--seconds", "2", "--prob", "1.0", "--out", str(tmp_path / "runs"),
+                       "--override", "data.val_fraction=0.5"])
     finally:
         torch.set_num_threads(n)
     assert set(res["runs"]) == {"without_seed0", "with_seed0"}
@@ -136,5 +138,6 @@ def test_bc_recovery_trains_the_baseline_without_views_in_the_same_run(tmp_path)
                         weights_only=False)["hyper_parameters"]
         probs[name] = float((hp.get("viewpoint") or {}).get("prob", 0.0))
     assert probs == {"without_seed0": 0.0, "with_seed0": 1.0}
-    for row in res["runs"].values():
-        assert row["km"] > 0 and row["zero_action_mae"] > 0
+    assert res["views"][0] == "rl.bc.viewpoint.prob=1.0"
+    for row in res["runs"].values():  # both drove the held-out scenario closed loop
+        assert row["km"] > 0 and set(row) >= {"per_100km", "lane_error_mean", "action_mae"}
