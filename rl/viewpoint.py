@@ -13,7 +13,9 @@ does that with the camera's intrinsics from the log (``meta.camera``), no simula
   real camera; the rest (sky, the far road) are treated as at infinity and only rotate. Things
   above the road are distorted as if painted on it, the price PilotNet paid too. One remap
   (``cv2.remap``) per window serves all K frames of its history: the car is shown offset by the
-  same amount over the window, driving parallel to the logged line.
+  same amount over the window, driving parallel to the logged line. With ``drift`` (and the
+  seconds between frames) each earlier frame is shown where the heading error had the car drive
+  from instead, ``dy - v t sin(dyaw)``, so the history moves sideways as a turned car's does.
 - **Label.** The logged path is continued as the arc of the logged curvature. The target is
   the point ``preview_s`` seconds ahead on that arc (at least ``min_preview_m``). The label's
   curvature is the pure-pursuit arc from the virtual car to that point, ``2 y / (x^2 + y^2)``
