@@ -18,9 +18,16 @@ from drivegpt.world_model.metrics import r2
 
 
 class InverseDynamics(nn.Module):
-    """(frame a, frame b) uint8 [b, H, W, 3] x 2 -> (yaw rate, lateral) normalised [b, 2]."""
+    """(frame a, frame b) uint8 [b, H, W, 3] x 2 -> (yaw rate, lateral) normalised [b, 2].
 
-    def __init__(self, width: int = 32):
+    Four stride-2 convolutions over (a, b, b - a), then a head that keeps *where* things moved:
+    the features average-pooled to a ``grid`` (4 x 8 = the 64 x 128 frame / 16) and flattened
+    into an MLP. A turn shifts the far scene sideways, a lateral move shifts the near road more
+    than the far one: a global average pool (the first design) threw that away and capped the
+    net's R^2 on real pairs at 0.71 / 0.66 in the demo, where the grid head reaches 0.89 / 0.83
+    at the same steps and cost (README "World model", "Pose-following ceiling")."""
+
+    def __init__(self, width: int = 32, grid: tuple[int, int] = (4, 8), hidden: int = 128):
         super().__init__()
         c = width
         self.net = nn.Sequential(
@@ -28,7 +35,8 @@ class InverseDynamics(nn.Module):
             nn.Conv2d(c, 2 * c, 3, 2, 1), nn.GELU(),
             nn.Conv2d(2 * c, 2 * c, 3, 2, 1), nn.GELU(),
             nn.Conv2d(2 * c, 4 * c, 3, 2, 1), nn.GELU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, 2),
+            nn.AdaptiveAvgPool2d(tuple(grid)), nn.Flatten(),
+            nn.Linear(4 * c * int(grid[0]) * int(grid[1]), hidden), nn.GELU(), nn.Linear(hidden, 2),
         )
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
