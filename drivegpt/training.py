@@ -132,6 +132,66 @@ class DataAuditCallback(Callback):
                 "max_abs_change": max(change, default=0.0)}
 
 
+class StepBudget(Callback):
+    """A stage's length in wall-clock seconds as well as steps: the step count is fixed once,
+    early, from the measured step time, so the learning-rate schedule (which reads
+    ``pl_module.schedule_steps``) stays a deterministic function of the step and every rank
+    agrees on it.
+
+    The steps from ``start`` to ``start + measure`` are timed (the first ones pay for worker
+    start-up and warm-up); at ``start + measure`` the run's total becomes
+    ``min(max_steps, done + (seconds - elapsed) / step_time)``, broadcast from rank 0. A machine
+    fast enough to finish ``max_steps`` within ``seconds`` trains exactly as without a budget;
+    a slower one trains fewer steps with the schedule compressed to fit. ``report`` holds what
+    was measured and decided (saved in checkpoints, so a resumed run keeps the decision)."""
+
+    def __init__(self, seconds: float, start: int = 5, measure: int = 20):
+        if not seconds or seconds <= 0:
+            raise ValueError(f"StepBudget: seconds={seconds!r}, expected > 0")
+        self.seconds, self.start, self.measure = float(seconds), int(start), int(measure)
+        self.report: dict = {}
+        self._t0 = self._t_start = None
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+
+        self._t0 = time.perf_counter() - float(self.report.get("elapsed_before", 0.0))
+        if self.report.get("steps") is not None:  # resumed after the decision
+            self._apply(trainer, pl_module, int(self.report["steps"]))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        step = int(trainer.global_step)
+        if self.report.get("steps") is not None:
+            self.report["elapsed_before"] = time.perf_counter() - self._t0
+            return
+        if step == self.start:
+            self._t_start = time.perf_counter()
+        elif step == self.start + self.measure and self._t_start is not None:
+            now = time.perf_counter()
+            step_s = (now - self._t_start) / self.measure
+            left = self.seconds - (now - self._t0)
+            cap = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else 10 ** 9
+            total = max(step + 1, min(cap, step + int(left / step_s)))
+            total = int(trainer.strategy.broadcast(total, src=0))
+            self.report = {"seconds": self.seconds, "step_seconds": round(step_s, 4), "max_steps": cap,
+                           "steps": total, "bound": "time" if total < cap else "steps",
+                           "elapsed_before": now - self._t0}
+            self._apply(trainer, pl_module, total)
+
+    @staticmethod
+    def _apply(trainer, pl_module, total: int):
+        trainer.fit_loop.epoch_loop.max_steps = total  # what the loop checks every step
+        pl_module.schedule_steps = total
+
+    def state_dict(self):
+        return {"report": dict(self.report)}
+
+    def load_state_dict(self, state_dict):
+        self.report = dict(state_dict.get("report") or {})
+
+
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 _SPAWN = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
 

@@ -59,6 +59,7 @@ class PPOConfig:
                                        # that are minus a hazard, ending the episode must not pay
     detach_critic: bool = True         # value loss does not train the shared features (policy.detach_critic)
     value_warmup_iterations: int = 0   # first N iterations fit the critic only (BC trains no critic)
+    train_seconds: float | None = None  # wall-clock budget: no iteration starts that would end past it
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PPOConfig":
@@ -314,6 +315,7 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
     obs = env.reset(seed=seed + start_iteration)
     running = None
     history = []
+    t_loop = time.perf_counter()
     for it in range(start_iteration, cfg.iterations):
         t0 = time.perf_counter()
         policy.train()
@@ -340,9 +342,17 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
             km = float(buf["distance"].sum()) / 1000.0
             stats["predicted_event_prob"] = float(buf["event_prob"].mean())
             stats["predicted_per_100km"] = float(buf["event_prob"].sum()) / km * 100.0 if km > 0 else float("nan")
+        # the budget: stop where one more iteration (at this run's mean pace, callbacks included)
+        # would end past it; stats["last"] tells the callbacks (keep-the-best scores the last one)
+        done = it + 1 - start_iteration
+        spent = time.perf_counter() - t_loop
+        out_of_time = cfg.train_seconds is not None and spent + spent / done > float(cfg.train_seconds)
+        stats["last"] = it + 1 == cfg.iterations or out_of_time
         history.append(stats)
         if log is not None:
             log(it, stats)
         if on_iteration is not None:
             on_iteration(it, stats, optimizer)
+        if out_of_time and it + 1 < cfg.iterations:
+            break
     return history

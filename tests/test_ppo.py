@@ -241,3 +241,33 @@ def test_frame_history_env_passes_final_obs_in_policy_format():
     assert f[:, 0, 0, 0].tolist() == [0, 1, 2]  # the history the episode ended on
     assert float(info["final_obs"]["speed"][0]) == 7.0
     assert obs["frames"][0, :, 0, 0, 0].tolist() == [100, 100, 100]  # the new episode's padded history
+
+
+class SlowLaneToy(LaneToy):
+    """LaneToy whose steps take ``delay`` seconds of wall time (a slow machine)."""
+
+    def __init__(self, n, delay):
+        super().__init__(n)
+        self.delay = delay
+
+    def step(self, action):
+        import time
+
+        time.sleep(self.delay)
+        return super().step(action)
+
+
+def test_time_budget_stops_iterations_and_flags_the_last():
+    # 10 steps x 20 ms ~ 0.2 s per iteration: a 0.9 s budget leaves room for about 4 of 50,
+    # and the iteration it stops on says so (keep-the-best scores it)
+    cfg = PPOConfig(num_envs=4, rollout_steps=10, iterations=50, epochs=1, minibatches=1, train_seconds=0.9)
+    seen = []
+    hist = train_ppo(MLPPolicy(), SlowLaneToy(4, 0.02), cfg, seed=0,
+                     on_iteration=lambda it, stats, opt: seen.append((it, stats["last"])))
+    assert 2 <= len(hist) <= 5, len(hist)
+    assert sum(h["seconds"] for h in hist) < 0.9 + 0.25
+    assert seen[-1] == (len(hist) - 1, True) and not any(last for _, last in seen[:-1])
+    # without a budget the configured count runs, the last one flagged
+    full = train_ppo(MLPPolicy(), LaneToy(4), PPOConfig(num_envs=4, rollout_steps=10, iterations=3, epochs=1,
+                                                        minibatches=1), seed=0)
+    assert [h["last"] for h in full] == [False, False, True]

@@ -222,7 +222,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
             logger.video(it, paths)
             rec["frames"] = []
         rec["it"] = it + 1
-        if selector is not None and ((it + 1) % sel_every == 0 or it + 1 == pcfg.iterations):
+        if selector is not None and ((it + 1) % sel_every == 0 or stats.get("last")):
             sc = sim_score(policy, scorer, sel_seed, sel_steps)
             better = selector.offer(it, policy, sc)
             stats.update({f"select_{k}": v for k, v in sc.items()}, select_best=float(better))

@@ -21,7 +21,7 @@ from drivegpt.runs import mark_done, write_metrics
 from drivegpt.tokenizer.model import save_tokenizer
 from drivegpt.tokenizer.module import TokenizerModule
 from drivegpt.tokenizer.callbacks import ReconImages
-from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
+from drivegpt.training import StepBudget, collective_errors, collective_timeout, make_trainer, resume_path
 
 
 def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModule, dict]:
@@ -37,7 +37,10 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     trainer_overrides = {"gradient_clip_val": None, "accumulate_grad_batches": 1, **trainer_overrides}
     if cfg.tokenizer.get("train_steps"):  # this stage's own length (trainer.max_steps is shared)
         trainer_overrides.setdefault("max_steps", int(cfg.tokenizer.train_steps))
-    trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=[ReconImages(run_dir, every)], **trainer_overrides)
+    callbacks = [ReconImages(run_dir, every)]
+    budget = StepBudget(float(cfg.tokenizer.train_seconds)) if cfg.tokenizer.get("train_seconds") else None
+    trainer = make_trainer(cfg, run_dir, "tokenizer", callbacks=callbacks + ([budget] if budget else []),
+                           **trainer_overrides)
     t0 = time.time()
     resume = resume_path(cfg, run_dir)
     resumed_from = lightning_global_step(resume) if resume else 0  # before fit overwrites last.ckpt
@@ -54,6 +57,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
         "tokenizer/steps": steps,
         "tokenizer/resumed_from_step": resumed_from,
         "tokenizer/train_seconds": seconds,
+        "tokenizer/budget": budget.report if budget else None,
         "tokenizer/train_psnr": float(m["train/psnr"]) if "train/psnr" in m else None,
         "tokenizer/val_psnr": float(m["val/psnr"]) if "val/psnr" in m else None,
         "tokenizer/train_usage": float((counts > 0).mean()) if counts.sum() else None,

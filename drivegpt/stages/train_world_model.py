@@ -19,7 +19,7 @@ from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.runs import mark_done, write_metrics
 from drivegpt.stages.common import bind_fps, run_dir_of
-from drivegpt.training import collective_errors, collective_timeout, make_trainer, resume_path
+from drivegpt.training import StepBudget, collective_errors, collective_timeout, make_trainer, resume_path
 from drivegpt.world_model.callbacks import SampleRollouts
 from drivegpt.world_model.checkpoint import load_world_model, save_world_model
 from drivegpt.world_model.hazard import hazard_inputs, refit_hazard_head
@@ -102,7 +102,9 @@ def run(cfg: DictConfig) -> dict:
     module = build_module(cfg, meta["vocab_size"], meta["grid"], tok_path)
     dm = FleetDataModule(cfg, kind="windows", key="tokens")
     callbacks = [SampleRollouts(run_dir / "samples", tok_path, int(cfg.world_model.get("sample_rollouts", 2)))]
-    trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks, max_steps=max_steps(cfg))
+    budget = StepBudget(float(cfg.world_model.train_seconds)) if cfg.world_model.get("train_seconds") else None
+    trainer = make_trainer(cfg, run_dir, "world_model", callbacks=callbacks + ([budget] if budget else []),
+                           max_steps=max_steps(cfg))
     t0 = time.time()
     with collective_errors("train_world_model", trainer, collective_timeout(cfg.trainer).total_seconds()):
         trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, run_dir))
@@ -120,6 +122,7 @@ def run(cfg: DictConfig) -> dict:
         "tokenizer_path": tok_path,
         "params": model.num_params(),
         "train_seconds": train_s,
+        "budget": budget.report if budget else None,
         "global_step": trainer.global_step,
         "tokens_per_step": int(cfg.data.batch_size) * model.cfg.block_size * int(cfg.trainer.accumulate_grad_batches),
     }

@@ -125,10 +125,12 @@ class TokenizerModule(L.LightningModule):
         opt_g = torch.optim.Adam(self.model.parameters(), lr=float(o.lr), betas=tuple(o.betas),
                                  weight_decay=float(o.weight_decay))
         warm, floor = max(1, int(o.warmup_steps)), float(o.get("min_lr_ratio", 1.0))
-        total = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else 0
-        # warm-up, then a cosine to lr * min_lr_ratio at the stage's last step (1.0: constant)
+        self.schedule_steps = int(self.trainer.max_steps) if self._trainer is not None and self.trainer.max_steps > 0 else 0
+        # warm-up, then a cosine to lr * min_lr_ratio at the stage's last step (1.0: constant); a
+        # time budget (drivegpt.training.StepBudget) may shorten schedule_steps once, early
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt_g, lambda s: cosine_lr(s, warm, total, floor) if total > warm else min(1.0, (s + 1) / warm))
+            opt_g, lambda s: cosine_lr(s, warm, self.schedule_steps, floor) if self.schedule_steps > warm
+            else min(1.0, (s + 1) / warm))
         g = {"optimizer": opt_g, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.disc is None:
             return g

@@ -143,6 +143,7 @@ class WorldModelModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
                                 fused=torch.cuda.is_available() and self.device.type == "cuda")
+        self.schedule_steps = int(hp.max_steps)  # a time budget (drivegpt.training.StepBudget) may shorten it
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: cosine_lr(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))
+            opt, lambda s: cosine_lr(s, hp.warmup_steps, self.schedule_steps, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

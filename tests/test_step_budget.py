@@ -1,0 +1,68 @@
+"""StepBudget: a stage's length in seconds as well as steps (drivegpt.training)."""
+
+import time
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from drivegpt.trainable import cosine_lr
+from drivegpt.training import StepBudget
+
+
+class SlowRegression(L.LightningModule):
+    """y = 3x fitted by one weight; each step sleeps ``delay`` s (a slow machine); the lr follows
+    a cosine over ``schedule_steps``, as the tokenizer's and the world model's do."""
+
+    def __init__(self, delay: float, max_steps: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.delay, self.schedule_steps = delay, max_steps
+        self.lrs: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.delay)
+        self.lrs.append(self.optimizers().param_groups[0]["lr"])
+        x = batch[0]
+        return ((self.w * x - 3 * x) ** 2).mean()
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, 2, self.schedule_steps, 0.0))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self):
+        x = torch.randn(4096, 1)
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8)
+
+
+def _fit(tmp_path, delay, max_steps, seconds):
+    module = SlowRegression(delay, max_steps)
+    budget = StepBudget(seconds, start=2, measure=5)
+    trainer = L.Trainer(max_steps=max_steps, callbacks=[budget], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    t0 = time.perf_counter()
+    trainer.fit(module)
+    return module, trainer, budget, time.perf_counter() - t0
+
+
+def test_a_slow_machine_trains_fewer_steps_with_the_schedule_compressed(tmp_path):
+    # 20 ms steps, 300 asked (6 s), 1.5 s allowed: about 70 steps, and the lr still reaches its floor
+    module, trainer, budget, wall = _fit(tmp_path, 0.02, 300, 1.5)
+    assert budget.report["bound"] == "time" and budget.report["max_steps"] == 300
+    assert 30 <= trainer.global_step <= 90, trainer.global_step
+    assert trainer.global_step == budget.report["steps"] == module.schedule_steps
+    assert wall < 1.5 + 1.0
+    assert module.lrs[-1] < 0.05 * module.lrs[3]  # the cosine ran to (near) its end, not cut mid-way
+    assert abs(float(module.w) - 3.0) < 0.5  # and it learnt
+
+
+def test_a_fast_machine_trains_every_step_as_without_a_budget(tmp_path):
+    module, trainer, budget, _ = _fit(tmp_path, 0.0, 60, 30.0)
+    assert budget.report["bound"] == "steps" and trainer.global_step == 60 == module.schedule_steps
+
+
+def test_a_budget_must_be_positive():
+    with pytest.raises(ValueError, match="seconds"):
+        StepBudget(0)
