@@ -142,7 +142,8 @@ class StepBudget(Callback):
     start-up and warm-up); at ``start + measure`` the run's total becomes
     ``min(max_steps, done + (seconds - elapsed) / step_time)``, broadcast from rank 0. A machine
     fast enough to finish ``max_steps`` within ``seconds`` trains exactly as without a budget;
-    a slower one trains fewer steps with the schedule compressed to fit. ``report`` holds what
+    a slower one trains fewer steps with the schedule compressed to fit, the count revised once
+    half-way on the pace measured since. ``report`` holds what
     was measured and decided (saved in checkpoints, so a resumed run keeps the decision)."""
 
     def __init__(self, seconds: float, start: int = 5, measure: int = 20):
@@ -162,14 +163,25 @@ class StepBudget(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import time
 
-        step = int(trainer.global_step)
-        if self.report.get("steps") is not None:
-            self.report["elapsed_before"] = time.perf_counter() - self._t0
+        step, now = int(trainer.global_step), time.perf_counter()
+        r = self.report
+        if r.get("steps") is not None:
+            r["elapsed_before"] = now - self._t0
+            # once more half-way, on the pace since the first decision (periodic callbacks, such as
+            # image grids, and logging are in it now): the first estimate ran ~12% short on the demo's
+            # tokenizer. The cosine's horizon moves once, by a few percent.
+            if not r.get("revised") and r["bound"] == "time" and step >= (r["decided_at"] + r["steps"]) // 2 \
+                    and self._t_start is not None and step > r["decided_at"]:
+                pace = (now - r["decided_time"] - self._t0) / (step - r["decided_at"])
+                total = max(step + 1, min(r["max_steps"], step + int((self.seconds - (now - self._t0)) / pace)))
+                total = int(trainer.strategy.broadcast(total, src=0))
+                r.update(revised=True, revised_at=step, first_steps=r["steps"], steps=total,
+                         step_seconds_late=round(pace, 4), bound="time" if total < r["max_steps"] else "steps")
+                self._apply(trainer, pl_module, total)
             return
         if step == self.start:
-            self._t_start = time.perf_counter()
+            self._t_start = now
         elif step == self.start + self.measure and self._t_start is not None:
-            now = time.perf_counter()
             step_s = (now - self._t_start) / self.measure
             left = self.seconds - (now - self._t0)
             cap = int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else 10 ** 9
@@ -177,7 +189,7 @@ class StepBudget(Callback):
             total = int(trainer.strategy.broadcast(total, src=0))
             self.report = {"seconds": self.seconds, "step_seconds": round(step_s, 4), "max_steps": cap,
                            "steps": total, "bound": "time" if total < cap else "steps",
-                           "elapsed_before": now - self._t0}
+                           "decided_at": step, "decided_time": now - self._t0, "elapsed_before": now - self._t0}
             self._apply(trainer, pl_module, total)
 
     @staticmethod

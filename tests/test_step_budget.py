@@ -15,14 +15,15 @@ class SlowRegression(L.LightningModule):
     """y = 3x fitted by one weight; each step sleeps ``delay`` s (a slow machine); the lr follows
     a cosine over ``schedule_steps``, as the tokenizer's and the world model's do."""
 
-    def __init__(self, delay: float, max_steps: int):
+    def __init__(self, delay: float, max_steps: int, slower_after: int | None = None):
         super().__init__()
         self.w = nn.Parameter(torch.zeros(1))
-        self.delay, self.schedule_steps = delay, max_steps
+        self.delay, self.schedule_steps, self.slower_after = delay, max_steps, slower_after
         self.lrs: list[float] = []
 
     def training_step(self, batch, batch_idx):
-        time.sleep(self.delay)
+        slow = self.slower_after is not None and self.global_step >= self.slower_after
+        time.sleep(self.delay * (2 if slow else 1))
         self.lrs.append(self.optimizers().param_groups[0]["lr"])
         x = batch[0]
         return ((self.w * x - 3 * x) ** 2).mean()
@@ -37,8 +38,8 @@ class SlowRegression(L.LightningModule):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8)
 
 
-def _fit(tmp_path, delay, max_steps, seconds):
-    module = SlowRegression(delay, max_steps)
+def _fit(tmp_path, delay, max_steps, seconds, slower_after=None):
+    module = SlowRegression(delay, max_steps, slower_after)
     budget = StepBudget(seconds, start=2, measure=5)
     trainer = L.Trainer(max_steps=max_steps, callbacks=[budget], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
@@ -66,3 +67,13 @@ def test_a_fast_machine_trains_every_step_as_without_a_budget(tmp_path):
 def test_a_budget_must_be_positive():
     with pytest.raises(ValueError, match="seconds"):
         StepBudget(0)
+
+
+def test_the_count_is_revised_half_way_when_the_steps_slow_down(tmp_path):
+    # timed at 20 ms, then 40 ms from step 30: the first count (~70) would take ~2.3 s of a 1.5 s
+    # budget; the half-way revision cuts it
+    module, trainer, budget, wall = _fit(tmp_path, 0.02, 300, 1.5, slower_after=30)
+    r = budget.report
+    assert r["revised"] and r["steps"] < r["first_steps"], r
+    assert trainer.global_step == r["steps"] == module.schedule_steps
+    assert wall < 1.5 + 0.6, wall
