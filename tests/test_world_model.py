@@ -35,8 +35,9 @@ def window(b=2, k=K, dtype=torch.float32, seed=0):
             torch.randn(b, k, 6, generator=g).to(dtype), torch.rand(b, k, generator=g).to(dtype) * 10)
 
 
-# the model with and without the previous-frame path (a 3x3 neighbourhood, warped by the move)
-PREV = [{}, {"prev_frame": 3, "prev_warp": True}]
+# the model with and without the previous-frame path (a 3x3 neighbourhood, warped by the move;
+# the last one with a learned per-position flow on the warp's grid)
+PREV = [{}, {"prev_frame": 3, "prev_warp": True}, {"prev_frame": 3, "prev_warp": True, "prev_flow": True}]
 
 
 def with_live_warp(m: WorldModel) -> WorldModel:
@@ -44,6 +45,9 @@ def with_live_warp(m: WorldModel) -> WorldModel:
     if m.cfg.prev_warp:
         with torch.no_grad():
             m.prev_theta.weight.normal_(0.0, 0.1)
+    if m.cfg.prev_flow:
+        with torch.no_grad():
+            m.prev_flow_basis.normal_(0.0, 0.1)
     return m
 
 
@@ -246,3 +250,27 @@ def test_checkpoint_resume_continues_the_same_loss_curve(tmp_path):
     m2 = load_world_model(path)
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_per_position_flow_moves_one_row_and_not_the_others():
+    """prev_flow: zero at start (the affine warp exactly); a basis that moves only the bottom token
+    row by one column for this move shifts what that row's slots read, and leaves the rows above."""
+    m = tiny_model(prev_frame=1, prev_warp=True, prev_flow=True)
+    ref = tiny_model(prev_frame=1, prev_warp=True)
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if k != "prev_flow_basis"})
+    g = torch.Generator().manual_seed(0)
+    prev = torch.randint(0, V, (1, *GRID), generator=g)
+    feats = torch.zeros(1, 7)
+    feats[0, 5] = 1.0  # the move's yaw feature alone
+    torch.testing.assert_close(m.prev_features(prev, 1, feats), ref.prev_features(prev, 1, feats))
+    h, w, n = GRID[0], GRID[1], GRID[0] * GRID[1]
+    with torch.no_grad():
+        m.prev_flow_basis[5, h - 1, :, 0] = 2.0 / w  # bottom row: one column to the right, per unit of yaw
+    base = ref.prev_features(prev, 1, feats)[0, 1:n].reshape(-1, 32)
+    got = m.prev_features(prev, 1, feats)[0, 1:n].reshape(-1, 32)
+    full = torch.cat([torch.zeros(1, 32), base]).view(h, w, 32)  # slot 0 is the start token's
+    out = torch.cat([torch.zeros(1, 32), got]).view(h, w, 32)
+    torch.testing.assert_close(out[:h - 1], full[:h - 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[h - 1, :-1], full[h - 1, 1:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prev_warp"):
+        tiny_model(prev_frame=1, prev_flow=True)

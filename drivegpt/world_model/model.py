@@ -104,6 +104,10 @@ class WorldModelConfig:
     # is linear in the move into the frame (identity at start; a spatial transformer): ego-motion
     # moves the whole picture (yaw -> shift, forward -> zoom), which a conv alone learns slowly
     prev_warp: bool = False
+    # a learned per-position flow, linear in the move (7 x h' x w' x 2, zero at start), added to the
+    # affine warp's sampling grid: the road plane's flow under a real move is not affine (near rows
+    # move more than far ones), which the sharper pose-following net showed the affine warp misses
+    prev_flow: bool = False
     fps: float = 5.0  # frame rate the model reads (fleet fps / stride)
     # "ar": one token per pass, raster order; "maskgit": a whole frame in ``mask_steps`` passes
     # (block-causal attention, masked-token training; see the module docstring)
@@ -238,6 +242,10 @@ class WorldModel(nn.Module):
             self.prev_conv = nn.Conv2d(d, d, cfg.prev_frame, padding=cfg.prev_frame // 2)
             if cfg.prev_warp:
                 self.prev_theta = nn.Linear(7, 6)  # normalised move + speed -> affine offset from identity
+            if cfg.prev_flow:
+                if not cfg.prev_warp:
+                    raise ValueError("world_model.prev_flow needs world_model.prev_warp (it refines the warp's grid)")
+                self.prev_flow_basis = nn.Parameter(torch.zeros(7, *cfg.grid, 2))  # zero: the affine warp at start
             self.prev_null = nn.Parameter(torch.zeros(d))  # frame 0 of a window: no previous frame
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -384,6 +392,8 @@ class WorldModel(nn.Module):
                 eye = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], device=e.device, dtype=e.dtype)
                 theta = (eye + self.prev_theta(feats.to(e.dtype))).view(-1, 2, 3)
                 grid = F.affine_grid(theta, list(e.shape), align_corners=False)
+                if self.cfg.prev_flow:  # + the per-position flow of this move (grid units, [-1, 1] = the frame)
+                    grid = grid + torch.einsum("bk,khwc->bhwc", feats.to(e.dtype), self.prev_flow_basis.to(e.dtype))
                 e = F.grid_sample(e, grid, mode="bilinear", padding_mode="border", align_corners=False)
             a = rearrange(self.prev_conv(e), "b d h w -> b (h w) d")
         zero = torch.zeros(batch, 1, d, device=dev, dtype=a.dtype)
