@@ -133,8 +133,8 @@ class DataAuditCallback(Callback):
 
 
 class StepBudget(Callback):
-    """A stage's length in wall-clock seconds as well as steps: the step count is fixed once,
-    early, from the measured step time, so the learning-rate schedule (which reads
+    """A stage's length in wall-clock seconds as well as steps: the step count is fixed early
+    from the measured step time (and revised once), so the learning-rate schedule (which reads
     ``pl_module.schedule_steps``) stays a deterministic function of the step and every rank
     agrees on it.
 
