@@ -21,6 +21,12 @@ class SlowRegression(L.LightningModule):
         self.delay, self.schedule_steps, self.slower_after = delay, max_steps, slower_after
         self.lrs: list[float] = []
 
+    def on_train_start(self):
+        self.t_start = time.perf_counter()  # what the budget counts: training, not the Trainer's set-up
+
+    def on_train_end(self):
+        self.t_end = time.perf_counter()
+
     def training_step(self, batch, batch_idx):
         slow = self.slower_after is not None and self.global_step >= self.slower_after
         time.sleep(self.delay * (2 if slow else 1))
@@ -43,9 +49,8 @@ def _fit(tmp_path, delay, max_steps, seconds, slower_after=None):
     budget = StepBudget(seconds, start=2, measure=5)
     trainer = L.Trainer(max_steps=max_steps, callbacks=[budget], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    t0 = time.perf_counter()
     trainer.fit(module)
-    return module, trainer, budget, time.perf_counter() - t0
+    return module, trainer, budget, module.t_end - module.t_start
 
 
 def test_a_slow_machine_trains_fewer_steps_with_the_schedule_compressed(tmp_path):
@@ -54,7 +59,7 @@ def test_a_slow_machine_trains_fewer_steps_with_the_schedule_compressed(tmp_path
     assert budget.report["bound"] == "time" and budget.report["max_steps"] == 300
     assert 30 <= trainer.global_step <= 90, trainer.global_step
     assert trainer.global_step == budget.report["steps"] == module.schedule_steps
-    assert wall < 1.5 + 1.0
+    assert wall < 1.5 + 0.3, wall
     assert module.lrs[-1] < 0.05 * module.lrs[3]  # the cosine ran to (near) its end, not cut mid-way
     assert abs(float(module.w) - 3.0) < 0.5  # and it learnt
 
@@ -76,4 +81,4 @@ def test_the_count_is_revised_half_way_when_the_steps_slow_down(tmp_path):
     r = budget.report
     assert r["revised"] and r["steps"] < r["first_steps"], r
     assert trainer.global_step == r["steps"] == module.schedule_steps
-    assert wall < 1.5 + 0.6, wall
+    assert wall < 1.5 + 0.3, wall
