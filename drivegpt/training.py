@@ -20,6 +20,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -154,15 +155,11 @@ class StepBudget(Callback):
         self._t0 = self._t_start = None
 
     def on_train_start(self, trainer, pl_module):
-        import time
-
         self._t0 = time.perf_counter() - float(self.report.get("elapsed_before", 0.0))
         if self.report.get("steps") is not None:  # resumed after the decision
             self._apply(trainer, pl_module, int(self.report["steps"]))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        import time
-
         step, now = int(trainer.global_step), time.perf_counter()
         r = self.report
         if r.get("steps") is not None:

@@ -1,4 +1,5 @@
 import math
+import time
 
 import lightning as L
 import torch
@@ -251,8 +252,6 @@ class SlowLaneToy(LaneToy):
         self.delay = delay
 
     def step(self, action):
-        import time
-
         time.sleep(self.delay)
         return super().step(action)
 
