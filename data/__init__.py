@@ -6,6 +6,7 @@ Public surface (submodules import their heavy dependencies themselves):
 - ``data.loaders``: ``split_of`` (THE held-out split), ``frame_dataset``, ``window_dataset``.
 - ``data.datamodule``: ``FleetDataModule``.
 - ``data.labels``: ``disengagement_targets``; ``data.poses``: SE(3) pose composition.
+- ``data.camera``: ``Camera`` (the logs' meta.camera) and ``reproject`` (ground-plane re-projection for a moved car).
 - ``data.sources``: procedural (fleet generate), comma2k19, csv_video, gym recorder.
 """
 

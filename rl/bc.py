@@ -38,7 +38,8 @@ import torch
 
 from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
-from drivegpt.rl.viewpoint import Camera, ViewpointAugment
+from drivegpt.data.camera import Camera
+from drivegpt.rl.viewpoint import ViewpointAugment
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 from drivegpt.trainable import EvalSums, valid_rows
 

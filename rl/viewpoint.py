@@ -22,9 +22,8 @@ does that with the camera's intrinsics from the log (``meta.camera``), no simula
   in the virtual car's frame. From the logged car it is exactly the logged curvature, so with
   ``dy = dyaw = 0`` the label is BC's own. The accel is unchanged.
 
-Camera geometry: ``fx fy cx cy`` and the frame size (``width height``) are required (the
-schema's ``meta.camera``); ``mount_height`` (default 1.22 m), ``mount_x`` (1.2 m forward of the
-pose reference) and ``pitch_down_deg`` (0) are read when the log has them. Intrinsics are
+Camera geometry (``meta.camera``, the ground-plane re-projection) lives in
+``drivegpt.data.camera``, shared with the world model's previous-frame warp. Intrinsics are
 scaled when the frames are a different size than the camera record.
 """
 
@@ -38,77 +37,16 @@ import cv2
 import numpy as np
 import torch
 
+from drivegpt.data.camera import Camera, reproject
 from drivegpt.sim.vehicle import ACTION_SCALE
-
-REQUIRED = ("fx", "fy", "cx", "cy", "width", "height")
-
-
-@dataclass(frozen=True)
-class Camera:
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-    mount_height: float = 1.22
-    mount_x: float = 1.2
-    pitch_down_deg: float = 0.0
-
-    @classmethod
-    def from_meta(cls, cam: dict[str, Any], where: str = "meta.camera") -> "Camera":
-        if not isinstance(cam, dict):
-            raise ValueError(f"{where}: expected a dict of intrinsics, got {type(cam).__name__}")
-        missing = [k for k in REQUIRED if cam.get(k) is None]
-        if missing:
-            raise ValueError(f"{where}: missing {missing} (viewpoint augmentation needs the intrinsics "
-                             f"{list(REQUIRED)})")
-        kw = {k: float(cam[k]) for k in ("fx", "fy", "cx", "cy")}
-        kw.update(width=int(cam["width"]), height=int(cam["height"]))
-        for k in ("mount_height", "mount_x", "pitch_down_deg"):
-            if cam.get(k) is not None:
-                kw[k] = float(cam[k])
-        c = cls(**kw)
-        if c.fx <= 0 or c.fy <= 0 or c.mount_height <= 0:
-            raise ValueError(f"{where}: fx, fy and mount_height must be > 0, got {cam}")
-        return c
-
-    def scaled(self, height: int, width: int) -> "Camera":
-        """The same camera for frames resized to ``height x width``."""
-        if (height, width) == (self.height, self.width):
-            return self
-        sx, sy = width / self.width, height / self.height
-        return Camera(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5,
-                      int(width), int(height), self.mount_height, self.mount_x, self.pitch_down_deg)
-
 
 def shift_maps(cam: Camera, dy: float, dyaw: float, far: float = 150.0) -> tuple[np.ndarray, np.ndarray]:
     """cv2.remap maps (float32 [H, W] each): for every pixel of the camera of a car displaced by
     ``dy`` metres (left) and turned ``dyaw`` radians (left), where to read the real frame."""
-    v, u = np.mgrid[0: cam.height, 0: cam.width].astype(np.float64)
-    X, Y = (u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy  # camera ray: x right, y down, z = 1 forward
-    th = math.radians(cam.pitch_down_deg)
-    sp, cp = math.sin(th), math.cos(th)
-    fwd, left, up = cp - Y * sp, -X, -(sp + Y * cp)  # the ray in the car's frame (forward, left, up)
-    c, s = math.cos(dyaw), math.sin(dyaw)
-    # where the ray meets the ground, in the virtual car's frame (from its rear axle)
-    hits = up < -1e-6
-    t = np.where(hits, cam.mount_height / np.where(hits, -up, 1.0), 0.0)
-    gx, gy = cam.mount_x + t * fwd, t * left
-    ground = hits & (np.hypot(t * fwd, t * left) < far)
-    # ground points -> the real car's frame -> seen from the real camera
-    rx = np.where(ground, c * gx - s * gy, 0.0)
-    ry = np.where(ground, s * gx + c * gy + dy, 0.0)
-    pf, pl, pu = rx - cam.mount_x, ry, np.full_like(rx, -cam.mount_height)
-    # rays at infinity only turn
-    inf_f, inf_l = c * fwd - s * left, s * fwd + c * left
-    pf, pl, pu = np.where(ground, pf, inf_f), np.where(ground, pl, inf_l), np.where(ground, pu, up)
-    cz = pf * cp - pu * sp
-    cx_, cy_ = -pl, -(pf * sp + pu * cp)
-    cz = np.where(cz > 1e-6, cz, 1e-6)
-    mx = cam.fx * cx_ / cz + cam.cx
-    my = cam.fy * cy_ / cz + cam.cy
-    return mx.astype(np.float32), my.astype(np.float32)
+    v, u = torch.meshgrid(torch.arange(cam.height, dtype=torch.float64), torch.arange(cam.width, dtype=torch.float64),
+                          indexing="ij")
+    mx, my = reproject(cam, u, v, 0.0, dy, dyaw, far)
+    return mx.numpy().astype(np.float32), my.numpy().astype(np.float32)
 
 
 def shift_frames(frames: np.ndarray, cam: Camera, dy: float, dyaw: float) -> np.ndarray:
@@ -213,4 +151,4 @@ class ViewpointAugment:
         return out.to(frames.device), new
 
 
-__all__ = ["Camera", "ViewpointAugment", "recovery_curvature", "shift_frames", "shift_maps"]
+__all__ = ["ViewpointAugment", "recovery_curvature", "shift_frames", "shift_maps"]

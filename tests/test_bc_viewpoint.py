@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from drivegpt.rl.viewpoint import Camera, ViewpointAugment, recovery_curvature, shift_frames, shift_maps
+from drivegpt.data.camera import Camera
+from drivegpt.rl.viewpoint import ViewpointAugment, recovery_curvature, shift_frames, shift_maps
 from drivegpt.sim.vehicle import ACTION_SCALE
 
 
