@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from drivegpt.world_model.counterfactual import command_confusion
-from drivegpt.world_model.metrics import CAUSES, disengage_metrics, fit_logistic, speed_baseline
+from drivegpt.world_model.metrics import CAUSES, disengage_metrics, fit_logistic, speed_baseline, ssim
 
 H = (0.5, 1.0, 2.0, 4.0)
 
@@ -111,3 +111,14 @@ def test_command_confusion_follower_ignorer_and_pose_zeroed_baseline():
     res, conf, _ = command_confusion(recs, commands)
     assert res["command_following_accuracy"] == pytest.approx(0.25) and (conf[:, 0] == 5).all()
     assert res["command_following_margin_db"] < 0
+
+
+def test_ssim_is_one_for_the_same_frames_and_falls_with_the_damage():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 32, 64, 3), dtype=np.uint8)
+    a[:, 16:] = 90  # a flat road under a textured sky
+    same = ssim(a, a)
+    assert same.shape == (4,) and np.allclose(same, 1.0, atol=1e-5)
+    worse = [ssim(a, np.clip(a.astype(int) + rng.integers(-n, n + 1, a.shape), 0, 255).astype(np.uint8)).mean()
+             for n in (5, 20, 60)]
+    assert 1.0 > worse[0] > worse[1] > worse[2] > 0.0, worse
