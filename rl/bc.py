@@ -36,9 +36,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from drivegpt.data.camera import Camera
 from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
-from drivegpt.data.camera import Camera
 from drivegpt.rl.viewpoint import ViewpointAugment
 from drivegpt.sim.vehicle import ACTION_SCALE, inverse
 from drivegpt.trainable import EvalSums, valid_rows

@@ -22,9 +22,9 @@ does that with the camera's intrinsics from the log (``meta.camera``), no simula
   in the virtual car's frame. From the logged car it is exactly the logged curvature, so with
   ``dy = dyaw = 0`` the label is BC's own. The accel is unchanged.
 
-Camera geometry (``meta.camera``, the ground-plane re-projection) lives in
-``drivegpt.data.camera``, shared with the world model's previous-frame warp. Intrinsics are
-scaled when the frames are a different size than the camera record.
+Camera geometry (``meta.camera`` and the ground-plane re-projection) lives in
+``drivegpt.data.camera``. Intrinsics are scaled when the frames are a different size than the
+camera record.
 """
 
 from __future__ import annotations
