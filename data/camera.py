@@ -99,7 +99,7 @@ def reproject(cam: Camera, u: torch.Tensor, v: torch.Tensor, dx, dy, dyaw,
     pu = torch.full_like(pf, -cam.mount_height)
     # rays at infinity only turn
     inf_f, inf_l = c * fwd - s * left, s * fwd + c * left
-    pf, pl, pu = torch.where(ground, pf, inf_f), torch.where(ground, pl, inf_l), torch.where(ground, pu, up + 0 * pf)
+    pf, pl, pu = torch.where(ground, pf, inf_f), torch.where(ground, pl, inf_l), torch.where(ground, pu, up)
     cz = pf * cp - pu * sp
     cx_, cy_ = -pl, -(pf * sp + pu * cp)
     cz = cz.clamp_min(1e-6)
