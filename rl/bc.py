@@ -200,6 +200,21 @@ def pad_history(frames: torch.Tensor, prob: float, generator: torch.Generator | 
     return out
 
 
+LOSS_UNITS = ("normalized", "accel")
+
+
+def accel_unit_weights(speed: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights [b, 2] of the two normalized action errors that make the squared error
+    one in acceleration units (``rl.bc.loss_units: accel``): a curvature error dk is a lateral
+    acceleration error v^2 dk, an accel error da is itself, both over the accel scale (so the
+    accel dimension keeps weight 1). The curvature's weight, (v^2 ACTION_SCALE[0] /
+    ACTION_SCALE[1])^2, is 16 at 18 m/s; it is floored at 1 (the normalized loss) so that slow
+    driving, where a lane is kept by position rather than by lateral acceleration, loses nothing."""
+    v2 = speed.float().reshape(-1).pow(2)
+    lat = (v2 * ACTION_SCALE[0] / ACTION_SCALE[1]).pow(2).clamp(min=1.0)
+    return torch.stack([lat, torch.ones_like(lat)], -1)
+
+
 class BCModule(L.LightningModule):
     """Lightning module: regress the policy's mean onto inverse-vehicle-model actions."""
 
@@ -209,8 +224,10 @@ class BCModule(L.LightningModule):
                  min_quality: float | None = None, qualities: dict[str, float] | None = None,
                  human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
                  episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1,
-                 viewpoint: dict | None = None, camera: Camera | None = None):
+                 viewpoint: dict | None = None, camera: Camera | None = None, loss_units: str = "accel"):
         super().__init__()
+        if loss_units not in LOSS_UNITS:
+            raise ValueError(f"rl.bc.loss_units={loss_units!r}: one of {', '.join(LOSS_UNITS)}")
         self.save_hyperparameters(ignore=["qualities", "episodes", "camera"])
         self.viewpoint = None
         if viewpoint and float(viewpoint.get("prob", 0.0)) > 0:
@@ -249,7 +266,9 @@ class BCModule(L.LightningModule):
             frames, target = self.viewpoint(frames, speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
-        loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "target": target, "weight": w},
+        dim_weight = accel_unit_weights(speed) if self.hparams.loss_units == "accel" else None
+        loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "target": target, "weight": w,
+                                                "dim_weight": dim_weight},
                                                log_std_target=self.hparams.log_std_target)
         self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
         self.log("train/kept_fraction", parts["kept_fraction"], batch_size=frames.shape[0])

@@ -254,11 +254,15 @@ class Policy(nn.Module):
         """The trainable contract (drivegpt.trainable) for supervised actions (behaviour cloning).
 
         ``batch``: frames uint8 [b,K,H,W,3], speed [b], target normalized actions [b,2], weight [b]
-        (0 drops a sample). Loss = weighted mean squared error of the mean action + a pull of
+        (0 drops a sample), optionally ``dim_weight`` [b,2] (each action dimension's weight per
+        sample; default 1). Loss = weighted mean squared error of the mean action + a pull of
         log_std toward ``log_std_target`` (exploration kept for RL)."""
         mean, log_std, _ = self(batch["frames"], batch["speed"])
         w = batch["weight"]
-        action = ((mean - batch["target"]).pow(2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+        err = (mean - batch["target"]).pow(2)
+        if batch.get("dim_weight") is not None:
+            err = err * batch["dim_weight"].to(err.dtype)
+        action = (err.sum(-1) * w).sum() / w.sum().clamp(min=1.0)
         prior = (log_std - log_std_target).pow(2).mean()
         loss = action + log_std_weight * prior
         return loss, {"loss": loss, "action_mse": action, "log_std_prior": prior, "kept_fraction": w.mean()}

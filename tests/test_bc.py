@@ -1,9 +1,10 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from drivegpt.rl.bc import BCModule, bc_targets, bc_weights, policy_frames
-from drivegpt.sim.vehicle import compose_pose2d, initial_state, step
+from drivegpt.rl.bc import LOSS_UNITS, BCModule, accel_unit_weights, bc_targets, bc_weights, policy_frames
+from drivegpt.sim.vehicle import ACTION_SCALE, compose_pose2d, denormalize_action, initial_state, step
 
 FPS, STRIDE = 20, 4
 DT = STRIDE / FPS
@@ -91,7 +92,8 @@ class _Dict(TensorDataset):
         return {"frames": f, "rel_pose": r, "speed": s, "engaged": e}
 
 
-def test_bc_learns_actions_from_frames():
+@pytest.mark.parametrize("units", LOSS_UNITS)
+def test_bc_learns_actions_from_frames(units):
     import lightning as L
 
     torch.manual_seed(0)
@@ -99,7 +101,7 @@ def test_bc_learns_actions_from_frames():
     val = _Dict(*_synthetic_windows(32, seed=1))
     cfg = dict(context_frames=1, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,
                bottleneck_dim=16, hidden=32, noise_std=0.05)
-    module = BCModule(cfg, dt=DT, lr=3e-3, pad_prob=0.0)
+    module = BCModule(cfg, dt=DT, lr=3e-3, pad_prob=0.0, loss_units=units)
     trainer = L.Trainer(max_steps=120, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, DataLoader(train, batch_size=16, shuffle=True))
@@ -183,3 +185,22 @@ def test_behaviour_episodes_are_not_imitated(tmp_path):
              "start": starts}
     _, _, _, w = m._prepare(batch)
     assert w.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_accel_units_weigh_each_error_by_the_acceleration_it_causes():
+    """``loss_units: accel``: the weighted squared error of the normalized actions is the squared
+    error in m/s^2 (a curvature error dk at speed v: lateral v^2 dk) over the accel scale,
+    wherever that weighs curvature more than the plain loss; below ~9 m/s it is the plain loss."""
+    speed = torch.tensor([5.0, 12.0, 17.9, 30.0])
+    err = torch.tensor([[0.1, 0.2], [-0.05, 0.1], [0.02, -0.3], [0.01, 0.05]])  # normalized (curvature, accel)
+    w = accel_unit_weights(speed)
+    phys = denormalize_action(err)  # (dk 1/m, da m/s^2)
+    lateral = speed**2 * phys[:, 0]
+    want = torch.stack([(lateral / ACTION_SCALE[1]) ** 2, (phys[:, 1] / ACTION_SCALE[1]) ** 2], -1)
+    fast = w[:, 0] > 1
+    assert fast.tolist() == [False, True, True, True]
+    torch.testing.assert_close((w * err**2)[fast], want[fast])
+    torch.testing.assert_close((w * err**2)[~fast], (err**2)[~fast])
+    assert 15 < float(w[2, 0]) < 17  # at 18 m/s a curvature error weighs 16x an accel error
+    with pytest.raises(ValueError, match="rl.bc.loss_units"):
+        BCModule({}, dt=DT, loss_units="metres")
