@@ -274,3 +274,17 @@ def test_per_position_flow_moves_one_row_and_not_the_others():
     torch.testing.assert_close(out[h - 1, :-1], full[h - 1, 1:], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="prev_warp"):
         tiny_model(prev_frame=1, prev_flow=True)
+
+
+def test_optimizer_lets_lightning_clip_gradients_under_mixed_precision_on_a_gpu(tmp_path, monkeypatch):
+    """Lightning refuses to clip (trainer.gradient_clip_val) the gradients of an optimizer that
+    unscales them itself (a fused AdamW) under mixed precision: the first H100 run of the world
+    model stopped at step 0 on it. The module is made to believe it sits on a GPU."""
+    from lightning.fabric.plugins.precision.amp import _optimizer_handles_unscaling
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    module = build_module(tiny_cfg(tmp_path), V, GRID, None)
+    module._device = torch.device("cuda", 0)
+    opt = module.configure_optimizers()["optimizer"]
+    assert module.device.type == "cuda"
+    assert not _optimizer_handles_unscaling(opt)

@@ -141,8 +141,9 @@ class WorldModelModule(L.LightningModule):
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "emb" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas),
-                                fused=torch.cuda.is_available() and self.device.type == "cuda")
+        # not fused: Lightning refuses to clip the gradients of a fused optimizer under mixed
+        # precision (trainer.gradient_clip_val; the first H100 run stopped at step 0 on it)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=False)
         self.schedule_steps = int(hp.max_steps)  # a time budget (drivegpt.training.StepBudget) may shorten it
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: cosine_lr(s, hp.warmup_steps, self.schedule_steps, hp.min_lr_ratio))
