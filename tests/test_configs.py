@@ -67,3 +67,38 @@ def test_precision_null_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     tiny = compose("train_tokenizer", ["experiment=tiny"]).trainer
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     assert training.resolve_precision(tiny) == "32-true"
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+# what experiment=gpu may change against experiment=proof: budgets and hardware, nothing else
+GPU_BUDGET_KEYS = {"data.batch_size", "data.num_workers", "workers", "tokenizer.train_steps",
+                   "tokenizer.train_seconds", "tokenizer.image_every_n_steps", "world_model.max_steps",
+                   "world_model.train_seconds", "eval.max_batches", "rl.ppo.accelerator", "trainer.accelerator",
+                   "trainer.precision", "trainer.checkpoint_every_n_steps", "run_dir"}
+
+
+@pytest.mark.parametrize("stage", ["fleet_generate", "train_tokenizer", "eval_tokenizer", "train_world_model",
+                                   "eval_world_model", "train_policy", "eval_policy"])
+def test_gpu_preset_is_the_proof_with_other_budgets_only(stage):
+    """experiment=gpu answers which proof misses are the CPU's budget: the road world, the fleet's
+    seeds and size, resolution, token grid, model sizes, evaluation and targets must be the proof's."""
+    def leaves(exp):
+        cfg = compose(stage, [f"experiment={exp}", "run_dir=/tmp/x"])
+        return _leaves(OmegaConf.to_container(cfg, resolve=False))
+
+    gpu, proof = leaves("gpu"), leaves("proof")
+    assert set(gpu) == set(proof)
+    changed = {k for k in gpu if gpu[k] != proof[k]}
+    assert changed <= GPU_BUDGET_KEYS, sorted(changed - GPU_BUDGET_KEYS)
+    assert gpu["trainer.accelerator"] == "gpu" and gpu["targets"] == "proof"
+    if stage == "fleet_generate":
+        assert (gpu["segments"], gpu["seconds"], gpu["first_seed"]) == (proof["segments"], proof["seconds"],
+                                                                        proof["first_seed"])
