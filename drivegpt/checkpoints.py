@@ -82,6 +82,18 @@ def _json_value(value: Any, where: str) -> Any:
         raise TypeError(f"{where}: checkpoints store JSON values only ({e})") from None
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples detached and on the CPU: what a
+    state file must hold so that a machine without the training device loads it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_artifact(path: str | Path, kind: str, config: dict, state_dict: dict, **entries: Any) -> Path:
     """Atomically write an artifact: kind, JSON ``config``, CPU tensors, JSON ``entries``."""
     if kind not in KINDS:

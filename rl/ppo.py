@@ -300,6 +300,9 @@ def train_ppo(policy, env, cfg: PPOConfig, fabric=None, ref_policy=None, seed: i
         fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true")
         fabric.launch()
     torch.manual_seed(seed)
+    # on the device before the optimizer exists: a resumed state's moments then load onto the
+    # parameters' device (fabric.setup moves the parameters, not an optimizer's state)
+    policy = policy.to(fabric.device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

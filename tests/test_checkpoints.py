@@ -88,3 +88,25 @@ def test_non_checkpoint_files_are_refused_clearly_by_every_loader(tmp_path, cont
         with pytest.raises(NotACheckpointError, match=rf"model.pt: not a readable torch checkpoint: {what}; "
                                                       rf"expected a DriveGPT {what_kind} checkpoint"):
             loader(path)
+
+
+def test_to_cpu_detaches_every_tensor_and_keeps_the_structure():
+    """RL's state files (rl_state.pt, last_iterate.pt) go through to_cpu, so a run trained on a
+    GPU resumes or is read on a machine without one; an optimizer state survives the trip."""
+    import torch
+
+    from drivegpt.checkpoints import to_cpu
+
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    m(torch.ones(4, 3)).pow(2).sum().backward()
+    opt.step()
+    state = {"policy": m.state_dict(), "optimizer": opt.state_dict(), "iteration": 7, "pair": (m.weight, 2)}
+    out = to_cpu(state)
+    assert out["iteration"] == 7 and isinstance(out["pair"], tuple) and out["pair"][1] == 2
+    assert not out["pair"][0].requires_grad and out["pair"][0].device.type == "cpu"
+    assert torch.equal(out["pair"][0], m.weight.detach())
+    fresh = torch.optim.Adam(m.parameters(), lr=0.1)
+    fresh.load_state_dict(out["optimizer"])
+    key = next(iter(fresh.state))
+    assert torch.equal(fresh.state[key]["exp_avg"], opt.state[key]["exp_avg"])

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from drivegpt import tracking
+from drivegpt.checkpoints import to_cpu
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities, shards_camera
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
@@ -180,6 +181,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                       precision=str(p.get("precision", "32-true")))
     fabric.launch()
     fabric.seed_everything(int(cfg.seed))
+    bc = bc.to(fabric.device)  # keep-the-best scores BC on the learned sim's device (a CUDA one too)
     settings = learned_sim_settings(cfg)
     settings["device"] = str(fabric.device)
     env = make_learned_env(pcfg.num_envs, bc.cfg.context_frames, settings)
@@ -230,7 +232,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log(it, stats)
         raw = getattr(policy, "module", policy)
         with atomic_path(state_path) as tmp:
-            torch.save({"policy": raw.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it}, tmp)
+            torch.save(to_cpu({"policy": raw.state_dict(), "optimizer": optimizer.state_dict(), "iteration": it}), tmp)
         bar.update(1)
         bar.set_postfix(ret=f"{stats['episode_return']:.3f}", ev=f"{stats['event_rate']:.3f}",
                         kl=f"{stats['kl_to_ref']:.4f}")
@@ -260,7 +262,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                                                           if h["iteration"] == selector.best_iteration)}
         atomic_write_json(run_dir / "rl_selection.json", selector.history)
         with atomic_path(run_dir / "last_iterate.pt") as tmp:
-            torch.save(last_state, tmp)
+            torch.save(to_cpu(last_state), tmp)
     # deterministic rollouts of the final and the BC policy in the learned sim: best/worst videos
     steps = int(settings.get("max_steps", 50))
     final = final_rollouts(policy, env, steps, seed=int(cfg.seed) + 10_000)
