@@ -18,7 +18,9 @@ The choice is only honest for inputs the world model did not learn on those segm
 are data, but the start token's hidden state comes from a transformer trained on every training
 segment (with the hazard's gradient), so held-aside segments are not held out from it
 (measured: a head on that state alone had a mean AUROC of 0.61 on held-aside segments, ~0.53 on
-the held-out split). Use it with ``dis_start=False`` (the head reads the moves alone).
+the held-out split; with the world model trained on one H100 for 3,462 steps at batch 64, 0.99 on
+held-aside segments against STEER 0.60 / BRAKE 0.50 held out, README "Where it stands"). Use it
+with ``dis_start=False`` (the head reads the moves alone).
 """
 
 from __future__ import annotations
