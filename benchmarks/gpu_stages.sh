@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The proof's learned stages on one GPU (experiment=gpu): fleet -> tokenizer -> its eval ->
-# tokenize -> world model -> its eval, then the scoreboard as one JSON line.
+# tokenize -> world model -> its eval (or the stages named in STAGES), then the scoreboard as
+# one JSON line.
 #   bash benchmarks/gpu_stages.sh RUN_DIR [EXPERIMENT] [overrides...]
 # Each stage is capped (STAGE_TIMEOUT_<stage> seconds, else 600; none past DEADLINE, epoch
 # seconds) so a slow one cannot eat the rest; stage metrics, images and the two checkpoints are copied to $OUT (when set) as they land.
@@ -10,7 +11,8 @@ set -uo pipefail
 run_dir=${1:?run dir}; exp=${2:-gpu}; shift 2 || shift $#
 out=${OUT:-}
 py=${PYTHON:-python3}
-stages=(fleet train_tokenizer eval_tokenizer tokenize train_world_model eval_world_model)
+# STAGES="bc rl rollout eval_policy export" (space-separated pipeline stage names) picks others
+read -r -a stages <<< "${STAGES:-fleet train_tokenizer eval_tokenizer tokenize train_world_model eval_world_model}"
 collect() {
   [ -n "$out" ] || return 0
   tar -czf "$out/gpu_run.tgz.part" --exclude='*.tar' --exclude='*.ckpt' --exclude='tokens' --exclude='shards' \
