@@ -15,6 +15,7 @@ Baselines: the fleet's ``Autopilot`` (quality drawn from the scenario seed) and 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,42 @@ class _Scenario:
         self.world.step(np.asarray(a, dtype=np.float64))
 
 
+def _drive_chunk(args) -> tuple[list[Trajectory], list | None]:
+    """One worker's share of ``drive(..., workers=N)``: its scenarios, one torch thread."""
+    kind, seeds, seconds, cfg_sim, policy, stride, want_frames = args
+    torch.set_num_threads(1)
+    frames = [] if want_frames else None
+    return drive(kind, seeds, seconds, cfg_sim, policy, stride, "cpu", False, frames), frames
+
+
 def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy | None = None,
           stride: int = 4, device: str = "cpu", progress: bool = False,
-          frames_out: list | None = None) -> list[Trajectory]:
+          frames_out: list | None = None, workers: int = 1) -> list[Trajectory]:
     """Drive every scenario with one controller ("autopilot", "human" or a ``policy``).
 
     ``frames_out``: a list that receives (camera frame, caption) of the first scenario every
-    ``stride`` steps (who drives, speed), for the ground-truth driving video of a policy."""
+    ``stride`` steps (who drives, speed), for the ground-truth driving video of a policy.
+    ``workers`` > 1 drives contiguous chunks of the scenarios in that many spawned processes (CPU,
+    one torch thread each; ``rl.eval.workers``): each scenario is the same function of its seed
+    and its controller, so the trajectories come back as one process drives them, in seed order,
+    up to the policy's floating point on another batch size."""
+    if workers < 1:
+        raise ValueError(f"rl.eval.workers={workers}: must be >= 1")
+    workers = min(int(workers), len(seeds))
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        bounds = np.linspace(0, len(seeds), workers + 1).round().astype(int)
+        cpu_policy = copy.deepcopy(policy).cpu().eval() if policy is not None else None
+        jobs = [(kind, list(seeds[a:b]), seconds, cfg_sim, cpu_policy, stride, i == 0 and frames_out is not None)
+                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            parts = list(tqdm(pool.map(_drive_chunk, jobs), total=workers, desc=f"{kind} x{workers}",
+                              disable=not progress, leave=False))
+        if frames_out is not None:
+            frames_out.extend(parts[0][1])
+        return [t for trajs, _ in parts for t in trajs]
 
     scen = [_Scenario(s, seconds, cfg_sim, "policy" if policy is not None else kind) for s in seeds]
     steps = scen[0].steps

@@ -100,3 +100,32 @@ def test_drive_records_the_rule_behind_each_disengagement():
     t.disengage(1)
     m = closed_loop_metrics([t])
     assert m["rule_heading"] == 1.0 and m["disengagements"] == 2.0
+
+
+def test_drive_on_worker_processes_gives_each_scenario_the_trajectory_one_process_gives_it():
+    """rl.eval.workers: scenarios split over spawned processes come back in seed order with the
+    same trajectories and takeovers as one process drives them (a policy with a strict lane rule,
+    so takeovers happen and the human's re-engagements are in it too)."""
+    import torch
+
+    from drivegpt.config import compose
+    from drivegpt.rl.evaluate import drive
+    from drivegpt.rl.policy import Policy
+
+    cfg = compose("eval_policy", ["experiment=tiny", "sim.safety.max_lane_offset=0.3"])  # 32x64 at 20 Hz
+    torch.manual_seed(0)
+    p = Policy(dict(context_frames=2, frame_height=32, frame_width=64, channels=[8], pool_grid=[1, 2],
+                    frame_features=8, bottleneck_dim=8, hidden=8))
+    seeds = [1_000_000, 1_000_001, 1_000_002]
+    frames1, frames2 = [], []
+    one = drive("p", seeds, 6.0, cfg.sim, p, stride=2, frames_out=frames1)
+    two = drive("p", seeds, 6.0, cfg.sim, p, stride=2, frames_out=frames2, workers=2)
+    assert len(two) == 3 and sum(len(t.causes) for t in one) > 0
+    for a, b in zip(one, two):
+        assert a.causes == b.causes and a.stretch == b.stretch
+        np.testing.assert_allclose(a.speed, b.speed, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.lane_offset, b.lane_offset, rtol=0, atol=1e-6)
+    assert len(frames2) == len(frames1) and np.array_equal(frames1[-1][0], frames2[-1][0])
+    assert [len(t.speed) for t in one] != [len(one[0].speed)] * 3 or one[0].speed != one[1].speed  # distinct roads
+    with pytest.raises(ValueError, match="workers"):
+        drive("p", seeds, 1.0, cfg.sim, p, workers=0)

@@ -73,7 +73,8 @@ def run(cfg: DictConfig) -> dict:
         pstride = int(policy.checkpoint_meta.get("stride", stride)) if policy is not None else stride
         t0 = time.perf_counter()
         frames = [] if policy is not None else None
-        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames)
+        trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames,
+                      workers=int(e.get("workers", 1)))
         timing[name] = time.perf_counter() - t0
         if frames:  # the policy driving the ground truth (first scenario), for people to watch
             big = upscale(np.stack([f for f, _ in frames]), min_height=192)
