@@ -81,7 +81,8 @@ def _leaves(node, prefix=""):
 # what experiment=gpu may change against experiment=proof: budgets and hardware, nothing else
 GPU_BUDGET_KEYS = {"data.batch_size", "data.num_workers", "workers", "tokenizer.train_steps",
                    "tokenizer.train_seconds", "tokenizer.image_every_n_steps", "world_model.max_steps",
-                   "world_model.train_seconds", "eval.max_batches", "rl.ppo.accelerator", "trainer.accelerator",
+                   "world_model.train_seconds", "eval.max_batches", "rl.ppo.accelerator", "rl.eval.workers",
+                   "trainer.accelerator",
                    "trainer.precision", "trainer.checkpoint_every_n_steps", "run_dir"}
 
 
