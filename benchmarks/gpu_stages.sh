@@ -4,7 +4,8 @@
 # one JSON line.
 #   bash benchmarks/gpu_stages.sh RUN_DIR [EXPERIMENT] [overrides...]
 # Each stage is capped (STAGE_TIMEOUT_<stage> seconds, else 600; none past DEADLINE, epoch
-# seconds) so a slow one cannot eat the rest; stage metrics, images and the two checkpoints are copied to $OUT (when set) as they land.
+# seconds) so a slow one cannot eat the rest; stage metrics, images and the two checkpoints
+# are copied to $OUT (when set) as they land.
 # TOKENIZE_CPU_RANKS=N encodes on N single-thread CPU ranks (ddp_spawn) instead of the GPU: one
 # process decoding the H.264 shards (~0.8 s a segment) is what bounds tokenize, not the encoder.
 set -uo pipefail
