@@ -176,10 +176,10 @@ def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
 
 
 def test_ranks_split_input_shards_without_duplicates():
-    from drivegpt.tokenizer.tokenize import _url_loader
+    from drivegpt.tokenizer.tokenize import _rank_urls
 
     urls = [f"s{i}.tar" for i in range(7)]
-    per_rank = [list(_url_loader(urls, r, 3)) for r in range(3)]
+    per_rank = [_rank_urls(urls, r, 3) for r in range(3)]
     assert [len(p) for p in per_rank] == [3, 3, 3]  # padded with no-op steps: equal step counts
     flat = [u for p in per_rank for u in p if u is not None]
     assert sorted(flat) == sorted(urls) and len(flat) == len(set(flat))
@@ -199,6 +199,28 @@ def test_tokenize_on_two_ddp_ranks_matches_one_process(tmp_path):
     assert a == b and len(a) == 4
     for rel in a:
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+
+
+def test_tokenize_decoding_in_loader_workers_writes_the_same_bytes_and_skips_finished_parts(tmp_path):
+    """data.num_workers > 0 reads the input shards in loader processes while the rank encodes:
+    the token shards are byte-identical to reading them in the rank, and a re-run reads nothing
+    of a part already complete (its summary says skipped)."""
+    _write_fleet(tmp_path / "fleet", n=3, maxcount=1)
+    model = Tokenizer(compose("train_tokenizer", ["experiment=tiny", "run_dir=/tmp/x"]).tokenizer).eval()
+    ckpt = save_tokenizer(model, tmp_path / "tokenizer.pt")
+    one = tokenize_run(_tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'one'}"))
+    par = _tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'two'}", "data.num_workers=2")
+    two = tokenize_run(par)
+    assert one["tokenize/segments"] == two["tokenize/segments"] == 3
+    a = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").glob("*/*.tar"))
+    b = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").glob("*/*.tar"))
+    assert a == b and len(a) == 3
+    for rel in a:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/*.tar")}
+    again = tokenize_run(par)
+    assert again["tokenize/segments"] == 3
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/*.tar")} == before
 
 
 def test_tiny_tokenizer_learns_in_bf16_autocast_with_every_loss_term():

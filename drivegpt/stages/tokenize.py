@@ -34,7 +34,8 @@ def run(cfg: DictConfig) -> dict:
                    "tokenizer": str(Path(model.path).resolve()), "every": int(cfg.every)}
     module = TokenizeModule(model, str(out), int(cfg.batch_size), int(cfg.maxcount),
                             bool(cfg.data.get("resize", True)), tokens_meta, urls,
-                            skip_bad=bool(cfg.data.get("skip_bad", False)))
+                            skip_bad=bool(cfg.data.get("skip_bad", False)),
+                            num_workers=int(cfg.data.get("num_workers", 0)))
     # fp32 whatever trainer.precision trains in: the shards' tokens must be the ones
     # Tokenizer.encode gives the learned simulator at run time (bf16 moves lattice boundaries)
     trainer = make_trainer(cfg, run_dir, "tokenize", use_distributed_sampler=False, logger=False,

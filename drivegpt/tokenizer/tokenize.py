@@ -88,53 +88,63 @@ def token_item(seg, tokens: np.ndarray, tokens_meta: dict) -> dict:
     return item
 
 
-class _SequentialSegments:
-    """make_item(i) for write_shards over one shard, read in order (re-opened on a rewind)."""
+class _ShardSegments(torch.utils.data.Dataset):
+    """Item i: input shard ``urls[i]`` read whole, in a loader worker when there are workers (the
+    H.264 decoding is what bounds tokenize, not the encoder): {"url", "segments", "stats"}; a
+    shard whose part is already complete is not read ({"url", "done": its manifest}); None pads
+    a rank's list (a no-op step)."""
 
-    def __init__(self, url: str, fn, skip_bad: bool = False):
-        self.url, self.fn, self.it, self.pos, self.skip_bad = url, fn, None, 0, skip_bad
+    def __init__(self, urls: list, out: Path, skip_bad: bool):
+        self.urls, self.out, self.skip_bad = list(urls), Path(out), bool(skip_bad)
 
-    def __call__(self, i: int):
-        if self.it is None or i < self.pos:  # bad samples were counted by the first pass
-            self.it, self.pos = iter_samples(self.url, skip_bad=self.skip_bad, stats={}), 0
-        while True:
-            seg = next(self.it)
-            self.pos += 1
-            if self.pos - 1 == i:
-                return self.fn(seg)
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, i: int):
+        url = self.urls[i]
+        if url is None:
+            return None
+        part = self.out / part_name(url)
+        if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
+            return {"url": url, "done": read_json(part / MANIFEST)}
+        # with data.skip_bad a sample whose video is bad is skipped here (and counted once)
+        stats: dict = {}
+        segments = list(iter_samples(url, skip_bad=self.skip_bad, stats=stats))
+        return {"url": url, "segments": segments, "stats": stats}
 
 
 class TokenizeModule(L.LightningModule):
     """predict_step(url) tokenizes one input shard into out/<part>/ and returns its summary."""
 
     def __init__(self, model: Tokenizer, out: str, batch_size: int, maxcount: int, allow_resize: bool,
-                 tokens_meta: dict, urls: list[str], skip_bad: bool = False):
+                 tokens_meta: dict, urls: list[str], skip_bad: bool = False, num_workers: int = 0):
         super().__init__()
-        self.skip_bad = bool(skip_bad)
+        self.skip_bad, self.num_workers = bool(skip_bad), int(num_workers)
         self.model, self.urls = model, list(urls)
         self.out, self.batch_size, self.maxcount = Path(out), int(batch_size), int(maxcount)
         self.allow_resize, self.tokens_meta = allow_resize, tokens_meta
 
     def predict_dataloader(self):
-        return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size)
+        return _url_loader(self.urls, self.trainer.global_rank, self.trainer.world_size, self.out, self.skip_bad,
+                           self.num_workers)
 
-    def predict_step(self, url, batch_idx=0):
-        if url is None:  # padding: every rank runs the same number of predict steps
+    def predict_step(self, item, batch_idx=0):
+        if item is None:  # padding: every rank runs the same number of predict steps
             return None
+        url = item["url"]
         part = self.out / part_name(url)
-        if (part / MANIFEST).exists() and read_json(part / MANIFEST).get("complete"):
-            m = read_json(part / MANIFEST)
+        if "done" in item:
+            m = item["done"]
             return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": True}
-        # count the readable segments; with data.skip_bad the videos are decoded too, so a sample
-        # whose video is bad is skipped here (and counted once) rather than found mid-write
-        stats: dict = {}
-        n = sum(1 for _ in iter_samples(url, skip_bad=self.skip_bad, stats=stats, frames=self.skip_bad))
-        if n == 0:
+        segments, stats = item["segments"], item["stats"]
+        if not segments:
             raise EmptyShardError(f"{url}: shard holds no segments (nothing to tokenize; "
                                   f"{stats.get('skipped', 0)} bad sample(s) skipped as unreadable)")
         self.model.eval()
 
-        def encode(seg):
+        def encode(i):
+            seg = segments[i]
+
             def prepare(fr):
                 return resize_frames(fr, self.model.frame_size, self.allow_resize,
                                      f"{url}: segment {seg.segment_id!r}, field 'frames'")
@@ -142,19 +152,32 @@ class TokenizeModule(L.LightningModule):
                                     prepare)
             return token_item(seg, tokens, self.tokens_meta)
 
-        m = write_shards(part, n, _SequentialSegments(url, encode, self.skip_bad), maxcount=self.maxcount,
-                         workers=1, prefix="tokens", progress=False)
+        m = write_shards(part, len(segments), encode, maxcount=self.maxcount, workers=1, prefix="tokens",
+                         progress=False)
         atomic_write_json(part / SKIPPED, {"skipped_bad": int(stats.get("skipped", 0)),
                                            "errors": list(stats.get("errors", []))})
         return {"url": url, "part": part.name, "samples": m["samples"], "frames": m["frames"], "skipped": False}
 
 
-def _url_loader(urls: list[str], rank: int, world: int):
+def _rank_urls(urls: list[str], rank: int, world: int) -> list:
     """Rank r's input shards r, r+W, ..., padded with None (a no-op step) to ceil(n / W), so
     every rank runs the same number of predict steps whatever the number of shards."""
     mine = urls[rank::world]
-    mine = mine + [None] * (-(-len(urls) // world) - len(mine))
-    return torch.utils.data.DataLoader(mine, batch_size=None, shuffle=False, num_workers=0)
+    return mine + [None] * (-(-len(urls) // world) - len(mine))
+
+
+def _as_is(item):
+    return item
+
+
+def _url_loader(urls: list[str], rank: int, world: int, out: Path, skip_bad: bool = False, num_workers: int = 0):
+    """Rank r's shards (``_rank_urls``), each read whole by one of ``num_workers`` loader
+    processes (data.num_workers) while the rank encodes the one before."""
+    mine = _rank_urls(urls, rank, world)
+    workers = min(int(num_workers), sum(u is not None for u in mine))
+    return torch.utils.data.DataLoader(_ShardSegments(mine, out, skip_bad), batch_size=None, shuffle=False,
+                                       num_workers=workers, collate_fn=_as_is,
+                                       prefetch_factor=1 if workers else None)
 
 
 def combine_manifests(out: Path, urls: list[str]) -> dict:
