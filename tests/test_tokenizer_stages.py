@@ -185,6 +185,14 @@ def test_ranks_split_input_shards_without_duplicates():
     assert sorted(flat) == sorted(urls) and len(flat) == len(set(flat))
 
 
+def _assert_same_token_shards(one, two, n):
+    a = sorted(p.relative_to(one) for p in one.glob("*/*.tar"))
+    b = sorted(p.relative_to(two) for p in two.glob("*/*.tar"))
+    assert a == b and len(a) == n
+    for rel in a:
+        assert (one / rel).read_bytes() == (two / rel).read_bytes()
+
+
 @pytest.mark.slow
 def test_tokenize_on_two_ddp_ranks_matches_one_process(tmp_path):
     _write_fleet(tmp_path / "fleet", n=4, maxcount=1)
@@ -194,11 +202,7 @@ def test_tokenize_on_two_ddp_ranks_matches_one_process(tmp_path):
     two = tokenize_run(_tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'two'}",
                                      "trainer.devices=2", "trainer.strategy=ddp_spawn"))
     assert one["tokenize/segments"] == two["tokenize/segments"] == 4
-    a = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").glob("*/*.tar"))
-    b = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").glob("*/*.tar"))
-    assert a == b and len(a) == 4
-    for rel in a:
-        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+    _assert_same_token_shards(tmp_path / "one", tmp_path / "two", 4)
 
 
 def test_tokenize_decoding_in_loader_workers_writes_the_same_bytes_and_skips_finished_parts(tmp_path):
@@ -212,11 +216,7 @@ def test_tokenize_decoding_in_loader_workers_writes_the_same_bytes_and_skips_fin
     par = _tokenize_cfg(tmp_path, tmp_path / "fleet", ckpt, f"out={tmp_path / 'two'}", "data.num_workers=2")
     two = tokenize_run(par)
     assert one["tokenize/segments"] == two["tokenize/segments"] == 3
-    a = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").glob("*/*.tar"))
-    b = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").glob("*/*.tar"))
-    assert a == b and len(a) == 3
-    for rel in a:
-        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+    _assert_same_token_shards(tmp_path / "one", tmp_path / "two", 3)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").glob("*/*.tar")}
     again = tokenize_run(par)
     assert again["tokenize/segments"] == 3
