@@ -6,8 +6,9 @@
 # Each stage is capped (STAGE_TIMEOUT_<stage> seconds, else 600; none past DEADLINE, epoch
 # seconds) so a slow one cannot eat the rest; stage metrics, images and the two checkpoints
 # are copied to $OUT (when set) as they land.
-# TOKENIZE_CPU_RANKS=N encodes on N single-thread CPU ranks (ddp_spawn) instead of the GPU: one
-# process decoding the H.264 shards (~0.8 s a segment) is what bounds tokenize, not the encoder.
+# TOKENIZE_CPU_RANKS=N encodes on N single-thread CPU ranks (ddp_spawn) instead of the GPU, as
+# the first H100 run did when one process decoding the H.264 shards bounded tokenize; tokenize
+# now decodes in data.num_workers loader processes (12 in experiment=gpu), not yet timed there.
 set -uo pipefail
 run_dir=${1:?run dir}; exp=${2:-gpu}; shift 2 || shift $#
 out=${OUT:-}
