@@ -99,7 +99,7 @@ def save_artifact(path: str | Path, kind: str, config: dict, state_dict: dict, *
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}: one of {sorted(KINDS)}")
     blob = {"kind": kind, "config": _json_value(config, f"{path}: config"),
-            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
+            "state_dict": to_cpu(state_dict)}
     for key, value in entries.items():
         blob[key] = _json_value(value, f"{path}: {key}")
     with atomic_path(path) as tmp:

@@ -27,6 +27,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from drivegpt.checkpoints import to_cpu
 from drivegpt.runs import atomic_write_json
 from drivegpt.tracking import wandb_mode
 
@@ -118,7 +119,7 @@ class DataAuditCallback(Callback):
 
         r = trainer.global_rank
         (self.run_dir / "audit").mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+        torch.save(to_cpu(pl_module.state_dict()),
                    self.run_dir / "audit" / f"final_rank{r}.pt")
         atomic_write_json(self.run_dir / "audit" / f"rank{r}.json",
                           {"rank": r, "world_size": trainer.world_size, "seen": self.seen,

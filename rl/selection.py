@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from drivegpt.checkpoints import to_cpu
 from drivegpt.data.loaders import split_of
 from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.rl.envs import FrameHistoryVecEnv
@@ -115,7 +116,7 @@ class KeepBest:
             return False
         raw = getattr(policy, "module", policy)
         self.best_score, self.best_iteration = s, iteration
-        self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in raw.state_dict().items()})
+        self.best_state = copy.deepcopy(to_cpu(raw.state_dict()))
         return True
 
 
