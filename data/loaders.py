@@ -173,6 +173,13 @@ def frame_dataset(urls, split: str = "train", val_fraction: float = 0.1, shuffle
 NOT_ENCODED = -1  # token value of a frame the tokenize stage skipped (tokenize.every)
 
 
+def cruise_speed_of(meta: dict) -> float:
+    """The segment's cruise set speed (``meta.cruise_speed``, m/s; data.schema), NaN when the
+    source did not log one."""
+    c = meta.get("cruise_speed") if isinstance(meta, dict) else None
+    return float(c) if c is not None else float("nan")
+
+
 def encoded_tokens(tokens: np.ndarray, idx, where: str) -> np.ndarray:
     """``tokens[idx]`` as int64, refusing frames the tokenize stage did not encode."""
     out = np.asarray(tokens)[idx].astype(np.int64)
@@ -228,6 +235,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     kept_all = np.arange(0, t - stride)
     composed = np.zeros((t, 6), np.float64)
     composed[kept_all] = strided_rel_poses(rel, kept_all, stride)
+    cruise = cruise_speed_of(meta)
     nxt = np.stack([np.pad(dis[j + 1:], (0, j + 1)) for j in range(stride)], axis=1)  # [T, stride]
     first = np.argmax(nxt != 0, axis=1)
     cause = nxt[np.arange(t), first].astype(np.int64)
@@ -238,6 +246,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
             key: data[idx] if key == "frames" else encoded_tokens(data, idx, f"segment {meta.get('segment_id')!r}"),
             "rel_pose": composed[idx].astype(np.float32),  # [K, 6]
             "speed": speed[idx].astype(np.float32),  # [K]
+            "cruise_speed": np.full(len(idx), cruise, np.float32),  # [K] set speed, NaN = not logged
             "engaged": engaged[idx].astype(bool),  # [K]
             "cause": cause[idx],  # [K] int64
             "targets": targets[idx],  # [K, H, 3] float32

@@ -19,6 +19,9 @@ Conventions (every source converts to these):
   provide (the road world adds ``lane_mask`` bool [T,H,W] and ``traffic`` float32 [T,N,4]).
 - ``meta``: JSON-able dict with at least ``source``, ``segment_id`` (no dots, it is the
   webdataset key), ``fps``, ``camera`` (fx, fy, cx, cy, width, height) and ``vehicle``.
+  Optional: ``cruise_speed`` (m/s, > 0), the driver's cruise set speed over the segment (what
+  openpilot's longitudinal planner reads as v_cruise; nothing in a frame shows it). Sources
+  that do not log it leave it out, and the policy is told it is unknown.
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ def validate(seg: Segment, fps: float | None = None, where: str = "") -> Segment
     for k in REQUIRED_META:
         if k not in seg.meta:
             fail("meta", f"missing key {k!r}")
+    if "cruise_speed" in seg.meta:
+        c = seg.meta["cruise_speed"]
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not np.isfinite(c) or c <= 0:
+            fail("meta.cruise_speed", f"must be a finite speed > 0 in m/s (or absent when unknown), got {c!r}")
     if not SEGMENT_ID_RE.match(str(sid)):
         fail("meta.segment_id", "must be non-empty and use only letters, digits, '_' and '-' "
              "(it is the webdataset key; dots are not allowed)")

@@ -152,19 +152,25 @@ def verify_tinygrad(files: dict, held, ref: np.ndarray, check, e: DictConfig, bu
     for kind, path in files.items():
         log.info("tinygrad %s: OnnxRunner + TinyJit on %s (%s)", kind, t.device, path.name)
         runner = tg.TinygradPolicy(path, device=str(t.device), threads=1)
-        acts = runner.run(held.frames, held.speed)
+        acts = runner.run(held.frames, held.speed, held.cruise)
         name = f"tinygrad {kind} ({t.device}, TinyJit) vs PyTorch fp32"
         if kind == "fp32":
             check(name, acts, ref, "max", float(e.verify.parity_atol), f"max <= {e.verify.parity_atol}")
         else:
             bound = float(t.fp16_p95_frac_of_range)
             check(name, acts, ref, "p95_frac", bound, f"p95 <= {bound:.0%} of range")
-        counts = runner.counts(held.frames, held.speed)
+        counts = runner.counts(held.frames, held.speed, held.cruise)
         sec["graphs"][kind] = {"file": path.name, "check": name, **counts,
                                "adreno630": tg.adreno_estimate(counts, kind == "fp16", adreno, budget_ms)}
         if kind == "fp32":
             sec["_fp32_runner"] = runner
     return sec
+
+
+def _known(cruise: np.ndarray) -> int:
+    """How many windows have a known cruise set speed (finite, > 0; NaN = unknown)."""
+    c = np.asarray(cruise, np.float64)
+    return int((np.isfinite(c) & (c > 0)).sum())
 
 
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
@@ -181,7 +187,8 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     held = get_windows(cfg, "val", int(e.verify.count), frames_shape)
     log.info("frames: %d calibration (%s), %d held-out (%s)", len(calib.frames), calib.source,
              len(held.frames), held.source)
-    ref = ox.torch_actions(module, held.frames, held.speed)
+    cruise = ox.has_cruise(module)  # the policy reads the cruise set speed: a third graph input
+    ref = ox.torch_actions(module, held.frames, held.speed, held.cruise)
 
     artifacts, checks, raw = [], {}, {}
 
@@ -193,16 +200,17 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     log.info("[1/4] ONNX export (opset %s) + fp16", e.opset)
     fp32 = ox.export_onnx(module, frames_shape, out_dir / "policy_fp32.onnx", opset=int(e.opset))
     artifacts.append({"file": fp32.name, "kind": "fp32", "runtime": "ONNX Runtime CPU (any CPU, incl. 845 Kryo)"})
-    check_inputs(fp32, held.frames, held.speed, what="held-out set")
+    check_inputs(fp32, held.frames, held.speed, what="held-out set", cruise=held.cruise)
     cpu = ox.cpu_session(fp32)
-    check("fp32 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(cpu, held.frames, held.speed), ref,
+    check("fp32 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(cpu, held.frames, held.speed, held.cruise), ref,
           "max", float(e.verify.parity_atol), f"max <= {e.verify.parity_atol}")
 
     if e.fp16:
         fp16 = ox.to_fp16(fp32, out_dir / "policy_fp16.onnx")
         artifacts.append({"file": fp16.name, "kind": "fp16",
                           "runtime": "tinygrad DEV=QCOM (Adreno 630 GPU on the 845; run_on_comma.py), other GPU delegates"})
-        check("fp16 ONNX (ORT CPU) vs PyTorch fp32", ox.run_session(ox.cpu_session(fp16), held.frames, held.speed),
+        check("fp16 ONNX (ORT CPU) vs PyTorch fp32",
+              ox.run_session(ox.cpu_session(fp16), held.frames, held.speed, held.cruise),
               ref, "p95_frac", float(e.verify.p95_frac_of_range), f"p95 <= {e.verify.p95_frac_of_range:.0%} of range")
 
     tiny = {"verified": False, "note": "disabled (export.tinygrad.enabled=false)"}
@@ -216,10 +224,11 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     log.info("[2/4] QDQ quantization a=%s w=%s", q.activation_type, q.weight_type)
     qdq = quantize_qdq(fp32, out_dir / "policy_qdq.onnx", calib.frames, calib.speed,
                        activation_type=str(q.activation_type), weight_type=str(q.weight_type),
-                       calibrate_method=str(q.calibrate_method), per_channel=bool(q.per_channel))
+                       calibrate_method=str(q.calibrate_method), per_channel=bool(q.per_channel),
+                       cruise=calib.cruise)
     artifacts.append({"file": qdq.name, "kind": f"qdq a{q.activation_type[-2:]}w{q.weight_type[-1:]}",
                       "runtime": "QNN EP (compiles on device) / ORT CPU"})
-    qdq_actions = ox.run_session(ox.cpu_session(qdq), held.frames, held.speed)
+    qdq_actions = ox.run_session(ox.cpu_session(qdq), held.frames, held.speed, held.cruise)
     p95_bound = float(e.verify.p95_frac_of_range)
     check("QDQ (ORT CPU) vs PyTorch fp32", qdq_actions, ref, "p95_frac", p95_bound, f"p95 <= {p95_bound:.0%} of range")
 
@@ -237,7 +246,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         ctx = qnn.compile_epcontext(qdq, out_dir / f"policy_{tname}_ctx.onnx", target)
         artifacts.append({"file": ctx.name, "kind": "EPContext (embedded QNN HTP context binary)",
                           "runtime": f"QNN HTP v{target['htp_arch']} (soc_model {target['soc_model']})"})
-        htp = ox.run_session(qnn.htp_session(ctx, target), held.frames, held.speed)
+        htp = ox.run_session(qnn.htp_session(ctx, target), held.frames, held.speed, held.cruise)
         check("EPContext (QNN HTP backend) vs PyTorch fp32", htp, ref, "p95_frac", p95_bound,
               f"p95 <= {p95_bound:.0%} of range")
         check("EPContext (QNN HTP backend) vs QDQ (ORT CPU)", htp, qdq_actions, "p95_frac", p95_bound,
@@ -246,9 +255,10 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                     "(on x86 a simulator: accuracy is real, speed is not)")
 
     log.info("[4/4] report: FLOPs, activation peak, latency")
-    example = ox.example_inputs(frames_shape)
+    example = ox.example_inputs(frames_shape, cruise=cruise)
     flops = report.count_flops(module, example)
-    one = {"frames": held.frames[:1], "speed": held.speed[:1]}
+    one = {k: v[:1] for k, v in ox.input_arrays(ox.input_names(module), held.frames, held.speed,
+                                                 held.cruise).items()}
     tiny_fp32 = tiny.pop("_fp32_runner", None)
     ms = cpu_latency_ms(module, cpu, one, int(e.timing_runs), tinygrad=tiny_fp32)
     torch_ms, ort_ms = ms["torch"], ms["ort"]
@@ -257,13 +267,16 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         tiny.update({"cpu_ms": ms["tinygrad"], "vs_torch": ms["tinygrad"] / torch_ms, "vs_ort": ms["tinygrad"] / ort_ms})
         n = min(int(e.tinygrad.sample_count), len(held.frames))
         support = [p.name for p in tg.write_device_kit(out_dir, held.frames[:n], held.speed[:n], ref[:n], {
-            "sample_n": n, "tinygrad": tiny["version"], "table": report.tinygrad_table(tiny, checks)})]
+            "sample_n": n, "tinygrad": tiny["version"], "table": report.tinygrad_table(tiny, checks)},
+            cruise=held.cruise[:n] if cruise else None)]
 
     io_spec = {
         "inputs": [{"name": "frames", "shape": [1, *frames_shape], "dtype": "uint8",
                     "normalisation": "raw RGB 0..255, K frames oldest first at the training stride; "
                                      "scaling/normalisation is inside the graph"},
-                   {"name": "speed", "shape": [1, 1], "dtype": "float32", "normalisation": "m/s, raw"}],
+                   {"name": "speed", "shape": [1, 1], "dtype": "float32", "normalisation": "m/s, raw"}]
+        + ([{"name": ox.CRUISE_INPUT, "shape": [1, 1], "dtype": "float32",
+             "normalisation": "m/s, raw; NaN = unknown"}] if cruise else []),
         "outputs": [{"name": "action", "shape": [1, 2], "dtype": "float32",
                      "normalisation": "normalized [desired curvature, desired accel] in [-1, 1]; "
                                       "sim.vehicle.denormalize_action gives 1/m and m/s^2"}],
@@ -277,7 +290,10 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
     rep = {
         "checkpoint": checkpoint, "target": target, "frames_shape": list(frames_shape),
         "frames": {"heldout_source": held.source, "heldout_split": held.split, "heldout_n": len(held.frames),
-                   "calib_source": calib.source, "calib_split": calib.split, "calib_n": len(calib.frames)},
+                   "calib_source": calib.source, "calib_split": calib.split, "calib_n": len(calib.frames),
+                   **({"heldout_cruise_known": _known(held.cruise), "calib_cruise_known": _known(calib.cruise)}
+                      if cruise else {})},
+        "inputs": [i["name"] for i in io_spec["inputs"]],
         "params": report.count_params(module), "flops": flops, "macs": flops // 2,
         "activation_peak_bytes": report.activation_peak_bytes(fp32),
         "artifacts": rows, "op_histograms": {a["file"]: report.op_histogram(out_dir / a["file"]) for a in rows},

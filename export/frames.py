@@ -5,7 +5,10 @@ Preferred source: the fleet shards (``data.shards``), split by segment with
 the procedural road world (``drivegpt.sim.roadworld.drive_segment``; seeds split the same
 way). ``export.frames.source=synthetic``: deterministic synthetic road images (never noise).
 Each window: K frames at the configured stride, oldest first (``data.loaders.window_starts`` /
-``window_frames``), resized with ``drivegpt.frameops.resize``, and the speed at the last one.
+``window_frames``), resized with ``drivegpt.frameops.resize``, the speed at the last one, and
+the cruise set speed there (m/s, NaN = unknown): a shard segment's ``meta.cruise_speed``, as
+the training windows carry it (``data.loaders.cruise_speed_of``); in the road world the road's
+speed limit, the set speed the closed-loop evaluation gives the policy (``rl.evaluate``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Iterator
 import numpy as np
 from omegaconf import OmegaConf
 
-from drivegpt.data.loaders import split_of, window_frames, window_starts
+from drivegpt.data.loaders import cruise_speed_of, split_of, window_frames, window_starts
 from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.frameops import resize
 from drivegpt.sim.roadworld import drive_segment, segment_id
@@ -26,6 +29,7 @@ from drivegpt.sim.roadworld import drive_segment, segment_id
 class Windows:
     frames: np.ndarray  # uint8 [N, K, H, W, 3]
     speed: np.ndarray  # float32 [N, 1]
+    cruise: np.ndarray  # float32 [N, 1] cruise set speed, m/s; NaN = unknown
     source: str  # "fleet shards <spec>", "roadworld", "synthetic"
     split: str  # "train" | "val"
 
@@ -41,34 +45,48 @@ def _windows_of(frames: np.ndarray, speed: np.ndarray, k: int, stride: int, per_
         yield frames[idx], float(speed[idx[-1]])
 
 
-def _collect(segments, split_of, split, count, shape, stride, per_segment, seed) -> tuple[list, list]:
+def _collect(segments, split_of, split, count, shape, stride, per_segment, seed,
+             cruise_of) -> tuple[list, list, list]:
+    """Windows of ``split``'s segments: (frames, speeds, cruise set speeds); ``cruise_of(segment)``
+    is the segment's set speed (m/s, NaN = unknown), the same at every frame."""
     k, h, w, _ = shape
     rng = np.random.default_rng(seed)
-    out_f, out_s = [], []
+    out_f, out_s, out_c = [], [], []
     for seg in segments:
         if split_of(seg.segment_id) != split:
             continue
         frames = resize(np.asarray(seg.frames, dtype=np.uint8), (h, w))
+        cruise = cruise_of(seg)
         for win, v in _windows_of(frames, np.asarray(seg.speed), k, stride, per_segment, rng):
             out_f.append(win)
             out_s.append(v)
+            out_c.append(cruise)
             if len(out_f) >= count:
-                return out_f, out_s
-    return out_f, out_s
+                return out_f, out_s, out_c
+    return out_f, out_s, out_c
+
+
+def _road_speed_limit(seg) -> float:
+    """A road-world segment's speed limit (m/s; ``meta.sim.speed_limit``), NaN if it has none."""
+    c = (seg.meta.get("sim") or {}).get("speed_limit")
+    return float(c) if c is not None else float("nan")
 
 
 def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_fraction: float,
                   per_segment: int = 8, seed: int = 0, skip_bad: bool = False) -> Windows:
+    """Windows of the shards' ``split`` segments; cruise: each segment's ``meta.cruise_speed`` (NaN
+    where the source did not log it), what the training windows' ``cruise_speed`` carries."""
     segs = iter_samples(expand_urls(shards), skip_bad=skip_bad)
-    f, s = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
-                    per_segment, seed)
-    return _pack(f, s, f"fleet shards {shards}", split)
+    f, s, c = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
+                       per_segment, seed, cruise_of=lambda seg: cruise_speed_of(seg.meta))
+    return _pack(f, s, c, f"fleet shards {shards}", split)
 
 
 def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_fraction: float,
                       seconds: float = 10.0, per_segment: int = 8, seed: int = 0) -> Windows:
     """Drive road-world segments of ``split`` only (chosen by ``split_of(segment_id(seed))`` before
-    driving, the same split the fleet shards of those seeds get)."""
+    driving, the same split the fleet shards of those seeds get). Cruise: the road's speed limit,
+    the set speed the policy is given in the road world (``rl.evaluate``)."""
     _, h, w, _ = shape
     seeds = (i for i in range(seed, seed + 100_000) if split_of(segment_id(i), val_fraction) == split)
 
@@ -76,13 +94,15 @@ def roadworld_windows(cfg_sim, split: str, count: int, shape, stride: int, val_f
         for i in seeds:
             yield drive_segment(i, seconds, cfg_sim, h, w)
 
-    f, s = _collect(segments(), lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
-                    per_segment, seed)
-    return _pack(f, s, "roadworld (sim.roadworld.drive_segment)", split)
+    f, s, c = _collect(segments(), lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
+                       per_segment, seed, cruise_of=_road_speed_limit)
+    return _pack(f, s, c, "roadworld (sim.roadworld.drive_segment)", split)
 
 
 def synthetic_windows(split: str, count: int, shape, seed: int = 0) -> Windows:
-    """Procedural road scenes (sky, road, lane markings, cars, lighting), moving over K frames."""
+    """Procedural road scenes (sky, road, lane markings, cars, lighting), moving over K frames.
+    Cruise set speeds: a little above each window's speed, every fourth unknown (NaN), so both
+    of the policy's cruise paths are exercised (drawn apart: the frames and speeds do not change)."""
     k, h, w, _ = shape
     rng = np.random.default_rng(seed + (1_000_003 if split == "val" else 0))
     frames = np.empty((count, k, h, w, 3), np.uint8)
@@ -117,13 +137,17 @@ def synthetic_windows(split: str, count: int, shape, seed: int = 0) -> Windows:
                 img[max(y - cw // 2, 0):y, max(cx - cw // 2, 0):cx + cw // 2] = col
             img += rng.normal(0, 3, img.shape)
             frames[n, t] = np.clip(img, 0, 255).astype(np.uint8)
-    return Windows(frames, speed, "synthetic", split)
+    crng = np.random.default_rng([seed, int(split == "val"), 0xC2])
+    cruise = np.clip(speed + crng.uniform(-2.0, 8.0, size=(count, 1)), 5.0, 40.0).astype(np.float32)
+    cruise[::4] = np.nan
+    return Windows(frames, speed, cruise, "synthetic", split)
 
 
-def _pack(frames: list, speed: list, source: str, split: str) -> Windows:
+def _pack(frames: list, speed: list, cruise: list, source: str, split: str) -> Windows:
     if not frames:
         raise ValueError(f"{source}: no {split}-split windows found (too few or too short segments?)")
-    return Windows(np.stack(frames).astype(np.uint8), np.asarray(speed, np.float32)[:, None], source, split)
+    return Windows(np.stack(frames).astype(np.uint8), np.asarray(speed, np.float32)[:, None],
+                   np.asarray(cruise, np.float32)[:, None], source, split)
 
 
 def get_windows(cfg, split: str, count: int, shape) -> Windows:

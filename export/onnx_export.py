@@ -1,8 +1,13 @@
-"""ONNX export of the on-device policy graph (uint8 frames + speed -> action), fp32 and fp16.
+"""ONNX export of the on-device policy graph (uint8 frames + speed [+ cruise] -> action), fp32 and fp16.
 
 The exported graph is the whole thing that runs in the car: uint8 -> float preprocessing, the
 vision trunk, the policy head with the information bottleneck at its mean. Static shapes,
 batch 1, opset 21 (QNN's 16-bit Q/DQ needs it), IR version pinned to one onnxruntime reads.
+
+Inputs: ``frames`` uint8 [1,K,H,W,3] and ``speed`` f32 [1,1] (m/s), and for a policy with
+``cfg.cruise`` a third, ``cruise`` f32 [1,1]: the cruise set speed in m/s, NaN when unknown
+(the graph turns it into a zero feature with its known-flag off). ``input_names(module)`` says
+which; every runner here feeds the graph's inputs by name (``input_arrays``).
 """
 
 from __future__ import annotations
@@ -20,26 +25,61 @@ from drivegpt.runs import atomic_write_bytes
 
 OPSET = 21
 IR_VERSION = 10  # opset 21 needs IR >= 10; newer onnx writes IR that older onnxruntime refuses
-INPUT_NAMES = ("frames", "speed")
+INPUT_NAMES = ("frames", "speed")  # every policy graph's inputs, in this order
+CRUISE_INPUT = "cruise"  # the third input of a policy with cfg.cruise: set speed m/s, NaN = unknown
 OUTPUT_NAMES = ("action",)
 
 
-def example_inputs(frames_shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch-1 example inputs: frames uint8 [1,K,H,W,3], speed float32 [1,1]."""
+def has_cruise(module: nn.Module) -> bool:
+    """Whether an export module reads the cruise set speed: its policy's ``cfg.cruise``
+    (``Policy.export_module()`` holds the policy as ``.policy``; a bare ``Policy`` works too)."""
+    policy = getattr(module, "policy", module)
+    return bool(getattr(getattr(policy, "cfg", None), "cruise", False))
+
+
+def input_names(module: nn.Module) -> tuple[str, ...]:
+    """The graph's input names for ``module``: frames, speed (+ cruise with ``cfg.cruise``)."""
+    return INPUT_NAMES + ((CRUISE_INPUT,) if has_cruise(module) else ())
+
+
+def example_inputs(frames_shape: tuple[int, int, int, int], cruise: bool = False) -> tuple[torch.Tensor, ...]:
+    """Batch-1 example inputs: frames uint8 [1,K,H,W,3], speed float32 [1,1] (+ cruise float32 [1,1])."""
     k, h, w, c = frames_shape
     if c != 3:
         raise ValueError(f"frames_shape {frames_shape}: last dim must be 3 (RGB)")
-    return torch.zeros(1, k, h, w, 3, dtype=torch.uint8), torch.zeros(1, 1, dtype=torch.float32)
+    args = (torch.zeros(1, k, h, w, 3, dtype=torch.uint8), torch.zeros(1, 1, dtype=torch.float32))
+    return args + ((torch.zeros(1, 1, dtype=torch.float32),) if cruise else ())
+
+
+def input_arrays(names, frames: np.ndarray, speed: np.ndarray, cruise: np.ndarray | None = None,
+                 where: str = "model") -> dict[str, np.ndarray]:
+    """{input name: array [N, ...]} for a graph/module with inputs ``names``, in that order.
+
+    ``cruise`` [N,1] (m/s, NaN = unknown) is fed only where ``names`` has it, and must be given
+    there (the held-out and calibration windows always carry it); an input none of these is for
+    raises naming it."""
+    data = {"frames": frames, "speed": speed, CRUISE_INPUT: cruise}
+    out = {}
+    for name in names:
+        if name not in data:
+            raise ValueError(f"{where}: input {name!r} is not one of {list(data)}")
+        if data[name] is None:
+            what = " (the cruise set speed, m/s, NaN = unknown)" if name == CRUISE_INPUT else ""
+            raise ValueError(f"{where} has input {name!r}{what} but no values were given for it")
+        out[name] = data[name]
+    return out
 
 
 def export_onnx(module: nn.Module, frames_shape: tuple[int, int, int, int], path: str | os.PathLike,
                 opset: int = OPSET) -> Path:
-    """Export ``module`` (frames uint8 [1,K,H,W,3], speed float32 [1,1] -> action [1,2]) to ``path``.
+    """Export ``module`` (frames uint8 [1,K,H,W,3], speed float32 [1,1] [, cruise float32 [1,1]]
+    -> action [1,2]) to ``path``; the inputs are ``input_names(module)``.
 
     One self-contained file (no external data); onnx.checker (full_check) must pass.
     """
     module = module.eval()
-    args = example_inputs(frames_shape)
+    names = input_names(module)
+    args = example_inputs(frames_shape, cruise=CRUISE_INPUT in names)
     with torch.no_grad():
         out = module(*args)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 2):
@@ -50,9 +90,13 @@ def export_onnx(module: nn.Module, frames_shape: tuple[int, int, int, int], path
     with torch.no_grad():
         program = torch.onnx.export(
             module, args, None, dynamo=True, external_data=False, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False,
+            input_names=list(names), output_names=list(OUTPUT_NAMES), verbose=False,
         )
     model = program.model_proto
+    got = tuple(i.name for i in model.graph.input)
+    if got != names:  # the exporter drops inputs the graph never reads
+        raise ValueError(f"exported graph has inputs {list(got)}, expected {list(names)} "
+                         "(does the module read every input it is given?)")
     model.ir_version = min(model.ir_version, IR_VERSION)
     model.producer_name = "drivegpt-export"
     hoist_input_casts(model.graph)
@@ -61,7 +105,7 @@ def export_onnx(module: nn.Module, frames_shape: tuple[int, int, int, int], path
 
 
 def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """fp16 weights and activations for GPU delegates; I/O types kept (uint8 frames, fp32 speed/action)."""
+    """fp16 weights and activations for GPU delegates; I/O types kept (uint8 frames, fp32 speed/cruise/action)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
@@ -149,17 +193,20 @@ def cpu_session(path: str | os.PathLike, threads: int = 1):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, frames: np.ndarray, speed: np.ndarray) -> np.ndarray:
-    """Actions float32 [N,2] for frames uint8 [N,K,H,W,3], speed float32 [N,1], one frame set at a time."""
-    out = [session.run(None, {"frames": frames[i:i + 1], "speed": speed[i:i + 1]})[0]
-           for i in range(len(frames))]
+def run_session(session, frames: np.ndarray, speed: np.ndarray, cruise: np.ndarray | None = None) -> np.ndarray:
+    """Actions float32 [N,2] for frames uint8 [N,K,H,W,3], speed float32 [N,1] (and cruise float32
+    [N,1], m/s, NaN = unknown, where the graph has that input), one frame set at a time."""
+    inputs = input_arrays([i.name for i in session.get_inputs()], frames, speed, cruise, "ONNX graph")
+    out = [session.run(None, {k: v[i:i + 1] for k, v in inputs.items()})[0] for i in range(len(frames))]
     return np.concatenate(out).astype(np.float32)
 
 
 @torch.no_grad()
-def torch_actions(module: nn.Module, frames: np.ndarray, speed: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 reference actions [N,2], batch 1 like the device."""
+def torch_actions(module: nn.Module, frames: np.ndarray, speed: np.ndarray,
+                  cruise: np.ndarray | None = None) -> np.ndarray:
+    """PyTorch fp32 reference actions [N,2], batch 1 like the device (``cruise`` fed where the
+    module reads it: ``has_cruise``)."""
     module = module.eval()
-    out = [module(torch.from_numpy(frames[i:i + 1]), torch.from_numpy(speed[i:i + 1])).numpy()
-           for i in range(len(frames))]
+    inputs = input_arrays(input_names(module), frames, speed, cruise, "export module")
+    out = [module(*(torch.from_numpy(v[i:i + 1]) for v in inputs.values())).numpy() for i in range(len(frames))]
     return np.concatenate(out).astype(np.float32)

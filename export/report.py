@@ -178,10 +178,14 @@ def _fmt(x, nd=3):
 def markdown(r: dict) -> str:
     """The human-readable device report."""
     L = [f"# DriveGPT device export: {r['target']['soc']} ({r['target']['name']})", ""]
-    L += [f"Checkpoint `{r['checkpoint']}`; inputs frames uint8 {r['frames_shape']} + speed; "
-          f"frames for verification: {r['frames']['heldout_source']} ({r['frames']['heldout_n']} held-out windows, "
-          f"split `{r['frames']['heldout_split']}`), calibration: {r['frames']['calib_n']} windows "
-          f"({r['frames']['calib_source']}, split `{r['frames']['calib_split']}`).", ""]
+    extra = " + ".join(r.get("inputs", ["frames", "speed"])[1:]).replace("cruise", "cruise (set speed, NaN = unknown)")
+    f = r["frames"]
+    known = (f"; known cruise set speed in {f['heldout_cruise_known']}/{f['heldout_n']} held-out and "
+             f"{f['calib_cruise_known']}/{f['calib_n']} calibration windows" if "heldout_cruise_known" in f else "")
+    L += [f"Checkpoint `{r['checkpoint']}`; inputs frames uint8 {r['frames_shape']} + {extra}; "
+          f"frames for verification: {f['heldout_source']} ({f['heldout_n']} held-out windows, "
+          f"split `{f['heldout_split']}`), calibration: {f['calib_n']} windows "
+          f"({f['calib_source']}, split `{f['calib_split']}`){known}.", ""]
     L += ["## Model", "", "| figure | value |", "|---|---|",
           f"| parameters | {r['params']:,} |", f"| MACs per frame set | {r['macs']:,} |",
           f"| FLOPs per frame set | {r['flops']:,} ({r['flops'] / 1e9:.3f} GFLOP) |",

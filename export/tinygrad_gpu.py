@@ -126,7 +126,10 @@ def _runner_class():
 
 
 class TinygradPolicy:
-    """An exported policy graph (frames uint8 + speed -> action) run by tinygrad under TinyJit.
+    """An exported policy graph (frames uint8 + speed [+ cruise] -> action) run by tinygrad under TinyJit.
+
+    Inputs are fed by the graph's names (``onnx_export.input_arrays``): ``cruise`` (m/s, NaN =
+    unknown) is needed where the graph has it and ignored where it has not.
 
     ``device="CPU"`` is tinygrad's clang backend, ``threads`` its kernel threads (1: comparable
     with one-thread ORT and PyTorch timings). Calls 1-2 trace and capture the JIT, later calls
@@ -162,12 +165,16 @@ class TinygradPolicy:
             raise TinygradRunError(f"tinygrad could not compute output {self.output!r} of {self.path.name} "
                                    f"on {self.device}: {type(e).__name__}: {e}") from e
 
-    def __call__(self, frames: np.ndarray, speed: np.ndarray) -> np.ndarray:
-        """Action [1, 2] float32 for one frame set (frames uint8 [1,K,H,W,3], speed float32 [1,1])."""
+    def __call__(self, frames: np.ndarray, speed: np.ndarray, cruise: np.ndarray | None = None) -> np.ndarray:
+        """Action [1, 2] float32 for one frame set (frames uint8 [1,K,H,W,3], speed float32 [1,1],
+        cruise float32 [1,1] where the graph has it)."""
         from tinygrad import Context, Tensor
 
+        from drivegpt.export.onnx_export import input_arrays
+
+        inputs = input_arrays(self.input_names, frames, speed, cruise, self.path.name)
         with Context(**self.context):
-            out = self.jit(Tensor(np.ascontiguousarray(frames)), Tensor(np.ascontiguousarray(speed)))
+            out = self.jit(*(Tensor(np.ascontiguousarray(v)) for v in inputs.values()))
             try:
                 got = out.numpy()
             except Exception as e:
@@ -176,11 +183,12 @@ class TinygradPolicy:
         self.calls += 1
         return got.astype(np.float32)
 
-    def run(self, frames: np.ndarray, speed: np.ndarray) -> np.ndarray:
+    def run(self, frames: np.ndarray, speed: np.ndarray, cruise: np.ndarray | None = None) -> np.ndarray:
         """Actions float32 [N, 2], one frame set per call like the device (JIT replays after call 2)."""
-        return np.concatenate([self(frames[i:i + 1], speed[i:i + 1]) for i in range(len(frames))])
+        c = (lambda i: None) if cruise is None else (lambda i: cruise[i:i + 1])  # noqa: E731
+        return np.concatenate([self(frames[i:i + 1], speed[i:i + 1], c(i)) for i in range(len(frames))])
 
-    def counts(self, frames: np.ndarray, speed: np.ndarray) -> dict:
+    def counts(self, frames: np.ndarray, speed: np.ndarray, cruise: np.ndarray | None = None) -> dict:
         """What tinygrad counts for one replayed JIT call (``GlobalCounters``): kernels, FLOPs, bytes.
 
         FLOPs count every ALU op in the kernels (a multiply-add is 2, elementwise ops count too);
@@ -188,10 +196,11 @@ class TinygradPolicy:
         """
         from tinygrad.helpers import GlobalCounters
 
+        c = None if cruise is None else cruise[:1]
         while self.calls < 2:  # make sure the next call is a replay of the captured JIT
-            self(frames[:1], speed[:1])
+            self(frames[:1], speed[:1], c)
         GlobalCounters.reset()
-        self(frames[:1], speed[:1])
+        self(frames[:1], speed[:1], c)
         return {"kernels": int(GlobalCounters.kernel_count), "flops": int(GlobalCounters.global_ops),
                 "bytes": int(GlobalCounters.global_mem), "device": self.device}
 
@@ -213,12 +222,15 @@ def adreno_estimate(counts: dict, fp16: bool, a: dict, budget_ms: float) -> dict
             "bound": max(parts, key=parts.get), "peak_gflops": peak}
 
 
-def write_device_kit(out_dir: Path, frames: np.ndarray, speed: np.ndarray, ref: np.ndarray, figures: dict) -> list[Path]:
-    """run_on_comma.py, README_sd845.md and sd845_sample.npz (held-out frames + PyTorch fp32 actions)."""
+def write_device_kit(out_dir: Path, frames: np.ndarray, speed: np.ndarray, ref: np.ndarray, figures: dict,
+                     cruise: np.ndarray | None = None) -> list[Path]:
+    """run_on_comma.py, README_sd845.md and sd845_sample.npz (held-out frames, speeds, cruise set
+    speeds when the graph reads them, + PyTorch fp32 actions)."""
     out_dir = Path(out_dir)
     sample = out_dir / SAMPLE
     tmp = out_dir / f".{SAMPLE}.tmp.npz"
-    np.savez_compressed(tmp, frames=frames, speed=speed, action_torch_fp32=ref)
+    extra = {} if cruise is None else {"cruise": cruise}
+    np.savez_compressed(tmp, frames=frames, speed=speed, **extra, action_torch_fp32=ref)
     os.replace(tmp, sample)
     runner = atomic_write_text(out_dir / RUNNER, RUNNER_SCRIPT)
     readme = atomic_write_text(out_dir / DEVICE_README, device_readme(figures))
@@ -233,7 +245,8 @@ def device_readme(f: dict) -> str:
          "The 845 has no Hexagon HTP, so the QNN context binary cannot run on it. openpilot runs its driving",
          "models on the 845's GPU through tinygrad; so does this artifact:", "",
          "| file | what |", "|---|---|",
-         "| `policy_fp16.onnx` | the policy graph, fp16 weights/activations (uint8 frames + fp32 speed in, fp32 action out): the one to run |",
+         "| `policy_fp16.onnx` | the policy graph, fp16 weights/activations (uint8 frames + fp32 speed [+ fp32 cruise set "
+         "speed, NaN = unknown] in, fp32 action out; manifest.json lists the inputs): the one to run |",
          "| `policy_fp32.onnx` | the same graph in fp32 (full precision, about half the GPU rate) |",
          f"| `{RUNNER}` | loads a graph with `tinygrad.nn.onnx.OnnxRunner`, runs it under `TinyJit`, times it, checks parity |",
          f"| `{SAMPLE}` | {f.get('sample_n', '?')} held-out frame sets with their PyTorch fp32 actions |", "",
@@ -297,7 +310,8 @@ HERE = Path(__file__).resolve().parent
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="policy_fp16.onnx")
-    ap.add_argument("--check", default=None, help="npz with frames, speed, action_torch_fp32")
+    ap.add_argument("--check", default=None,
+                    help="npz with the graph's inputs (frames, speed[, cruise]) and action_torch_fp32")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--budget-ms", type=float, default=50.0)
     ap.add_argument("--save", default=None, help="pickle the captured JIT here")
@@ -315,7 +329,7 @@ def main():
 
     if args.check:
         data = np.load(args.check)
-        inputs = {"frames": data["frames"], "speed": data["speed"]}
+        inputs = {n: data[n] for n in names}
     else:
         rng = np.random.default_rng(0)
         inputs = {n: (rng.integers(0, 256, spec[n]["shape"]).astype(np.uint8) if spec[n]["dtype"] == "uint8"

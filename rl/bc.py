@@ -243,6 +243,7 @@ class BCModule(L.LightningModule):
         k = self.policy.cfg.context_frames
         frames = policy_frames(batch["frames"], k)
         speed = batch["speed"][:, -2].float()
+        cruise = batch["cruise_speed"][:, -2].float() if "cruise_speed" in batch else None
         target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt)
         w = bc_weights(batch, self.hparams.horizons_s, self.hparams.exclude_before_disengage_s)
         engaged = batch["engaged"][:, -2].bool().to(w.device)
@@ -258,17 +259,17 @@ class BCModule(L.LightningModule):
             w = w * (~(engaged & inside)).float()
         if self.hparams.human_weight != 1.0:
             w = torch.where(engaged, w, w * float(self.hparams.human_weight))
-        return frames, speed, target, w
+        return frames, speed, cruise, target, w
 
     def training_step(self, batch, batch_idx):
-        frames, speed, target, w = self._prepare(batch)
+        frames, speed, cruise, target, w = self._prepare(batch)
         if self.viewpoint is not None:  # recovery views: shifted / turned car, corrected curvature
             frames, target = self.viewpoint(frames, speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
         dim_weight = accel_unit_weights(speed) if self.hparams.loss_units == "accel" else None
-        loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "target": target, "weight": w,
-                                                "dim_weight": dim_weight},
+        loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
+                                                "weight": w, "dim_weight": dim_weight},
                                                log_std_target=self.hparams.log_std_target)
         self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
         self.log("train/kept_fraction", parts["kept_fraction"], batch_size=frames.shape[0])
@@ -280,9 +281,9 @@ class BCModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         """Weighted absolute errors summed over the batch's real windows (padding rows from
         several ranks get weight 0); pooled over the whole held-out set at epoch end."""
-        frames, speed, target, w = self._prepare(batch)
+        frames, speed, cruise, target, w = self._prepare(batch)
         w = w * valid_rows(batch, w.shape[0], w.device).float()
-        mean, _, _ = self.policy(frames, speed)
+        mean, _, _ = self.policy(frames, speed, cruise)
         err = ((mean - target).abs() * w[:, None]).sum(0)
         base = (target.abs() * w[:, None]).sum(0)  # the do-nothing baseline (cruise straight): what BC must beat
         self._sums.add(weight=w.sum(), err_curv=err[0], err_accel=err[1], base_curv=base[0], base_accel=base[1])

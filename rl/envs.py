@@ -1,9 +1,10 @@
 """Environment adapters for the policy: frame history on the device, the learned sim for PPO.
 
 ``FrameHistoryVecEnv`` wraps a batched env whose observations are {"image" [n H W 3] uint8,
-"speed" [n] or [n 1]} (``sim.learned.WorldModelVectorEnv`` with ``output="torch"`` and
+"speed" [n] or [n 1], optionally "cruise" [n] or [n 1]} (``sim.learned.WorldModelVectorEnv`` with ``output="torch"`` and
 ``autoreset_mode="same_step"``) and turns them into the policy's observation
-{"frames" [n K H W 3] uint8, "speed" [n] float32}, all on the env's device. At (auto)reset the
+{"frames" [n K H W 3] uint8, "speed" [n] float32, "cruise" [n] float32 (m/s, 0 = unknown)},
+all on the env's device. At (auto)reset the
 history is filled from the start context the learned sim began from (the last K logged frames,
 decoded) when the env exposes it, else by repeating the first frame. ``info["final_obs"]``
 (SAME_STEP autoreset) is passed on in the policy's format: the K frames each done episode
@@ -23,6 +24,11 @@ from drivegpt.sim.learned import WorldModelVectorEnv
 def _t(x, device, dtype=None) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
     return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+
+def _cruise(x, device, n: int) -> torch.Tensor:
+    """The cruise set speed [n] in m/s (0: not logged, which the policy reads as unknown)."""
+    return _t(x, device, torch.float32).reshape(n)
 
 
 class FrameHistoryVecEnv:
@@ -82,7 +88,10 @@ class FrameHistoryVecEnv:
 
     def _obs(self, obs) -> dict[str, torch.Tensor]:
         speed = _t(obs["speed"], self.device, torch.float32).reshape(self.num_envs)
-        return {"frames": self.frames.clone(), "speed": speed}
+        out = {"frames": self.frames.clone(), "speed": speed}
+        if "cruise" in obs:
+            out["cruise"] = _cruise(obs["cruise"], self.device, self.num_envs)
+        return out
 
     def reset(self, seed: int | None = None) -> dict[str, torch.Tensor]:
         obs, _ = self.env.reset(seed=seed)
@@ -105,6 +114,8 @@ class FrameHistoryVecEnv:
             fimg = _t(final["image"], self.device, torch.uint8)
             fspeed = _t(final["speed"], self.device, torch.float32).reshape(self.num_envs)
             info["final_obs"] = {"frames": torch.cat([self.frames[:, 1:], fimg[:, None]], 1), "speed": fspeed}
+            if "cruise" in final:
+                info["final_obs"]["cruise"] = _cruise(final["cruise"], self.device, self.num_envs)
         self.frames = torch.cat([self.frames[:, 1:], image[:, None]], 1)
         if bool(done.any()):
             self._fill(done, image)

@@ -8,7 +8,8 @@ Architecture (per call, ``b`` batch, ``K`` context frames, ``H x W`` pixels):
       -> average pool to a small grid (keeps where the lanes are) -> linear -> feature [b K c]
       -> concat over K -> MLP -> z [b d] in (-1, 1) (tanh)
       -> information bottleneck: z + N(0, noise_std^2)   (training; the mean z at eval/export)
-      -> concat speed/speed_scale -> actor MLP -> mean [b 2] (tanh, in [-1, 1])
+      -> concat speed/speed_scale (with ``cruise``: and the cruise set speed / speed_scale and
+         whether it is known) -> actor MLP -> mean [b 2] (tanh, in [-1, 1])
                                   -> critic MLP -> value [b]
     log_std [2]: a learned state-independent parameter (clamped).
 
@@ -21,6 +22,12 @@ The trunk is the mobile family openpilot's vision model belongs to (EfficientNet
 depthwise-separable convolutions with BatchNorm fold into a few fused Conv(+ReLU) kernels on
 ONNX Runtime and the QNN HTP. BatchNorm statistics are learnt in behaviour cloning and frozen
 for RL (``Policy.freeze_norm``), so rollouts and PPO updates see the same network.
+
+The cruise set speed (``PolicyConfig.cruise``; the fleet log's ``meta.cruise_speed``, data.schema)
+is the speed the driver asked for, as openpilot's planner reads v_cruise: nothing in a frame
+shows the speed limit, and without it a policy cloned from a fleet that slows on average over
+its segments creeps slower and slower (GAS takeovers). An unknown set speed (NaN, 0, or not
+passed) is a zero feature with its known-flag off.
 
 Actions are the normalized Box(2) of ``sim.vehicle``: (desired curvature, desired accel) in
 [-1, 1]. Sampled actions are Gaussian (unbounded); environments clip them to the box.
@@ -68,6 +75,7 @@ class PolicyConfig:
     noise_std: float = 0.1           # bottleneck noise std (on tanh features in (-1, 1))
     hidden: int = 128                # actor/critic MLP width
     speed_scale: float = 30.0        # speed [m/s] is divided by this before the heads
+    cruise: bool = False             # the heads also read the cruise set speed (m/s; NaN or 0 = unknown)
     init_log_std: float = -1.0
     min_log_std: float = -5.0
     max_log_std: float = 1.0
@@ -143,11 +151,12 @@ class Policy(nn.Module):
             nn.Linear(cfg.context_frames * cfg.frame_features, cfg.hidden), nn.GELU(),
             nn.Linear(cfg.hidden, cfg.bottleneck_dim), nn.Tanh(),
         )
+        n_state = 3 if cfg.cruise else 1  # speed (+ cruise set speed, known flag)
         self.actor = nn.Sequential(
-            nn.Linear(cfg.bottleneck_dim + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, ACTION_DIM)
+            nn.Linear(cfg.bottleneck_dim + n_state, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, ACTION_DIM)
         )
         self.critic = nn.Sequential(
-            nn.Linear(cfg.bottleneck_dim + 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
+            nn.Linear(cfg.bottleneck_dim + n_state, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
         )
         self.log_std = nn.Parameter(torch.full((ACTION_DIM,), float(cfg.init_log_std)))
         nn.init.zeros_(self.actor[-1].bias)
@@ -182,8 +191,9 @@ class Policy(nn.Module):
         return self.cfg.bottleneck_dim * 0.5 * math.log2(1.0 + 1.0 / self.cfg.noise_std**2)
 
     # ---------------------------------------------------------------- checks
-    def check_obs(self, frames: torch.Tensor, speed: torch.Tensor) -> None:
-        """Raise ``PolicyInputError`` for a wrong shape/dtype or non-finite speed."""
+    def check_obs(self, frames: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None) -> None:
+        """Raise ``PolicyInputError`` for a wrong shape/dtype or non-finite speed (a cruise set
+        speed may be NaN: unknown)."""
         exp = self.obs_shape
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
             raise PolicyInputError(
@@ -199,6 +209,13 @@ class Policy(nn.Module):
                 f"({frames.shape[0]}), got {tuple(getattr(speed, 'shape', ()))}")
         if not bool(torch.isfinite(speed).all()):
             raise PolicyInputError("policy observation 'speed' contains NaN or inf")
+        if cruise is not None and (not isinstance(cruise, torch.Tensor)
+                                   or cruise.reshape(-1).shape[0] != frames.shape[0]):
+            raise PolicyInputError(
+                f"policy observation 'cruise': expected a float tensor with one cruise set speed (m/s, NaN = "
+                f"unknown) per batch item ({frames.shape[0]}), got {tuple(getattr(cruise, 'shape', ()))}")
+        if cruise is not None and bool(torch.isinf(cruise).any()):
+            raise PolicyInputError("policy observation 'cruise' contains inf (NaN or 0 mean: not known)")
 
     # ---------------------------------------------------------------- network
     def features(self, frames: torch.Tensor) -> torch.Tensor:
@@ -210,30 +227,46 @@ class Policy(nn.Module):
         f = rearrange(f, "(b k) c -> b (k c)", b=b)
         return self.fuse(f)
 
-    def heads(self, z: torch.Tensor, speed: torch.Tensor):
-        s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
-        h = torch.cat([z, s], dim=-1)
+    def state(self, speed: torch.Tensor, cruise: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """The heads' vehicle-state features [b n]: speed / speed_scale, and with ``cfg.cruise``
+        the cruise set speed / speed_scale (0 when unknown) and a known flag. Unknown: None, NaN
+        or <= 0 (``c > 0`` is false for NaN; plain comparisons export to ONNX and QNN).
+        +inf is not a set speed the policy can read: ``check_obs`` refuses it."""
+        s = speed.reshape(-1, 1).to(like.dtype) / self.cfg.speed_scale
+        if not self.cfg.cruise:
+            return s
+        if cruise is None:
+            cruise = torch.zeros_like(s)
+        c = cruise.reshape(-1, 1).to(like.dtype)
+        known = c > 0
+        c = torch.where(known, c, torch.zeros_like(c)) / self.cfg.speed_scale
+        return torch.cat([s, c, known.to(like.dtype)], dim=-1)
+
+    def heads(self, z: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None):
+        h = torch.cat([z, self.state(speed, cruise, z)], dim=-1)
         mean = torch.tanh(self.actor(h))
         value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)
         log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
         return mean, log_std, value
 
-    def forward(self, frames: torch.Tensor, speed: torch.Tensor, noise: torch.Tensor | None = None,
-                bottleneck: bool | None = None):
-        """(frames uint8 [b K H W 3], speed float32 [b]) -> (mean [b 2], log_std [b 2], value [b]).
+    def forward(self, frames: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, bottleneck: bool | None = None):
+        """(frames uint8 [b K H W 3], speed float32 [b], cruise float32 [b] or None) -> (mean [b 2],
+        log_std [b 2], value [b]). ``cruise``: the cruise set speed in m/s (NaN or None: unknown;
+        read only with ``cfg.cruise``).
 
         The bottleneck noise is on when ``bottleneck`` is True (default: ``self.training``);
         ``noise`` [b d] (standard normal) can be passed to reuse a sample (PPO re-evaluation).
         """
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            self.check_obs(frames, speed)
+            self.check_obs(frames, speed, cruise)
         z = self.features(frames)
         on = self.training if bottleneck is None else bottleneck
         if on:
             if noise is None:
                 noise = torch.randn_like(z)
             z = z + self.cfg.noise_std * noise
-        return self.heads(z, speed)
+        return self.heads(z, speed, cruise)
 
     def sample_noise(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(batch, self.cfg.bottleneck_dim, device=device or self.log_std.device,
@@ -241,9 +274,9 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, frames: torch.Tensor, speed: torch.Tensor, deterministic: bool = False,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, cruise: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized action [b 2]: the mean (deterministic, bottleneck off) or a sample clipped to [-1, 1]."""
-        mean, log_std, _ = self(frames, speed, bottleneck=not deterministic and self.training)
+        mean, log_std, _ = self(frames, speed, cruise, bottleneck=not deterministic and self.training)
         if deterministic:
             return mean
         eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
@@ -253,11 +286,12 @@ class Policy(nn.Module):
                      log_std_weight: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The trainable contract (drivegpt.trainable) for supervised actions (behaviour cloning).
 
-        ``batch``: frames uint8 [b,K,H,W,3], speed [b], target normalized actions [b,2], weight [b]
+        ``batch``: frames uint8 [b,K,H,W,3], speed [b], optionally cruise [b] (m/s, NaN = unknown),
+        target normalized actions [b,2], weight [b]
         (0 drops a sample), optionally ``dim_weight`` [b,2] (each action dimension's weight per
         sample; default 1). Loss = weighted mean squared error of the mean action + a pull of
         log_std toward ``log_std_target`` (exploration kept for RL)."""
-        mean, log_std, _ = self(batch["frames"], batch["speed"])
+        mean, log_std, _ = self(batch["frames"], batch["speed"], batch.get("cruise"))
         w = batch["weight"]
         err = (mean - batch["target"]).pow(2)
         if batch.get("dim_weight") is not None:
@@ -268,7 +302,8 @@ class Policy(nn.Module):
         return loss, {"loss": loss, "action_mse": action, "log_std_prior": prior, "kept_fraction": w.mean()}
 
     def export_module(self) -> nn.Module:
-        """Deterministic deployable module: (frames uint8 [1 K H W 3], speed f32 [1 1]) -> action f32 [1 2]."""
+        """Deterministic deployable module: (frames uint8 [1 K H W 3], speed f32 [1 1]) -> action f32 [1 2];
+        with ``cfg.cruise`` a third input, cruise f32 [1 1] (m/s, NaN = unknown)."""
         return ExportedPolicy(self)
 
 
@@ -283,9 +318,9 @@ class ExportedPolicy(nn.Module):
         for p in self.policy.parameters():
             p.requires_grad_(False)
 
-    def forward(self, frames: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None) -> torch.Tensor:
         z = self.policy.features(frames)
-        mean, _, _ = self.policy.heads(z, speed)
+        mean, _, _ = self.policy.heads(z, speed, cruise)
         return mean.to(torch.float32)
 
 

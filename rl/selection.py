@@ -54,7 +54,7 @@ def split_contexts(pool, select_ids: set[str] | None = None):
         t = torch.as_tensor(idx, dtype=torch.long)
         return ContextPool(pool.tokens[t], pool.rel_pose[t], pool.speed[t],
                            [pool.segment_ids[i] for i in idx], [pool.starts[i] for i in idx],
-                           pool.context_frames)
+                           pool.context_frames, None if pool.cruise is None else pool.cruise[t])
 
     return sub(sel), sub(rest)
 

@@ -124,7 +124,7 @@ def test_min_quality_and_human_weight_select_windows():
     engaged = torch.tensor([[True] * kw, [True] * kw, [False] * kw])
     batch = {"frames": torch.zeros(3, kw, 8, 16, 3, dtype=torch.uint8), "rel_pose": torch.zeros(3, kw, 6),
              "speed": torch.full((3, kw), 10.0), "engaged": engaged, "segment_id": ["good", "bad", "bad"]}
-    _, _, _, w = m._prepare(batch)
+    *_, w = m._prepare(batch)
     assert w.tolist() == [1.0, 0.0, 2.0]
 
 
@@ -183,7 +183,7 @@ def test_behaviour_episodes_are_not_imitated(tmp_path):
     batch = {"frames": torch.zeros(5, kw, 8, 16, 3, dtype=torch.uint8), "rel_pose": torch.zeros(5, kw, 6),
              "speed": torch.full((5, kw), 10.0), "engaged": engaged, "segment_id": ["proc_000000"] * 5,
              "start": starts}
-    _, _, _, w = m._prepare(batch)
+    *_, w = m._prepare(batch)
     assert w.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 

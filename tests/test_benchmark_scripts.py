@@ -141,3 +141,25 @@ def test_bc_recovery_trains_the_baseline_without_views_in_the_same_run(tmp_path)
     assert res["views"][0] == "rl.bc.viewpoint.prob=1.0"
     for row in res["runs"].values():  # both drove the held-out scenario closed loop
         assert row["km"] > 0 and set(row) >= {"per_100km", "lane_error_mean", "action_mae"}
+
+
+def test_cruise_gap_bands_the_fleets_accel_by_the_gap_to_its_set_speed(tmp_path):
+    """The synthetic segments speed up 4 m/s^2 from ~10 m/s: with a set speed of 40 every frame
+    is in the 10-40 m/s band at +4; a segment without a set speed is counted and left out."""
+    from synth_fleet import make_segment
+
+    from drivegpt.data.shards import write_shards
+
+    def item(i):
+        seg = make_segment(seed=i, t=24, h=8, w=16, disengaged=(16, 24) if i == 0 else None)
+        if i < 2:
+            seg.meta["cruise_speed"] = 40.0
+        return seg
+
+    write_shards(tmp_path, 3, item, maxcount=1, progress=False)
+    res = _load("cruise_gap").gap_table(sorted(str(p) for p in tmp_path.glob("*.tar")), interval=0.2)
+    assert res["segments_without_cruise_speed"] == 1
+    eng, hum = res["engaged"], res["human"]
+    assert eng["frames"] == 2 * 20 - 4 and hum["frames"] == 4  # 20 accel frames a segment; frames 16-19 human
+    assert eng["mean_accel"] == pytest.approx(4.0, abs=1e-3) and hum["mean_accel"] == pytest.approx(4.0, abs=1e-3)
+    assert [b["gap_m_s"] for b in eng["bands"]] == [[10.0, 40.0]] and eng["bands"][0]["share"] == 1.0

@@ -1,7 +1,9 @@
 """Export: fp32 ONNX parity, QDQ error, HTP EPContext compile/reload/parity, manifest, bad inputs.
 
 The policy is a stand-in with the contract's export signature (frames uint8 [1,K,H,W,3],
-speed float32 [1,1] -> action [1,2], uint8 preprocessing inside) at the tiny 32x64 size.
+speed float32 [1,1] -> action [1,2], uint8 preprocessing inside) at the tiny 32x64 size; the
+cruise tests use a tiny real ``Policy`` with ``cfg.cruise`` (a third input, cruise f32 [1,1],
+m/s, NaN = unknown).
 """
 
 import numpy as np
@@ -13,7 +15,7 @@ from torch import nn
 
 from drivegpt.export import onnx_export as ox
 from drivegpt.export.frames import synthetic_windows
-from drivegpt.export.quantize import CalibrationError, quantize_qdq
+from drivegpt.export.quantize import CalibrationError, nan_guard_nodes, quantize_qdq
 from drivegpt.export.verify import action_errors
 
 SHAPE = (3, 32, 64, 3)  # K, H, W, C (configs/experiment/tiny.yaml)
@@ -60,10 +62,50 @@ def qdq(fp32, windows):
     return quantize_qdq(fp32, fp32.parent / "q.onnx", calib.frames, calib.speed)
 
 
+def tiny_policy(cruise: bool):
+    """conftest's ``policy_ckpt`` policy (32x64, K=3, spread actor), with or without ``cfg.cruise``."""
+    from drivegpt.rl.policy import Policy, PolicyConfig
+
+    torch.manual_seed(0)
+    p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),
+                            pool_grid=(2, 4), frame_features=16, bottleneck_dim=16, hidden=32, cruise=cruise))
+    torch.nn.init.normal_(p.actor[-1].weight, std=0.3)  # untrained actor starts near 0: spread the actions
+    return p.eval()
+
+
+@pytest.fixture(scope="module")
+def cruise_policy_ckpt(tmp_path_factory):
+    from drivegpt.rl.policy import save_policy
+
+    return save_policy(tiny_policy(True), tmp_path_factory.mktemp("cruise_policy") / "policy.pt")
+
+
+@pytest.fixture(scope="module")
+def cruise_module():
+    return tiny_policy(True).export_module().eval()
+
+
+@pytest.fixture(scope="module")
+def cruise_fp32(cruise_module, tmp_path_factory):
+    return ox.export_onnx(cruise_module, SHAPE, tmp_path_factory.mktemp("cruise_onnx") / "c.onnx")
+
+
+@pytest.fixture(scope="module")
+def cruise_qdq(cruise_fp32, windows):
+    calib, _ = windows
+    return quantize_qdq(cruise_fp32, cruise_fp32.parent / "cq.onnx", calib.frames, calib.speed, cruise=calib.cruise)
+
+
+def constant(n: int, value: float) -> np.ndarray:
+    return np.full((n, 1), value, np.float32)
+
+
 def test_heldout_frames_are_disjoint_from_calibration(windows):
     calib, held = windows
     assert calib.frames.dtype == np.uint8 and calib.frames.shape == (16, *SHAPE)
     assert held.speed.shape == (16, 1) and held.speed.dtype == np.float32
+    assert held.cruise.shape == (16, 1) and held.cruise.dtype == np.float32
+    assert np.isnan(held.cruise).any() and (held.cruise > 0).any()  # unknown and known set speeds
     assert not np.array_equal(calib.frames, held.frames)
     assert calib.frames.std() > 20  # structured scenes, not a flat image
 
@@ -128,6 +170,84 @@ def test_calibration_set_errors(fp32, windows):
     assert not (fp32.parent / "x.onnx").exists()
 
 
+@pytest.mark.usefixtures("one_thread")  # tiny models: 20x faster on a shared 2-core host
+def test_cruise_policy_exports_a_third_input_that_is_wired_and_masks_nan(cruise_module, cruise_fp32, windows):
+    model = onnx.load(str(cruise_fp32))
+    ins = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert list(ins) == ["frames", "speed", "cruise"] == list(ox.input_names(cruise_module))
+    assert ins["cruise"].elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_value for d in ins["cruise"].shape.dim] == [1, 1]
+    _, held = windows
+    n = 6
+    frames, speed = held.frames[:n], held.speed[:n]
+    session = ox.cpu_session(cruise_fp32)
+    got = {}
+    for label, value in (("unknown", np.nan), ("20", 20.0), ("30", 30.0)):
+        ref = ox.torch_actions(cruise_module, frames, speed, constant(n, value))
+        got[label] = ox.run_session(session, frames, speed, constant(n, value))
+        assert np.isfinite(got[label]).all() and np.abs(got[label] - ref).max() <= 1e-4, label
+    # the input is really read: another set speed, or none, moves every window's action
+    assert np.abs(got["20"] - got["30"]).max(axis=1).min() > 1e-3
+    assert np.abs(got["unknown"] - got["20"]).max(axis=1).min() > 1e-3
+    # the held-out windows' own set speeds, known and unknown mixed
+    ref = ox.torch_actions(cruise_module, held.frames, held.speed, held.cruise)
+    assert np.abs(ox.run_session(session, held.frames, held.speed, held.cruise) - ref).max() <= 1e-4
+    with pytest.raises(ValueError, match="input 'cruise'"):  # never silently fed a default
+        ox.run_session(session, frames, speed)
+
+    half = ox.to_fp16(cruise_fp32, cruise_fp32.parent / "c16.onnx")
+    err16 = action_errors(ox.run_session(ox.cpu_session(half), held.frames, held.speed, held.cruise), ref)
+    assert 0 < err16["max"] <= 5e-3
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny models: 20x faster on a shared 2-core host
+def test_cruise_qdq_keeps_nan_out_of_the_quantized_graph(cruise_module, cruise_fp32, cruise_qdq, windows):
+    model = onnx.load(str(cruise_qdq))
+
+    def quantized_views(name):  # QuantizeLinear nodes on graph input ``name`` or a reshaped view of it
+        views = {name}
+        for node in model.graph.node:
+            if node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity") and node.input[0] in views:
+                views.update(node.output)
+        return [n.name for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in views]
+
+    assert quantized_views("speed") and not quantized_views("cruise")  # NaN has no quantized value
+    guard = nan_guard_nodes(onnx.load(str(cruise_fp32)))
+    assert "Where" in {n.op_type for n in model.graph.node if n.name in guard}  # the mask stays float
+
+    calib, held = windows
+    session = ox.cpu_session(cruise_qdq)
+    ref = ox.torch_actions(cruise_module, held.frames, held.speed, held.cruise)
+    err = action_errors(ox.run_session(session, held.frames, held.speed, held.cruise), ref)
+    assert 0 < err["max"] and err["p95_frac"] <= 0.02, err
+    n = len(held.frames)
+    unknown = ox.torch_actions(cruise_module, held.frames, held.speed, constant(n, np.nan))
+    known = ox.torch_actions(cruise_module, held.frames, held.speed, constant(n, 25.0))
+    for want, value in ((unknown, np.nan), (known, 25.0)):  # NaN reads as unknown, 25 m/s as 25 m/s
+        e = action_errors(ox.run_session(session, held.frames, held.speed, constant(n, value)), want)
+        assert e["mean"] < 0.25 * np.abs(unknown - known).mean() and e["p95_frac"] <= 0.04, (value, e)
+
+    with pytest.raises(CalibrationError, match="input 'cruise'.*no values"):
+        quantize_qdq(cruise_fp32, cruise_fp32.parent / "x.onnx", calib.frames, calib.speed)
+    with pytest.raises(CalibrationError, match="'cruise': samples of shape \\[2\\]"):
+        quantize_qdq(cruise_fp32, cruise_fp32.parent / "x.onnx", calib.frames, calib.speed,
+                     cruise=np.zeros((len(calib.frames), 2), np.float32))
+    assert not (cruise_fp32.parent / "x.onnx").exists()
+
+
+def test_nan_reaching_the_network_unmasked_is_refused():
+    from onnx import TensorProto, helper
+
+    c = helper.make_tensor_value_info("cruise", TensorProto.FLOAT, [1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [30.0])
+    graph = helper.make_graph([helper.make_node("Reshape", ["cruise", "shape"], ["v"], name="view"),
+                               helper.make_node("Div", ["v", "k"], ["y"], name="scale")], "g", [c], [y],
+                              [k, helper.make_tensor("shape", TensorProto.INT64, [2], [1, 1])])
+    with pytest.raises(CalibrationError, match="Div node scale reads \\['v'\\], which may hold NaN"):
+        nan_guard_nodes(helper.make_model(graph))
+
+
 def test_fleet_windows_respect_the_held_out_split(tmp_path):
     from drivegpt.data.loaders import split_of
     from drivegpt.data.shards import write_shards
@@ -135,18 +255,29 @@ def test_fleet_windows_respect_the_held_out_split(tmp_path):
     from drivegpt.export.frames import fleet_windows
     from synth_fleet import make_segment
 
-    write_shards(tmp_path, 8, lambda i: make_segment(seed=i, t=12), maxcount=4, progress=False)
+    def segment(i):
+        seg = make_segment(seed=i, t=12)
+        if i % 2 == 0:  # the others did not log a cruise set speed
+            seg.meta["cruise_speed"] = 10.0 + i
+        return seg
+
+    write_shards(tmp_path, 8, segment, maxcount=4, progress=False)
     segs = {s.segment_id: s for s in iter_samples(str(tmp_path))}
+    cruises = []
     split = {sid: split_of(sid, 0.5) for sid in segs}
     assert set(split.values()) == {"train", "val"}  # both splits present for these ids
     for which in ("train", "val"):
         win = fleet_windows(str(tmp_path), which, 100, SHAPE, stride=2, val_fraction=0.5, per_segment=3)
         assert win.frames.shape[1:] == SHAPE and len(win.frames) == 3 * list(split.values()).count(which)
-        for frames, speed in zip(win.frames, win.speed[:, 0]):
+        for frames, speed, cruise in zip(win.frames, win.speed[:, 0], win.cruise[:, 0]):
             (sid,) = [s for s, seg in segs.items() if (seg.frames == frames[0]).all(axis=(1, 2, 3)).any()]
             assert split[sid] == which
             i = int(np.flatnonzero((segs[sid].frames == frames[-1]).all(axis=(1, 2, 3)))[0])
             assert speed == segs[sid].speed[i]  # the speed at the window's last frame
+            logged = segs[sid].meta.get("cruise_speed")  # the segment's set speed, NaN when not logged
+            assert (np.isnan(cruise) and logged is None) or cruise == np.float32(logged)
+            cruises.append(cruise)
+    assert np.isnan(cruises).any() and (np.asarray(cruises) > 0).any()  # logged and not logged
     with pytest.raises(ValueError, match="no val-split windows"):
         fleet_windows(str(tmp_path), "val", 10, (8, 32, 64, 3), stride=2, val_fraction=0.5)
 
@@ -173,3 +304,4 @@ def test_roadworld_windows_come_from_held_out_segments():
     seg = drive_segment(first_val, 3.0, cfg.sim, 32, 64)
     assert split_of(seg.segment_id, 0.1) == "val"
     assert any((seg.frames == win.frames[0, 0]).all(axis=(1, 2, 3)))  # drawn from that held-out drive
+    assert win.cruise[0, 0] == np.float32(seg.meta["sim"]["speed_limit"]) > 0  # the road's limit: its set speed

@@ -3,6 +3,7 @@ unsupported ops fail loudly; the whole export stage writes a manifest matching i
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,7 +17,8 @@ from drivegpt.stages.export_policy import run
 from drivegpt.export.report import verify_manifest
 from drivegpt.export.verify import action_errors
 
-from test_export import SHAPE, fp32, policy, qdq, windows  # noqa: F401 (fixtures)
+from test_export import (SHAPE, constant, cruise_fp32, cruise_module, cruise_policy_ckpt, cruise_qdq,  # noqa: F401
+                         fp32, policy, qdq, windows)  # (fixtures)
 
 OK, WHY = qnn.qnn_status()
 needs_qnn = pytest.mark.skipif(not OK, reason=f"QNN HTP backend unavailable here: {WHY}")
@@ -37,6 +39,26 @@ def test_epcontext_compiles_reloads_and_matches(policy, qdq, windows, tmp_path):
     ref = ox.torch_actions(policy, held.frames, held.speed)
     assert action_errors(htp, ref)["p95_frac"] <= 0.02
     assert action_errors(htp, cpu_qdq)["p95_frac"] <= 0.005
+
+
+@needs_qnn
+@pytest.mark.usefixtures("one_thread")
+def test_cruise_epcontext_runs_whole_on_the_htp_and_reads_nan_as_unknown(  # noqa: F811
+        cruise_module, cruise_qdq, windows, tmp_path):
+    """The NaN guard (kept float in the QDQ model) runs on the HTP too: no CPU fallback, and an
+    unknown set speed is unknown there, not some quantized number."""
+    ctx = qnn.compile_epcontext(cruise_qdq, tmp_path / "ctx.onnx", SM8550)
+    (node,) = onnx.load(str(ctx)).graph.node
+    assert node.op_type == "EPContext"
+    assert [i.name for i in onnx.load(str(ctx)).graph.input] == ["frames", "speed", "cruise"]
+    _, held = windows
+    session, n = qnn.htp_session(ctx, SM8550), len(held.frames)
+    cases = {"held-out": held.cruise, "unknown": constant(n, float("nan")), "25 m/s": constant(n, 25.0)}
+    want = {label: ox.torch_actions(cruise_module, held.frames, held.speed, c) for label, c in cases.items()}
+    apart = np.abs(want["unknown"] - want["25 m/s"]).mean()  # how far a wrong reading of NaN would land
+    for label, cruise in cases.items():
+        e = action_errors(ox.run_session(session, held.frames, held.speed, cruise), want[label])
+        assert e["mean"] < 0.25 * apart and e["p95_frac"] <= 0.04, (label, e)
 
 
 @needs_qnn
@@ -63,8 +85,9 @@ def _cfg(tmp_path, *extra):
 
 
 @needs_qnn
-def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
-    metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sm8550"))
+def test_export_stage_artifacts_manifest_report(cruise_policy_ckpt, tmp_path):  # noqa: F811
+    """A policy with cfg.cruise (configs/rl/default.yaml): its cruise input goes through every artifact."""
+    metrics = run(_cfg(tmp_path, f"checkpoint={cruise_policy_ckpt}", "target=sm8550"))
     assert metrics["failed_checks"] == [] and (tmp_path / "DONE").exists()
     assert 0 < metrics["qnn"]["action_err_p95"] <= 0.04 and metrics["fp32"]["action_err_max"] <= 1e-4
     assert json.loads((tmp_path / "metrics.json").read_text())["qnn"]["passed"] is True
@@ -78,6 +101,11 @@ def test_export_stage_artifacts_manifest_report(policy_ckpt, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"][0] == {**manifest["inputs"][0], "name": "frames", "dtype": "uint8",
                                      "shape": [1, *SHAPE]}
+    assert manifest["inputs"][2] == {"name": "cruise", "shape": [1, 1], "dtype": "float32",
+                                     "normalisation": "m/s, raw; NaN = unknown"} and len(manifest["inputs"]) == 3
+    for a in rep["artifacts"]:  # every artifact reads it (the EPContext model too)
+        assert [i.name for i in onnx.load(str(out / a["file"])).graph.input] == ["frames", "speed", "cruise"], a
+    assert rep["frames"]["heldout_cruise_known"] == rep["frames"]["heldout_n"]  # the road's limit: always known
     assert verify_manifest(out) == []
     assert manifest["toolchain"]["qnn_sdk"] and manifest["target"]["soc_model"] == 43
     ctx = out / "policy_sm8550_ctx.onnx"
@@ -97,6 +125,11 @@ def test_845_target_gets_gpu_and_cpu_artifacts_only(policy_ckpt, tmp_path):
     assert {a["file"] for a in rep["artifacts"]} == {"policy_fp32.onnx", "policy_fp16.onnx", "policy_qdq.onnx"}
     assert "no Hexagon HTP" in rep["htp_note"] and rep["target"]["name"] == "sdm845"
     assert verify_manifest(tmp_path / "export") == []
+    # a policy without cfg.cruise (older checkpoints) keeps exactly its two inputs, in every artifact
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["inputs"]] == ["frames", "speed"] == rep["inputs"]
+    for a in rep["artifacts"]:
+        assert [i.name for i in onnx.load(str(tmp_path / "export" / a["file"])).graph.input] == ["frames", "speed"]
 
 
 def test_htp_target_fails_unless_told_to_skip(policy_ckpt, tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ from drivegpt.export.report import count_flops, verify_manifest
 from drivegpt.export.verify import action_errors
 from drivegpt.stages.export_policy import run
 
-from test_export import SHAPE, fp32, policy, windows  # noqa: F401 (fixtures)
+from test_export import (SHAPE, constant, cruise_fp32, cruise_module, cruise_policy_ckpt,  # noqa: F401 (fixtures)
+                         fp32, policy, windows)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +55,23 @@ def test_fp32_and_fp16_parity_counts_under_the_jit(policy, fp32, fp16, windows):
     assert c32["flops"] >= count_flops(policy, ox.example_inputs(SHAPE)) > 0
     params = sum(p.numel() for p in policy.parameters())
     assert c32["bytes"] > 4 * params and c16["bytes"] < 0.75 * c32["bytes"]  # fp16 moves about half
+
+
+def test_cruise_graph_under_the_jit(cruise_module, cruise_fp32, windows):  # noqa: F811
+    """A policy with cfg.cruise: tinygrad feeds its third input (NaN = unknown) and matches PyTorch."""
+    _, held = windows
+    n = 6
+    frames, speed = held.frames[:n], held.speed[:n]
+    runner = tg.TinygradPolicy(cruise_fp32)
+    assert runner.input_names == ["frames", "speed", "cruise"]
+    got = {}
+    for label, cruise in (("held-out", held.cruise[:n]), ("unknown", constant(n, np.nan)), ("25", constant(n, 25.0))):
+        got[label] = runner.run(frames, speed, cruise)  # one JIT: calls 3.. replay it with new values
+        assert np.abs(got[label] - ox.torch_actions(cruise_module, frames, speed, cruise)).max() <= 1e-4, label
+    assert np.abs(got["unknown"] - got["25"]).max(axis=1).min() > 1e-3  # the replay reads the new input
+    assert runner.counts(frames, speed, held.cruise[:n])["kernels"] > 0
+    with pytest.raises(ValueError, match="input 'cruise'"):
+        runner(frames[:1], speed[:1])
 
 
 def _graph(node, extra_init=(), out_shape=(5,)):
@@ -103,8 +121,9 @@ def _cfg(tmp_path, *extra):
                                      "export.calibration.count=4", "export.timing_runs=3", *extra])
 
 
-def test_sd845_export_verifies_the_tinygrad_artifact_and_ships_a_runner(policy_ckpt, tmp_path):
-    metrics = run(_cfg(tmp_path, f"checkpoint={policy_ckpt}", "target=sd845"))
+def test_sd845_export_verifies_the_tinygrad_artifact_and_ships_a_runner(cruise_policy_ckpt, tmp_path):  # noqa: F811
+    """A policy with cfg.cruise (configs/rl/default.yaml): the kit's sample and runner carry its cruise input."""
+    metrics = run(_cfg(tmp_path, f"checkpoint={cruise_policy_ckpt}", "target=sd845"))
     assert metrics["failed_checks"] == [] and metrics["target"] == "sdm845"
     assert metrics["tinygrad_fp32"]["action_err_max"] <= 1e-4 and metrics["tinygrad_fp32"]["passed"]
     assert 0 < metrics["tinygrad_fp16"]["p95_frac"] <= 0.01
@@ -140,6 +159,8 @@ def test_sd845_export_verifies_the_tinygrad_artifact_and_ships_a_runner(policy_c
 
     sample = np.load(out / tg.SAMPLE)
     sample["frames"][0, 0, 0, 0, 0]  # readable
+    assert sample["cruise"].shape == sample["speed"].shape and sample["cruise"].dtype == np.float32
+    assert [i["name"] for i in manifest["inputs"]] == ["frames", "speed", "cruise"]
     (out / tg.SAMPLE).write_bytes(b"x")
     assert verify_manifest(out) == [f"{out / tg.SAMPLE}: sha256 differs from manifest.json"]
 

@@ -91,3 +91,14 @@ def test_bare_autopilot_has_no_behaviours():
     assert cfg.autopilot.behaviours.enabled
     assert Autopilot(3, cfg.autopilot, cfg.fps).behaviours is None
     assert Autopilot(3, cfg.autopilot, cfg.fps, behaviours=True).behaviours is not None
+
+
+def test_segments_log_the_autopilots_cruise_set_speed(fleets):
+    """meta.cruise_speed is the autopilot's set speed (its speed factor times the road's limit):
+    the driving stays under it, and it tells fast roads from slow ones."""
+    for seg in fleets[0]:
+        sim = seg.meta["sim"]
+        c = seg.meta["cruise_speed"]
+        assert c == pytest.approx(sim["speed_limit"] * sim["autopilot"]["speed_factor"])
+        assert 0.8 * sim["speed_limit"] <= c <= sim["speed_limit"]
+        assert np.percentile(seg.speed[seg.engaged], 90) <= 1.1 * c

@@ -301,3 +301,27 @@ def test_threshold_termination_matches_event_probability(fakes):
     assert term.sum() == 4 and not trunc.any()
     np.testing.assert_array_equal(info["cause"][term], q[term].argmax(1) + 1)
     assert (info["cause"][~term] == 0).all()
+
+
+def test_observations_carry_the_start_segments_cruise_set_speed(fakes):
+    """The episode's set speed is its start context's segment meta.cruise_speed (0: not logged),
+    the same after a same-step autoreset, and the policy adapter passes it on."""
+    from drivegpt.rl.envs import FrameHistoryVecEnv
+
+    _, pool, _ = fakes
+    want = {f"seg{i:04d}": (20.0 + i if i % 2 == 0 else 0.0) for i in range(6)}
+    envs = WorldModelVectorEnv(4, max_steps=1, termination="never", autoreset_mode="same_step", output="torch",
+                               **kw(fakes))
+    obs, info = envs.reset(seed=3)
+    ids = [pool.segment_ids[int(i)] for i in info["context_index"]]
+    assert obs["cruise"].shape == (4, 1)
+    assert obs["cruise"][:, 0].tolist() == [want[s] for s in ids]
+    assert len({want[s] > 0 for s in ids}) == 2, "the seed should draw logged and unlogged set speeds"
+    assert envs.single_observation_space["cruise"].contains(np.asarray(obs["cruise"][0]))
+    obs, _, _, trunc, info = envs.step(torch.zeros(4, 2))
+    assert trunc.all()
+    ids = [pool.segment_ids[int(i)] for i in envs.core.ctx_index]
+    assert obs["cruise"][:, 0].tolist() == [want[s] for s in ids]
+    hist = FrameHistoryVecEnv(envs, context_frames=2)
+    o = hist.reset(seed=3)
+    assert o["cruise"].shape == (4,) and torch.equal(o["cruise"], torch.as_tensor(envs.core.cruise))

@@ -201,3 +201,12 @@ def test_road_world_segment_through_shards_and_windows(tmp_path):
             i = w["start"] + 4 * j
             truth = matrix_to_pose(np.linalg.inv(world[i]) @ world[i + 4])
             np.testing.assert_allclose(w["rel_pose"][j], truth, atol=1e-4)
+
+
+def test_windows_carry_the_cruise_set_speed_or_nan_when_not_logged():
+    seg = make_segment(t=30)
+    wins = list(segment_windows(seg, 3, 2))
+    assert wins and all(np.isnan(w["cruise_speed"]).all() for w in wins)
+    seg.meta["cruise_speed"] = 27.5
+    wins = list(segment_windows(seg, 3, 2))
+    assert all(w["cruise_speed"].shape == (3,) and np.allclose(w["cruise_speed"], 27.5) for w in wins)

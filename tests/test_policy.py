@@ -117,3 +117,53 @@ def test_gaussian_helpers():
     m2, ls2 = torch.tensor([[0.0, 0.0]]), torch.tensor([[-0.5, 0.2]])
     d2 = torch.distributions.Normal(m2, ls2.exp())
     assert torch.allclose(gaussian_kl(m, ls, m2, ls2), torch.distributions.kl_divergence(d, d2).sum(-1))
+
+
+def test_cruise_set_speed_is_an_input_and_unknown_is_nan_or_none():
+    torch.manual_seed(0)
+    p = Policy(dict(TINY, cruise=True)).eval()
+    for m in p.actor:  # a visible effect of the state features
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.5)
+    frames, speed = _obs()
+    slow, fast = torch.full((3,), 15.0), torch.full((3,), 30.0)
+    a_slow, a_fast = p.act(frames, speed, deterministic=True, cruise=slow), p.act(frames, speed, deterministic=True, cruise=fast)
+    assert (a_slow - a_fast).abs().max() > 1e-3
+    unknown = p.act(frames, speed, deterministic=True)
+    assert torch.equal(unknown, p.act(frames, speed, deterministic=True, cruise=torch.full((3,), float("nan"))))
+    assert torch.equal(unknown, p.act(frames, speed, deterministic=True, cruise=torch.zeros(3)))
+    # the exported module reads it the same way
+    ex = p.export_module()
+    assert torch.allclose(ex(frames[:1], speed[:1, None], fast[:1, None]), a_fast[:1], atol=1e-6)
+    with pytest.raises(PolicyInputError, match="cruise"):
+        p(frames, speed, torch.zeros(2))
+    # a policy built without it ignores it (old checkpoints keep their two inputs)
+    q = Policy(TINY).eval()
+    assert torch.equal(q.act(frames, speed, deterministic=True, cruise=slow), q.act(frames, speed, deterministic=True))
+
+
+def test_cloning_learns_to_close_the_gap_to_the_set_speed():
+    """Identical frames: only the cruise set speed tells whether the logged driver accelerated
+    (below it) or held speed. With it, BC's accel error falls well below the cruise-blind policy's."""
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    frames = torch.randint(0, 256, (1, 2, 32, 64, 3), dtype=torch.uint8, generator=g).expand(n, -1, -1, -1, -1)
+    speed = 15.0 + 10.0 * torch.rand(n, generator=g)
+    cruise = 15.0 + 10.0 * torch.rand(n, generator=g)
+    target = torch.stack([torch.zeros(n), (0.1 * (cruise - speed)).clamp(-1, 1)], -1)
+    errs = {}
+    for use in (False, True):
+        torch.manual_seed(0)
+        p = Policy(dict(TINY, cruise=use))
+        opt = torch.optim.Adam(p.parameters(), lr=3e-3)
+        for _ in range(150):
+            loss, _ = p.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
+                                      "weight": torch.ones(n)})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        p.eval()
+        errs[use] = float((p.act(frames, speed, deterministic=True, cruise=cruise)[:, 1] - target[:, 1]).abs().mean())
+    base = float((target[:, 1] - target[:, 1].mean()).abs().mean())
+    assert errs[False] > 0.6 * base, errs  # blind to the set speed: about the spread of the targets
+    assert errs[True] < 0.3 * errs[False], (errs, base)

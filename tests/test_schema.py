@@ -38,6 +38,9 @@ def test_valid_segment_passes():
         (lambda s: (s.engaged.__setitem__(2, False), s.disengage.__setitem__(2, 1)), "disengage", "not engaged"),
         (lambda s: setattr(s, "frames", np.zeros((10, 8, 16), np.uint8)), "frames", "shape"),
         (lambda s: s.extras.update(lane_mask=np.zeros((3, 8, 16), bool)), "extras.lane_mask", "leading"),
+        (lambda s: s.meta.update(cruise_speed=-3.0), "meta.cruise_speed", "> 0"),
+        (lambda s: s.meta.update(cruise_speed="fast"), "meta.cruise_speed", "m/s"),
+        (lambda s: s.meta.update(cruise_speed=float("nan")), "meta.cruise_speed", "finite"),
     ],
 )
 def test_bad_segments_name_segment_and_field(mutate, field, words):

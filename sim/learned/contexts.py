@@ -26,6 +26,7 @@ class ContextPool:
     segment_ids: list[str]
     starts: list[int]
     context_frames: int     # K (the rest is the logged future)
+    cruise: torch.Tensor | None = None  # float32 [n] the segment's cruise set speed, m/s (NaN: not logged)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -36,7 +37,15 @@ class ContextPool:
 
     def to(self, device) -> "ContextPool":
         return ContextPool(self.tokens.to(device), self.rel_pose.to(device), self.speed.to(device),
-                           self.segment_ids, self.starts, self.context_frames)
+                           self.segment_ids, self.starts, self.context_frames,
+                           None if self.cruise is None else self.cruise.to(device))
+
+    def cruise_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Cruise set speeds [len(idx)] of these contexts, 0 where unknown (the observation's code)."""
+        if self.cruise is None:
+            return torch.zeros(len(idx), device=self.tokens.device)
+        c = self.cruise[idx]
+        return torch.where(torch.isfinite(c), c, torch.zeros_like(c))
 
 
 def _get(sample: Any, key: str):
@@ -64,6 +73,7 @@ def windows_of(sample: Any, K: int, stride: int, future: int = 0, max_windows: i
         yield dict(tokens=torch.as_tensor(w["tokens"], dtype=torch.int64),
                    rel_pose=torch.as_tensor(w["rel_pose"], dtype=torch.float32),
                    speed=torch.as_tensor(w["speed"], dtype=torch.float32),
+                   cruise=float(w["cruise_speed"][K - 1]),
                    segment_id=w["segment_id"], start=w["start"])
         count += 1
         if max_windows is not None and count >= max_windows:
@@ -99,7 +109,7 @@ def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Cal
         rel_pose=torch.stack([w["rel_pose"] for w in wins]),
         speed=torch.stack([w["speed"] for w in wins]),
         segment_ids=[w["segment_id"] for w in wins], starts=[w["start"] for w in wins],
-        context_frames=K)
+        context_frames=K, cruise=torch.tensor([w["cruise"] for w in wins], dtype=torch.float32))
 
 
 def pool_from_shards(spec: str, K: int, stride: int, val_fraction: float, future: int = 0,

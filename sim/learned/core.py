@@ -83,6 +83,7 @@ class SimCore:
         self.tokens = torch.zeros(b, K, self.h, self.w, dtype=torch.int64, device=dev)
         self.rel_pose = torch.zeros(b, K, 6, device=dev)
         self.speed = torch.zeros(b, K, device=dev)
+        self.cruise = torch.zeros(b, device=dev)  # the episode's cruise set speed, m/s (0: unknown)
         self.veh = torch.zeros(b, 3, device=dev)
         self.t = torch.zeros(b, dtype=torch.int64, device=dev)
         self.seed = torch.arange(b, dtype=torch.int64, device=dev)
@@ -122,6 +123,7 @@ class SimCore:
         self.tokens = torch.where(m4, self.pool.tokens[idx, :K], self.tokens)
         self.rel_pose = torch.where(mask[:, None, None], self.pool.rel_pose[idx, :K], self.rel_pose)
         self.speed = torch.where(mask[:, None], self.pool.speed[idx, :K], self.speed)
+        self.cruise = torch.where(mask, self.pool.cruise_at(idx), self.cruise)
         # vehicle state from the logged history: speed now, curvature and accel of the last move
         last = self.pool.rel_pose[idx, K - 2] if K >= 2 else torch.zeros_like(self.rel_pose[:, 0])
         dist = last[:, :2].norm(dim=-1)

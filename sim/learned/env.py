@@ -4,8 +4,10 @@
 
 Action: Box(-1, 1, (2,)) normalized (desired curvature, desired acceleration), the same as
 RoadWorld-v0. Out-of-box actions are clipped (``info["action_clipped"]``); NaN/inf raise.
-Observation: {"image": uint8 [H, W, 3] decoded frame, "speed": float32 [1]}, or with
-``observation="tokens"`` {"tokens": int64 [h, w], "speed": float32 [1]}.
+Observation: {"image": uint8 [H, W, 3] decoded frame, "speed": float32 [1], "cruise": float32 [1]},
+or with ``observation="tokens"`` {"tokens": int64 [h, w], "speed", "cruise"}. ``cruise`` is the
+episode's cruise set speed in m/s, the start context's segment ``meta.cruise_speed`` (0 when
+the fleet log has none).
 Any LearnedSimConfig field can be passed as a keyword (``max_steps=100``, ``termination=...``).
 Tests and embedders can pass ready objects instead of paths: ``models=Models(...)``,
 ``contexts=ContextPool``, ``vehicle=VehicleModel``.
@@ -51,19 +53,23 @@ def make_core(num_envs: int, config: LearnedSimConfig | dict | None = None, *,
 
 def observation_space(core: SimCore) -> spaces.Dict:
     speed = spaces.Box(0.0, MAX_SPEED, (1,), np.float32)
+    cruise = spaces.Box(0.0, MAX_SPEED, (1,), np.float32)
     if core.cfg.observation == "tokens":
         return spaces.Dict({"tokens": spaces.Box(0, core.models.vocab_size - 1, (core.h, core.w), np.int64),
-                            "speed": speed})
+                            "speed": speed, "cruise": cruise})
     H, W = core.frame_shape()
-    return spaces.Dict({"image": spaces.Box(0, 255, (H, W, 3), np.uint8), "speed": speed})
+    return spaces.Dict({"image": spaces.Box(0, 255, (H, W, 3), np.uint8), "speed": speed, "cruise": cruise})
 
 
-def batch_obs(core: SimCore, tokens: torch.Tensor, speed: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Observation tensors on the device: {"image" [b,H,W,3] | "tokens" [b,h,w], "speed" [b,1]}."""
+def batch_obs(core: SimCore, tokens: torch.Tensor, speed: torch.Tensor,
+              rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Observation tensors on the device: {"image" [b,H,W,3] | "tokens" [b,h,w], "speed" [b,1],
+    "cruise" [b,1]}; ``rows``: the envs these tokens/speeds belong to (default: all)."""
     speed = speed.to(torch.float32).clamp(0.0, MAX_SPEED)[:, None]
+    cruise = (core.cruise if rows is None else core.cruise[rows]).to(torch.float32).clamp(0.0, MAX_SPEED)[:, None]
     if core.cfg.observation == "tokens":
-        return {"tokens": tokens, "speed": speed}
-    return {"image": core.decode(tokens), "speed": speed}
+        return {"tokens": tokens, "speed": speed, "cruise": cruise}
+    return {"image": core.decode(tokens), "speed": speed, "cruise": cruise}
 
 
 def to_numpy(x: Any) -> Any:

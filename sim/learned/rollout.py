@@ -70,7 +70,9 @@ class Driver:
             hist = [hist[0]] * (k - len(hist)) + hist
             frames = torch.stack(hist, 1)  # b k H W 3
             with torch.no_grad():
-                a = self.policy.act(frames, self.core.speed[:, -1], deterministic=True)
+                # the set speed (0: not logged) to a policy that reads it
+                kw = {"cruise": self.core.cruise} if getattr(getattr(self.policy, "cfg", None), "cruise", False) else {}
+                a = self.policy.act(frames, self.core.speed[:, -1], deterministic=True, **kw)
             return (a[0] if isinstance(a, tuple) else a).to(torch.float32)
         ach = achieved(self.fut_pose[:, t], self.fut_speed[:, t], self.fut_speed[:, t + 1], self.core.cfg.dt)
         curv = ach[:, 0]

@@ -72,7 +72,8 @@ class FakeTokenizer:
 
 
 def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
-    """Token samples like token shards yield: ids seg0000.., smooth straight driving."""
+    """Token samples like token shards yield: ids seg0000.., smooth straight driving; the even
+    segments log a cruise set speed (20 + i m/s), the odd ones none."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n_segments):
@@ -87,7 +88,8 @@ def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
                         meta={"segment_id": f"seg{i:04d}", "source": "fake", "fps": 20.0,
                               "camera": {"fx": 32.0, "fy": 32.0, "cx": 32.0, "cy": 16.0,
                                          "width": 64, "height": 32},
-                              "vehicle": {}, "tokens": {"vocab_size": vocab_size, "grid": list(grid)}}))
+                              "vehicle": {}, "tokens": {"vocab_size": vocab_size, "grid": list(grid)},
+                              **({"cruise_speed": 20.0 + i} if i % 2 == 0 else {})}))
     return out
 
 

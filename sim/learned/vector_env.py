@@ -105,7 +105,7 @@ class WorldModelVectorEnv(VectorEnv):
                 core.reset(done, None)
                 tokens, speed = core.current()
                 idx = done.nonzero().flatten()
-                fresh = batch_obs(core, tokens[idx], speed[idx])  # decode only the reset envs
+                fresh = batch_obs(core, tokens[idx], speed[idx], idx)  # decode only the reset envs
                 obs = {k: v.index_copy(0, idx, fresh[k].to(v.dtype)) for k, v in obs.items()}
         self._last_obs = obs
         return self._out(obs), self._out(reward), self._out(term), self._out(trunc), self._out(info)

@@ -82,6 +82,8 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
         vehicle=world.params.to_dict(),
         traffic_columns=TRAFFIC_COLUMNS,
         disengagements=events,
+        # the driver's cruise set speed: the autopilot's target, before curves and leads slow it
+        cruise_speed=float(world.road.speed_limit * float(ap.params.get("speed_factor", 1.0))),
         sim=dict(seed=int(seed), config=cfg.to_dict(), height=H, width=W, seconds=float(seconds),
                  lane=lane0, n_lanes=world.road.n_lanes, speed_limit=world.road.speed_limit,
                  s0=float(world.road.project(world_pose[0, 0], world_pose[0, 1], 40.0)[0]),
