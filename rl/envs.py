@@ -8,7 +8,7 @@ all on the env's device. At (auto)reset the
 history is filled from the start context the learned sim began from (the last K logged frames,
 decoded) when the env exposes it, else by repeating the first frame. ``info["final_obs"]``
 (SAME_STEP autoreset) is passed on in the policy's format: the K frames each done episode
-ended on and its final speed.
+ended on, its final speed and its set speed.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ run in the learned simulator:
   autoreset (when an env is done, the returned obs is already its next episode's first obs,
   and ``info["final_obs"]`` holds the observation the episode ended on, rows of the done
   envs valid; mask ``info["_final_obs"]``).
-  ``obs`` is a dict of tensors with leading dim n (e.g. {frames [n K H W 3], speed [n]}).
+  ``obs`` is a dict of tensors with leading dim n (e.g. {frames [n K H W 3], speed [n], cruise [n]}).
   ``info`` may hold per-env tensors; the loop averages the numeric ones it knows
   (``disengage``/``event`` rates, ``uncertainty``) into its statistics.
 - policy: ``policy(**obs, noise=...) -> (mean [n A], log_std [n A], value [n])``; if it has

@@ -96,6 +96,7 @@ def test_env_passes_check_env_and_gym_make():
     env = gym.make("drivegpt/RoadWorld-v0", height=32, width=64, seconds=1)
     obs, info = env.reset(seed=0)
     assert obs["image"].shape == (32, 64, 3) and obs["speed"].shape == (1,)
+    assert obs["cruise"][0] == np.float32(env.unwrapped.world.road.speed_limit) > obs["speed"][0]
     assert set(info) >= {"world_pose", "rel_pose", "lane_offset", "cause"}
     steps = 0
     while True:

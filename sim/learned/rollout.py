@@ -4,7 +4,7 @@ stage ``drivegpt.stages.rollout``).
 Drivers: ``logged`` (the logged moves and speeds, fed to the world model directly),
 ``keep_lane`` (the logged path's curvature at constant speed, through the vehicle model),
 ``drift_left`` (that + ``drift_curvature`` to the left), ``hard_brake`` (logged curvature,
-full braking), ``policy`` (a loaded policy with ``act(frames, speed)``, deterministic, on the
+full braking), ``policy`` (a loaded policy with ``act(frames, speed)`` (and ``cruise=``, the start segment's set speed, when its ``cfg.cruise``), deterministic, on the
 last K dreamed frames; the stage loads it from ``policy=PATH``). The stage writes under run_dir:
 
 - ``videos/rollout_XXX.webm`` (+ ``.gif``): dreamed | real (the logged frames, decoded from

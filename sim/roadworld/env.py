@@ -46,6 +46,8 @@ class RoadWorldEnv(gym.Env):
         self.observation_space = spaces.Dict({
             "image": spaces.Box(0, 255, (H, W, 3), np.uint8),
             "speed": spaces.Box(0.0, 45.0, (1,), np.float32),
+            # the cruise set speed a driver gives the car here: the road's limit (rl.evaluate does too)
+            "cruise": spaces.Box(0.0, 45.0, (1,), np.float32),
         })
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.max_steps = int(round(self.cfg.seconds * self.cfg.fps))
@@ -55,7 +57,8 @@ class RoadWorldEnv(gym.Env):
 
     def _obs(self):
         self._image = self.world.render()
-        return {"image": self._image, "speed": np.array([self.world.state[0]], np.float32)}
+        return {"image": self._image, "speed": np.array([self.world.state[0]], np.float32),
+                "cruise": np.array([self.world.road.speed_limit], np.float32)}
 
     def _info(self, cause=Cause.NONE, m=None):
         w = self.world
