@@ -167,12 +167,6 @@ def verify_tinygrad(files: dict, held, ref: np.ndarray, check, e: DictConfig, bu
     return sec
 
 
-def _known(cruise: np.ndarray) -> int:
-    """How many windows have a known cruise set speed (finite, > 0; NaN = unknown)."""
-    c = np.asarray(cruise, np.float64)
-    return int((np.isfinite(c) & (c > 0)).sum())
-
-
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
     """Everything after loading: artifacts, verification, manifest, report. Returns the report dict."""
     e = cfg.export
@@ -291,7 +285,8 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
         "checkpoint": checkpoint, "target": target, "frames_shape": list(frames_shape),
         "frames": {"heldout_source": held.source, "heldout_split": held.split, "heldout_n": len(held.frames),
                    "calib_source": calib.source, "calib_split": calib.split, "calib_n": len(calib.frames),
-                   **({"heldout_cruise_known": _known(held.cruise), "calib_cruise_known": _known(calib.cruise)}
+                   **({"heldout_cruise_known": int(ox.known_cruise(held.cruise).sum()),
+                         "calib_cruise_known": int(ox.known_cruise(calib.cruise).sum())}
                       if cruise else {})},
         "inputs": [i["name"] for i in io_spec["inputs"]],
         "params": report.count_params(module), "flops": flops, "macs": flops // 2,

@@ -30,6 +30,12 @@ CRUISE_INPUT = "cruise"  # the third input of a policy with cfg.cruise: set spee
 OUTPUT_NAMES = ("action",)
 
 
+def known_cruise(cruise) -> np.ndarray:
+    """Bool mask of the set speeds a policy reads as known: > 0 (NaN and 0 are unknown), the same
+    rule as ``Policy.state``'s known-flag."""
+    return np.asarray(cruise, np.float64) > 0
+
+
 def has_cruise(module: nn.Module) -> bool:
     """Whether an export module reads the cruise set speed: its policy's ``cfg.cruise``
     (``Policy.export_module()`` holds the policy as ``.policy``; a bare ``Policy`` works too)."""

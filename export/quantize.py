@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from drivegpt.export.onnx_export import CRUISE_INPUT, input_arrays
+from drivegpt.export.onnx_export import CRUISE_INPUT, input_arrays, known_cruise
 from drivegpt.runs import atomic_path
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, fram
             raise ValueError(f"export.quantization.{label}={name!r}: expected one of {sorted(QUANT_TYPES)}")
     inputs = input_arrays(list(model_inputs(fp32_path)), frames, speed, cruise, str(fp32_path))
     if CRUISE_INPUT in inputs:
-        c = np.asarray(inputs[CRUISE_INPUT], np.float64)
-        if not (np.isfinite(c) & (c > 0)).any():
+        if not known_cruise(inputs[CRUISE_INPUT]).any():
             log.warning("no calibration window has a known cruise set speed (all NaN: not logged): the QDQ "
                         "graph's range for it is [0, 0], so a known set speed reads as 0 on the quantized graph "
                         "(and the held-out check, on windows like these, cannot see it)")
