@@ -23,9 +23,11 @@ from every segment, weighted ``human_weight``.
 
 Augmentation: ``pad_prob`` (padded histories, as at episode starts), ``photometric``
 (per-window brightness/contrast jitter of +-that fraction: the closed-loop roads differ in
-lighting from the training roads) and ``viewpoint`` (recovery views, ``rl.viewpoint``: the
+lighting from the training roads), ``viewpoint`` (recovery views, ``rl.viewpoint``: the
 frames as seen from a car shifted sideways and turned, with the curvature that steers back to
-the logged path; the camera comes from the shards' ``meta.camera``).
+the logged path; the camera comes from the shards' ``meta.camera``) and ``speed_recovery``
+(``SpeedRecovery``: the speed input slower or faster than logged, with the accel that returns
+to the logged speed).
 """
 
 from __future__ import annotations
@@ -200,6 +202,60 @@ def pad_history(frames: torch.Tensor, prob: float, generator: torch.Generator | 
     return out
 
 
+class SpeedRecovery:
+    """Longitudinal recovery views: BC's speed input perturbed, with the accel that returns to the
+    logged speed (the longitudinal counterpart of ``rl.viewpoint``'s lateral recovery views).
+
+    A fleet logs the speeds its drivers chose, so BC never sees the car far below (or above) the
+    speed a scene calls for, and the policy it trains meets exactly those states once it drifts
+    there itself (covariate shift: handed back slow after a takeover, it keeps the speed). Per
+    window with probability ``prob`` the decision frame's speed input becomes ``v' = r v``,
+    ``r ~ U(min_ratio, max_ratio)``, and the accel target becomes
+    ``a + clip((v - v') / tau, -max_correction, max_correction)`` (m/s^2; the logged accel plus a
+    first-order return to the logged speed in ``tau`` seconds), clipped to the action range. The
+    frames are unchanged: where the drivers would drive is read from the scene and the set speed,
+    not from the speed input. The curvature target is unchanged (the path does not depend on the
+    speed). Settings: ``rl.bc.speed_recovery`` (README "Policy")."""
+
+    KEYS = ("prob", "min_ratio", "max_ratio", "tau", "max_correction")
+
+    def __init__(self, prob: float = 0.0, min_ratio: float = 0.5, max_ratio: float = 1.4, tau: float = 3.0,
+                 max_correction: float = 1.5):
+        self.prob, self.min_ratio, self.max_ratio = float(prob), float(min_ratio), float(max_ratio)
+        self.tau, self.max_correction = float(tau), float(max_correction)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None, where: str = "rl.bc.speed_recovery") -> "SpeedRecovery | None":
+        """None when off (no settings or prob 0); an unknown key or a bad value raises naming it."""
+        if not settings:
+            return None
+        settings = dict(settings)
+        unknown = sorted(set(settings) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(cls.KEYS)}")
+        aug = cls(**{k: float(v) for k, v in settings.items()})
+        if not 0.0 <= aug.prob <= 1.0:
+            raise ValueError(f"{where}.prob: must be in [0, 1], got {aug.prob}")
+        if not 0.0 < aug.min_ratio <= aug.max_ratio:
+            raise ValueError(f"{where}: need 0 < min_ratio <= max_ratio, got {aug.min_ratio}, {aug.max_ratio}")
+        if aug.tau <= 0 or aug.max_correction < 0:
+            raise ValueError(f"{where}: tau must be > 0 and max_correction >= 0, got {aug.tau}, {aug.max_correction}")
+        return aug if aug.prob > 0 else None
+
+    def __call__(self, speed: torch.Tensor, target: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """speed [b] (m/s), normalized target actions [b 2] -> both augmented (new tensors)."""
+        b = speed.shape[0]
+        do = (torch.rand(b, generator=generator) < self.prob).to(speed.device)
+        r = self.min_ratio + (self.max_ratio - self.min_ratio) * torch.rand(b, generator=generator).to(speed.device)
+        v = speed.float()
+        v_new = torch.where(do, v * r, v)
+        corr = ((v - v_new) / self.tau).clamp(-self.max_correction, self.max_correction)
+        out = target.clone()
+        out[:, 1] = (target[:, 1] + corr / ACTION_SCALE[1]).clamp(-1.0, 1.0)
+        return v_new.to(speed.dtype), out
+
+
 LOSS_UNITS = ("normalized", "accel")
 
 
@@ -224,7 +280,8 @@ class BCModule(L.LightningModule):
                  min_quality: float | None = None, qualities: dict[str, float] | None = None,
                  human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
                  episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1,
-                 viewpoint: dict | None = None, camera: Camera | None = None, loss_units: str = "accel"):
+                 viewpoint: dict | None = None, camera: Camera | None = None, loss_units: str = "accel",
+                 speed_recovery: dict | None = None):
         super().__init__()
         if loss_units not in LOSS_UNITS:
             raise ValueError(f"rl.bc.loss_units={loss_units!r}: one of {', '.join(LOSS_UNITS)}")
@@ -234,6 +291,7 @@ class BCModule(L.LightningModule):
             if camera is None:
                 raise ValueError("rl.bc.viewpoint.prob > 0 needs the fleet's camera (meta.camera)")
             self.viewpoint = ViewpointAugment.from_settings(camera, dict(viewpoint), frame_dt=dt)
+        self.speed_recovery = SpeedRecovery.from_settings(speed_recovery)
         self.qualities = dict(qualities or {})
         self.episodes = dict(episodes or {})  # driver-behaviour episodes BC must not imitate
         self.policy = Policy(PolicyConfig.from_dict(policy_config))
@@ -265,6 +323,8 @@ class BCModule(L.LightningModule):
         frames, speed, cruise, target, w = self._prepare(batch)
         if self.viewpoint is not None:  # recovery views: shifted / turned car, corrected curvature
             frames, target = self.viewpoint(frames, speed, target)
+        if self.speed_recovery is not None:  # the car slower / faster than logged, the accel back to the log
+            speed, target = self.speed_recovery(speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
         dim_weight = accel_unit_weights(speed) if self.hparams.loss_units == "accel" else None

@@ -204,3 +204,75 @@ def test_accel_units_weigh_each_error_by_the_acceleration_it_causes():
     assert 15 < float(w[2, 0]) < 17  # at 18 m/s a curvature error weighs 16x an accel error
     with pytest.raises(ValueError, match="rl.bc.loss_units"):
         BCModule({}, dt=DT, loss_units="metres")
+
+
+def test_speed_recovery_is_its_definition():
+    """The speed input scaled by r, the accel target plus (v - v') / tau (capped), the curvature kept."""
+    from drivegpt.rl.bc import SpeedRecovery
+
+    aug = SpeedRecovery(prob=1.0, min_ratio=0.5, max_ratio=0.5, tau=2.0, max_correction=1.5)
+    speed = torch.tensor([20.0, 4.0, 0.0])
+    target = torch.tensor([[0.3, 0.1], [-0.2, -0.5], [0.0, 0.99]])
+    v, t = aug(speed, target)
+    assert torch.allclose(v, torch.tensor([10.0, 2.0, 0.0]))
+    assert torch.equal(t[:, 0], target[:, 0])
+    # 20 -> 10 m/s: (10 / 2) = 5 m/s^2, capped at 1.5; 4 -> 2: +1.0; standing: none (clipped to 1)
+    expect = torch.tensor([0.1 + 1.5 / ACTION_SCALE[1], -0.5 + 1.0 / ACTION_SCALE[1], 0.99])
+    assert torch.allclose(t[:, 1], expect, atol=1e-6)
+    faster = SpeedRecovery(prob=1.0, min_ratio=1.2, max_ratio=1.2, tau=2.0, max_correction=1.5)
+    v, t = faster(torch.tensor([10.0]), torch.tensor([[0.0, 0.0]]))
+    assert v.item() == pytest.approx(12.0) and t[0, 1].item() == pytest.approx(-1.0 / ACTION_SCALE[1])
+    g = torch.Generator().manual_seed(0)
+    v, t = SpeedRecovery(prob=0.3, min_ratio=0.5, max_ratio=1.2)(torch.full((2000,), 10.0), torch.zeros(2000, 2),
+                                                                   generator=g)
+    changed = (v != 10.0)
+    assert 0.25 < changed.float().mean() < 0.35
+    assert v.min() >= 5.0 - 1e-5 and v.max() <= 12.0 + 1e-5
+    assert torch.all(t[~changed] == 0) and torch.all(torch.sign(t[changed, 1]) == torch.sign(10.0 - v[changed]))
+
+
+def test_speed_recovery_settings_are_checked():
+    from drivegpt.rl.bc import SpeedRecovery
+
+    assert SpeedRecovery.from_settings(None) is None
+    assert SpeedRecovery.from_settings({"prob": 0.0}) is None
+    with pytest.raises(ValueError, match=r"rl.bc.speed_recovery: unknown key\(s\) \['ratio'\]"):
+        SpeedRecovery.from_settings({"prob": 0.5, "ratio": 0.5})
+    with pytest.raises(ValueError, match=r"rl.bc.speed_recovery.prob: must be in \[0, 1\]"):
+        SpeedRecovery.from_settings({"prob": 1.5})
+    with pytest.raises(ValueError, match="min_ratio <= max_ratio"):
+        SpeedRecovery.from_settings({"prob": 0.5, "min_ratio": 1.2, "max_ratio": 0.5})
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        SpeedRecovery.from_settings({"prob": 0.5, "tau": 0.0})
+
+
+def test_bc_with_speed_recovery_learns_to_return_to_the_logged_speed():
+    """Every logged window cruises at 15 m/s with zero accel. Without the augmentation the policy has
+    no reason to make its accel depend on the speed input; with it, it learns to accelerate when
+    slower than the scene's logged speed and to brake when faster (a learning test)."""
+    import lightning as L
+
+    n, kw, h, w = 64, 3, 16, 32
+    rel, spd = _drive(np.zeros((kw, 2), np.float32), v0=15.0)
+    frames = torch.as_tensor(np.random.default_rng(0).integers(0, 255, (n, kw, h, w, 3), dtype=np.uint8))
+    data = _Dict(frames, torch.as_tensor(np.stack([rel] * n)), torch.as_tensor(np.stack([spd[:kw]] * n)),
+                 torch.ones(n, kw, dtype=torch.bool))
+    cfg = dict(context_frames=1, frame_height=h, frame_width=w, channels=[4, 8], frame_features=8,
+               bottleneck_dim=8, hidden=32, noise_std=0.05, cruise=False)
+
+    def accel_at(speed_recovery):
+        torch.manual_seed(0)
+        module = BCModule(cfg, dt=DT, lr=3e-3, pad_prob=0.0, speed_recovery=speed_recovery)
+        trainer = L.Trainer(max_steps=200, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(module, DataLoader(data, batch_size=16, shuffle=True))
+        module.policy.eval()
+        with torch.no_grad():
+            f = policy_frames(frames[:8], 1)
+            return [float(module.policy(f, torch.full((8,), v))[0][:, 1].mean() * ACTION_SCALE[1])
+                    for v in (7.5, 15.0, 18.0)]
+
+    slow, logged, fast = accel_at({"prob": 0.8, "min_ratio": 0.5, "max_ratio": 1.2, "tau": 3.0, "max_correction": 1.5})
+    assert slow > logged + 0.7 and fast < logged - 0.3, (slow, logged, fast)  # ideal: +1.5 / -0.3 m/s^2
+    slow0, logged0, fast0 = accel_at(None)
+    assert abs(slow0 - logged0) < 0.5 * (slow - logged), (slow0, logged0, fast0)

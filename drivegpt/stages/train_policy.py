@@ -87,7 +87,9 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
                       episodes=segment_behaviours(cfg.data.shards) if b.get("exclude_behaviours") else None,
                       stride=int(cfg.data.stride), viewpoint=vp,
                       camera=shards_camera(cfg.data.shards) if vp else None,
-                      loss_units=str(b.get("loss_units", "accel")))
+                      loss_units=str(b.get("loss_units", "accel")),
+                      speed_recovery=OmegaConf.to_container(b.speed_recovery, resolve=True)
+                      if b.get("speed_recovery") else None)
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
