@@ -323,11 +323,12 @@ class BCModule(L.LightningModule):
         frames, speed, cruise, target, w = self._prepare(batch)
         if self.viewpoint is not None:  # recovery views: shifted / turned car, corrected curvature
             frames, target = self.viewpoint(frames, speed, target)
+        # the curvature error's weight is the logged path's lateral acceleration: the logged speed's
+        dim_weight = accel_unit_weights(speed) if self.hparams.loss_units == "accel" else None
         if self.speed_recovery is not None:  # the car slower / faster than logged, the accel back to the log
             speed, target = self.speed_recovery(speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
-        dim_weight = accel_unit_weights(speed) if self.hparams.loss_units == "accel" else None
         loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
                                                 "weight": w, "dim_weight": dim_weight},
                                                log_std_target=self.hparams.log_std_target)

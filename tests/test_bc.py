@@ -211,13 +211,14 @@ def test_speed_recovery_is_its_definition():
     from drivegpt.rl.bc import SpeedRecovery
 
     aug = SpeedRecovery(prob=1.0, min_ratio=0.5, max_ratio=0.5, tau=2.0, max_correction=1.5)
-    speed = torch.tensor([20.0, 4.0, 0.0])
-    target = torch.tensor([[0.3, 0.1], [-0.2, -0.5], [0.0, 0.99]])
+    speed = torch.tensor([20.0, 4.0, 0.0, 20.0])
+    target = torch.tensor([[0.3, 0.1], [-0.2, -0.5], [0.0, 0.99], [0.1, 0.9]])
     v, t = aug(speed, target)
-    assert torch.allclose(v, torch.tensor([10.0, 2.0, 0.0]))
+    assert torch.allclose(v, torch.tensor([10.0, 2.0, 0.0, 10.0]))
     assert torch.equal(t[:, 0], target[:, 0])
-    # 20 -> 10 m/s: (10 / 2) = 5 m/s^2, capped at 1.5; 4 -> 2: +1.0; standing: none (clipped to 1)
-    expect = torch.tensor([0.1 + 1.5 / ACTION_SCALE[1], -0.5 + 1.0 / ACTION_SCALE[1], 0.99])
+    # 20 -> 10 m/s: (10 / 2) = 5 m/s^2, capped at 1.5; 4 -> 2: +1.0; standing: no correction;
+    # 0.9 + 1.5 / 4 is past the action range: clipped to 1
+    expect = torch.tensor([0.1 + 1.5 / ACTION_SCALE[1], -0.5 + 1.0 / ACTION_SCALE[1], 0.99, 1.0])
     assert torch.allclose(t[:, 1], expect, atol=1e-6)
     faster = SpeedRecovery(prob=1.0, min_ratio=1.2, max_ratio=1.2, tau=2.0, max_correction=1.5)
     v, t = faster(torch.tensor([10.0]), torch.tensor([[0.0, 0.0]]))
@@ -273,6 +274,8 @@ def test_bc_with_speed_recovery_learns_to_return_to_the_logged_speed():
                     for v in (7.5, 15.0, 18.0)]
 
     slow, logged, fast = accel_at({"prob": 0.8, "min_ratio": 0.5, "max_ratio": 1.2, "tau": 3.0, "max_correction": 1.5})
-    assert slow > logged + 0.7 and fast < logged - 0.3, (slow, logged, fast)  # ideal: +1.5 / -0.3 m/s^2
+    # ideal: +1.5 m/s^2 at 7.5 m/s (capped), -1.0 at 18 ((15 - 18) / 3), 0 at the logged 15
+    assert slow > logged + 0.7 and fast < logged - 0.3, (slow, logged, fast)
     slow0, logged0, fast0 = accel_at(None)
     assert abs(slow0 - logged0) < 0.5 * (slow - logged), (slow0, logged0, fast0)
+    assert abs(fast0 - logged0) < 0.5 * (logged - fast), (slow0, logged0, fast0)
