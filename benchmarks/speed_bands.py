@@ -9,20 +9,22 @@ development roads (``--first-seed`` + i: neither the fleet's seeds from 0 nor th
 evaluation's from 1,000,000):
 
 - the fleet: the autopilot with the fleet's driver behaviours under the takeover protocol, as
-  ``drive_segment`` drives it (``--fleet-seconds`` per road, no rendering). Its engaged frames,
-  and those BC keeps (no disengagement within ``rl.bc.exclude_before_disengage_s``);
+  ``drive_segment`` drives it with the default road world (``--fleet-seconds`` per road, no
+  rendering). Its engaged frames, and those BC keeps (no disengagement of any cause within
+  ``--exclude-s``, as ``rl.bc.exclude_before_disengage_s``, and not censored there);
 - the policy (``--policy``): the closed-loop evaluation's own scenarios and protocol
   (``rl.evaluate._Scenario``), ``--seconds`` per road, deciding at its checkpoint's stride.
 
 Prints ONE JSON line: per driver and band of speed / flow the share of engaged frames and
 their mean accel (m/s^2), the mean speed / flow, and for the policy its takeover rules and how
-many GAS takeovers came within 3.5 s of being handed back (the re-engagement cascade).
+many GAS takeovers came within 3.5 s of a handback by the human (the re-engagement cascade; the
+rule needs 3 s of slow driving, so 2.95 s after a handback is the earliest it can fire).
 
-measured (2026-12-06, this 2-core AVX2 CPU): the fleet (120 roads x 30 s) spends 1.8% of its
-engaged frames under 0.6x the flow and 6.2% at 0.6-0.8x, where it accelerates +0.2 / +0.8
-m/s^2 (+0.1 / +0.9 in the windows BC keeps); the proof BC with the set speed
+measured (2026-12-06, this 2-core AVX2 CPU, 78 s): the fleet (120 roads x 30 s) spends 1.9% of
+its engaged frames under 0.6x the flow and 6.4% at 0.6-0.8x, where it accelerates +0.14 / +0.81
+m/s^2 (+0.09 / +0.85 in the windows BC keeps); the proof BC with the set speed
 (`runs/cruise/08_bc`, 16 roads x 120 s) spends 16% / 43% there at -0.20 / -0.15 m/s^2, and 22 of
-its 81 GAS takeovers come within 3.5 s of a handback (README "Policy", *Speed recovery*). 100 s.
+its 81 GAS takeovers come within 3.5 s of a handback (README "Policy", *Speed recovery*).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def fleet(roads: int, first_seed: int, seconds: float, exclude_s: float) -> dict
                 cause = takeover.check(m)
                 if cause != Cause.NONE:
                     dis[t] = int(cause)
+                    if ap.behaviours is not None:  # the human finishes (or undoes) a lane change
+                        world.lane = ap.behaviours.takeover_lane(world)
             rec[t] = (m["speed"], m["flow_speed"], m["accel"])
             world.step(ap.act(world) if takeover.engaged else takeover.human_act(world))
         times = np.arange(n) / cfg.fps
@@ -111,7 +115,7 @@ def policy_drive(path: str, experiment: str, roads: int, first_seed: int, second
     stride = int(pol.checkpoint_meta.get("stride", cfg.data.stride))
     scen = [_Scenario(first_seed + i, seconds, cfg.sim, "policy") for i in range(roads)]
     held = np.zeros((roads, 2))
-    rec, handed, gas_after = [], [0] * roads, []
+    rec, handed, gas_after = [], [None] * roads, []  # the frame each road was last handed back
     reasons: Counter = Counter()
     for t in range(scen[0].steps):
         for i, s in enumerate(scen):
@@ -123,7 +127,7 @@ def policy_drive(path: str, experiment: str, roads: int, first_seed: int, second
             if was and not s.on:
                 reasons[s.takeover.reason] += 1
                 if s.takeover.reason == "slow":
-                    gas_after.append((t - handed[i]) / s.cfg.fps)
+                    gas_after.append(np.inf if handed[i] is None else (t - handed[i]) / s.cfg.fps)
             if s.on:
                 rec.append((m["speed"], m["flow_speed"], m["accel"]))
         if t % stride == 0:
