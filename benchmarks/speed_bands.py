@@ -74,11 +74,9 @@ def fleet(roads: int, first_seed: int, seconds: float, exclude_s: float) -> dict
         engaged, dis = np.zeros(n, bool), np.zeros(n, np.int8)
         for t in range(n):
             m = world.metrics()
-            if takeover.reengage(m):
-                ap.reset()
-            if takeover.engaged:
+            cause = takeover.turn(m, ap)
+            if cause is not None:
                 engaged[t] = True
-                cause = takeover.check(m)
                 if cause != Cause.NONE:
                     dis[t] = int(cause)
                     if ap.behaviours is not None:  # the human finishes (or undoes) a lane change

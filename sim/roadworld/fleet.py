@@ -60,11 +60,9 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
         world_pose[t] = world.world_pose6()
         speed[t] = world.state[0]
         m = world.metrics()
-        if takeover.reengage(m):
-            ap.reset()
-        if takeover.engaged:
+        cause = takeover.turn(m, ap)
+        if cause is not None:
             engaged[t] = True
-            cause = takeover.check(m)
             if cause != Cause.NONE:
                 disengage[t] = int(cause)
                 events.append(dict(frame=t, cause=cause.name, reason=takeover.reason,

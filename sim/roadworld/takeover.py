@@ -9,9 +9,8 @@ controller re-engages once the car is centered, aligned and the lead is at a saf
 Per frame, in order::
 
     m = world.metrics()
-    if takeover.reengage(m): controller.reset()       # the human hands back
-    if takeover.engaged:
-        cause = takeover.check(m)                     # may disengage (cause logged on this frame)
+    cause = takeover.turn(m, controller)   # hand back if due (controller.reset()), then the check:
+                                           # None while the human drives, else the cause (logged here)
     action = controller.act(world) if takeover.engaged else takeover.human_act(world)
 """
 
@@ -50,6 +49,14 @@ class Takeover:
             self.safety.reset()
             return True
         return False
+
+    def turn(self, m: dict, controller=None) -> Cause | None:
+        """The protocol's turn at a frame, before its action: hand back if due (resetting
+        ``controller``), then the safety driver's check. None while the human drives, else the
+        check's cause (Cause.NONE: the controller drives on)."""
+        if self.reengage(m) and controller is not None:
+            controller.reset()
+        return self.check(m) if self.engaged else None
 
     def check(self, m: dict) -> Cause:
         """The safety driver's check of an engaged frame; a cause starts the human's takeover."""
