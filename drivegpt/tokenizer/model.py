@@ -136,8 +136,9 @@ class Decoder(nn.Module):
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [b, h, w, 3] -> float32 [b, 3, h, w] in [-1, 1]."""
-    return rearrange(frames, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+    """uint8 [b, h, w, 3] -> float32 [b, 3, h, w] in [-1, 1], contiguous (a channels-last view of
+    the HWC frames makes oneDNN pick channels-last kernels: a CPU training step ~8% slower)."""
+    return rearrange(frames, "b h w c -> b c h w").float().contiguous().div(127.5).sub(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -148,6 +149,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 class Tokenizer(nn.Module):
     """VQ autoencoder: encoder -> quantizer (EMA-VQ or FSQ) -> decoder."""
+
+    CPU_CHUNK = 16
 
     def __init__(self, cfg: Mapping[str, Any] | DictConfig):
         super().__init__()
@@ -209,9 +212,12 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def encode(self, frames) -> torch.Tensor:
         """uint8 [b, h, w, 3] -> int64 [b, h', w'] (on the model's device)."""
-        x = to_float(self.check_frames(frames).to(self.device))
-        _, indices, _ = self.quantizer(self.encoder(x))
-        return indices.long()
+        frames = self.check_frames(frames)
+        out = []
+        for i in range(0, max(len(frames), 1), self._chunk()):
+            x = to_float(frames[i:i + self._chunk()].to(self.device))
+            out.append(self.quantizer(self.encoder(x))[1].long())
+        return torch.cat(out)
 
     @torch.no_grad()
     def embed(self, tokens) -> torch.Tensor:
@@ -223,7 +229,14 @@ class Tokenizer(nn.Module):
         """int64 [b, h', w'] -> uint8 [b, h, w, 3]."""
         feats = self.embed(tokens)
         dtype = next(self.decoder.parameters()).dtype
-        return to_uint8(self.decoder(rearrange(feats, "b h w d -> b d h w").to(dtype)))
+        return torch.cat([to_uint8(self.decoder(rearrange(feats[i:i + self._chunk()], "b h w d -> b d h w").to(dtype)))
+                          for i in range(0, max(len(feats), 1), self._chunk())])
+
+    def _chunk(self) -> int:
+        """Frames per encoder/decoder pass at inference: on a CPU a few dozen frames at a time keep
+        the activations in cache (a 512-frame decode at 64x128 ran at 7.4 ms/frame, 16 at a time
+        at 3.6 ms); an accelerator takes the whole batch."""
+        return self.CPU_CHUNK if self.device.type == "cpu" else 1 << 30
 
     def compute_loss(self, batch: torch.Tensor, outputs: dict | None = None) -> tuple[torch.Tensor, dict]:
         """The trainable contract (drivegpt.trainable): reconstruction (L1 + MSE + SSIM + gradient,
