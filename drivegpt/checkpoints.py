@@ -16,6 +16,7 @@ recognised by its hyper-parameters; an artifact of another kind raises
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
+
+
+def state_sha256(tensors) -> str:
+    """SHA-256 of named tensors ((name, tensor) pairs, e.g. ``module.state_dict().items()``), in
+    name order: equal digests mean the same weights bit for bit."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_artifact(path: str | Path, kind: str, config: dict, state_dict: dict, **entries: Any) -> Path:

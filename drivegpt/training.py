@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import math
 import signal
 import sys
@@ -27,7 +26,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from drivegpt.checkpoints import to_cpu
+from drivegpt.checkpoints import state_sha256, to_cpu
 from drivegpt.runs import atomic_write_json
 from drivegpt.tracking import wandb_mode
 
@@ -77,14 +76,6 @@ def make_logger(cfg: DictConfig, run_dir: str | Path, name: str):
     return loggers
 
 
-def _sha256(tensors) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(tensors):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 class DataAuditCallback(Callback):
     """Per-rank audit of a distributed run: which samples each rank trained on, hashes of its
     parameters at the start and the end and of its final state (parameters and buffers), how far
@@ -123,9 +114,9 @@ class DataAuditCallback(Callback):
                    self.run_dir / "audit" / f"final_rank{r}.pt")
         atomic_write_json(self.run_dir / "audit" / f"rank{r}.json",
                           {"rank": r, "world_size": trainer.world_size, "seen": self.seen,
-                           "batches": self.batches, "params_initial_sha256": _sha256(self.initial.items()),
-                           "params_sha256": _sha256(pl_module.named_parameters()),
-                           "weights_sha256": _sha256(pl_module.state_dict().items()), **self._moved(pl_module)})
+                           "batches": self.batches, "params_initial_sha256": state_sha256(self.initial.items()),
+                           "params_sha256": state_sha256(pl_module.named_parameters()),
+                           "weights_sha256": state_sha256(pl_module.state_dict().items()), **self._moved(pl_module)})
 
     def _moved(self, pl_module) -> dict:
         change = [float((p.detach().cpu() - self.initial[n]).abs().max()) for n, p in pl_module.named_parameters()

@@ -82,6 +82,33 @@ def test_eval_cli_table_plot_and_sim_to_real_gap(bc_run, learned_sim, tmp_path):
     assert videos == ["bc_ground_truth.gif", "bc_ground_truth.webm"]
 
 
+def test_eval_drives_a_policy_once_per_weights(bc_run, learned_sim, tmp_path):
+    """RL that shipped BC has BC's weights: it is not driven again and gets BC's figures; a
+    policy that differs in one weight is driven."""
+    from drivegpt.checkpoints import state_sha256
+    from drivegpt.rl.policy import save_policy
+
+    wm, tokens = learned_sim
+    other = load_policy(str(bc_run))
+    assert state_sha256(other.state_dict().items()) == state_sha256(load_policy(str(bc_run)).state_dict().items())
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert state_sha256(other.state_dict().items()) != state_sha256(load_policy(str(bc_run)).state_dict().items())
+    save_policy(other, tmp_path / "other.pt", meta=dict(other.checkpoint_meta))
+    run_dir = tmp_path / "eval"
+    assert main(["eval", "policy", "experiment=tiny", f"policies.bc={bc_run}", f"policies.rl={bc_run}",
+                 f"+policies.other={tmp_path / 'other.pt'}", "rl.eval.controllers=[]", f"world_model_checkpoint={wm}",
+                 f"data.shards={tokens}", "data.val_fraction=1.0", f"run_dir={run_dir}"]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    (copy, first), = m["same_weights_as"].items()  # one of bc / rl is driven, the other reuses it
+    assert {copy, first} == {"bc", "rl"}
+    assert m["controllers"][copy] == m["controllers"][first] and m["sim_to_real"][copy] == m["sim_to_real"][first]
+    assert m["seconds_per_controller"][copy] == 0.0 < m["seconds_per_controller"]["other"]
+    assert m["controllers"]["other"]["km"] > 0 and "other" in m["sim_to_real"]
+    videos = sorted(p.name for p in (run_dir / "videos").iterdir())
+    assert videos == sorted(f"{n}_ground_truth.{x}" for n in ("bc", "rl", "other") for x in ("gif", "webm"))
+
+
 def test_rl_cli_from_bc_in_tiny_learned_sim(bc_run, learned_sim, tmp_path):
     wm, tokens = learned_sim
     run_dir = tmp_path / "rl_run"

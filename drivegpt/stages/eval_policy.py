@@ -8,11 +8,14 @@ held-out RoadWorld scenarios under the fleet's takeover protocol) and the metric
 (``drivegpt.rl.metrics``) are library code; this stage picks the controllers from the config,
 writes ``metrics.json`` (a row per controller, plus the sim-to-real gap when a world model is
 given: predicted disengagements/100 km in the learned sim for the same policy), ``table.md``,
-``closed_loop.png`` and a ground-truth driving video per policy.
+``closed_loop.png`` and a ground-truth driving video per policy. A policy with the same weights
+as one already driven (RL that shipped BC) is not driven again: the drive is a seeded function of
+the weights, so its figures are the first one's (``same_weights_as`` says so).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from drivegpt.checkpoints import state_sha256
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.evaluate import BASELINES, drive, plot
 from drivegpt.rl.metrics import closed_loop_metrics, markdown_table
@@ -66,11 +70,24 @@ def run(cfg: DictConfig) -> dict:
     stride = int(cfg.data.stride)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
-    rows, timing, gap = {}, {}, {}
+    rows, timing, gap, same_as = {}, {}, {}, {}
+    seen: dict[str, str] = {}  # a policy's weights digest -> the first controller with them
     for name, path in controllers_of(cfg).items():
         policy = load_policy(path) if path else None
         # a policy decides at the stride it was trained at (recorded in its checkpoint)
         pstride = int(policy.checkpoint_meta.get("stride", stride)) if policy is not None else stride
+        if policy is not None:
+            digest = state_sha256(policy.state_dict().items()) + f"/{policy.cfg}/stride={pstride}"
+            if digest in seen:  # e.g. RL shipped BC (keep-the-best): the same seeded drive, figure for figure
+                first = same_as[name] = seen[digest]
+                rows[name], timing[name] = rows[first], 0.0
+                if first in gap:
+                    gap[name] = gap[first]
+                for video in sorted((run_dir / "videos").glob(f"{first}_ground_truth.*")):
+                    shutil.copyfile(video, video.with_name(f"{name}_ground_truth{video.suffix}"))
+                print(f"eval policy: {name} has the same weights as {first}: its figures are {first}'s")
+                continue
+            seen[digest] = name
         t0 = time.perf_counter()
         frames = [] if policy is not None else None
         trajs = drive(name, seeds, float(e.seconds), cfg.sim, policy, pstride, device, progress, frames,
@@ -98,7 +115,7 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_text(run_dir / "table.md", header + md)
     plot(rows, run_dir / "closed_loop.png")
     metrics = {"controllers": rows, "sim_to_real": gap, "seeds": seeds, "seconds": float(e.seconds),
-               "seconds_per_controller": timing}
+               "seconds_per_controller": timing, "same_weights_as": same_as}
     for name, row in rows.items():  # short per-controller summary at the top level (pipeline headline)
         if name not in metrics:
             metrics[name] = {"disengagements_per_100km": row["per_100km"], "speed_ratio": row["speed_ratio"],
