@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from drivegpt import tracking
-from drivegpt.checkpoints import to_cpu
+from drivegpt.checkpoints import state_sha256, to_cpu
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities, shards_camera
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
@@ -268,7 +268,8 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     # deterministic rollouts of the final and the BC policy in the learned sim: best/worst videos
     steps = int(settings.get("max_steps", 50))
     final = final_rollouts(policy, env, steps, seed=int(cfg.seed) + 10_000)
-    base = final_rollouts(bc, env, steps, seed=int(cfg.seed) + 10_000)
+    same = state_sha256(policy.state_dict().items()) == state_sha256(bc.state_dict().items())
+    base = final if same else final_rollouts(bc, env, steps, seed=int(cfg.seed) + 10_000)  # shipped BC: one drive
     order = final["returns"].argsort()
     for tag, i in (("worst", int(order[0])), ("best", int(order[-1]))):
         write_video(run_dir / "videos" / f"final_{tag}", final["frames"][i])
