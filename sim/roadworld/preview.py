@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from drivegpt.data.schema import Cause, Segment
+from drivegpt.data.video import encode_webm
 
 from .fleet import drive_segment
 
@@ -76,16 +77,7 @@ def write_preview(seg: Segment, out: str | os.PathLike) -> dict:
     _atomic(paths["png"], lambda p: cv2.imwrite(str(p), cv2.cvtColor(contact_sheet(seg), cv2.COLOR_RGB2BGR)))
     frames = [hud(seg, t) for t in range(len(seg))]
 
-    def webm(p):
-        h, w = frames[0].shape[:2]
-        vw = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"VP90"), float(seg.meta["fps"]), (w, h))
-        if not vw.isOpened():
-            raise RuntimeError(f"{p}: OpenCV cannot write VP9 WebM here")
-        for f in frames:
-            vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-        vw.release()
-
-    _atomic(paths["webm"], webm)
+    _atomic(paths["webm"], lambda p: p.write_bytes(encode_webm(np.stack(frames), float(seg.meta["fps"]))))
 
     def gif(p):
         from PIL import Image
