@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -334,15 +334,26 @@ def shards_fps(spec, skip_bad: bool = False, max_shards: int = 64) -> tuple[floa
     return fps, where
 
 
+def _segment_id_of(sample: dict) -> str | None:
+    """The raw sample's ``meta.segment_id`` (None where meta.json does not parse: decoding says why)."""
+    try:
+        return str(json.loads(sample["meta.json"])["segment_id"])
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+
+
 def iter_samples(urls, skip_bad: bool = False, stats: dict | None = None,
-                 frames: bool = True) -> Iterator[Segment | dict]:
+                 frames: bool = True, keep: Callable[[str], bool] | None = None) -> Iterator[Segment | dict]:
     """Decoded, validated samples of ``urls`` (anything ``expand_urls`` takes), in shard order.
 
     Bad input raises ShardError naming the file and key; with ``skip_bad`` it is logged,
     counted in ``stats["skipped"]`` (messages in ``stats["errors"]``) and skipped.
+    ``keep(segment_id)``: only those samples are decoded (e.g. one split: its video is the cost).
     """
     handler = BadInput(skip_bad, stats)
     for sample in raw_samples(expand_urls(urls), handler):
+        if keep is not None and (sid := _segment_id_of(sample)) is not None and not keep(sid):
+            continue
         try:
             yield decode_sample(sample, frames=frames)
         except ShardError as e:

@@ -76,7 +76,8 @@ def fleet_windows(shards: str, split: str, count: int, shape, stride: int, val_f
                   per_segment: int = 8, seed: int = 0, skip_bad: bool = False) -> Windows:
     """Windows of the shards' ``split`` segments; cruise: each segment's ``meta.cruise_speed`` (NaN
     where the source did not log it), what the training windows' ``cruise_speed`` carries."""
-    segs = iter_samples(expand_urls(shards), skip_bad=skip_bad)
+    segs = iter_samples(expand_urls(shards), skip_bad=skip_bad,
+                        keep=lambda sid: split_of(sid, val_fraction) == split)  # decode this split's videos only
     f, s, c = _collect(segs, lambda sid: split_of(sid, val_fraction), split, count, shape, stride,
                        per_segment, seed, cruise_of=lambda seg: cruise_speed_of(seg.meta))
     return _pack(f, s, c, f"fleet shards {shards}", split)

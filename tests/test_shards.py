@@ -145,6 +145,18 @@ def test_atomic_crash_resume_matches_clean_run(tmp_path):
         write_shards(out, 6, make_item, maxcount=3, progress=False)
 
 
+def test_iter_samples_keep_decodes_only_the_kept_segments(tmp_path, monkeypatch):
+    import drivegpt.data.shard_reading as sr
+
+    write_shards(tmp_path / "s", 4, make_item, maxcount=2, progress=False)  # seg0000 .. seg0003
+    decoded = []
+    real = sr.decode_sample
+    monkeypatch.setattr(sr, "decode_sample", lambda sample, **kw: decoded.append(sample["__key__"]) or real(sample, **kw))
+    got = [s.segment_id for s in iter_samples(str(tmp_path / "s"), keep=lambda sid: sid in ("seg0001", "seg0002"))]
+    assert got == ["seg0001", "seg0002"] and len(decoded) == 2
+    assert [s.segment_id for s in iter_samples(str(tmp_path / "s"))] == [f"seg{i:04d}" for i in range(4)]
+
+
 def test_expand_urls(tmp_path):
     write_shards(tmp_path, 5, make_item, maxcount=2, progress=False)
     names = [str(tmp_path / f"shard-{k:06d}.tar") for k in range(3)]
