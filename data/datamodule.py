@@ -24,10 +24,12 @@ What every rank gets (README "Scale-out"):
 
 from __future__ import annotations
 
+import weakref
+
 import lightning as L
 
 from drivegpt.data.labels import DEFAULT_HORIZONS
-from drivegpt.data.loaders import frame_dataset, make_loader, window_dataset
+from drivegpt.data.loaders import frame_dataset, make_loader, shutdown_workers, window_dataset
 
 KINDS = ("frames", "windows")
 
@@ -49,6 +51,7 @@ class FleetDataModule(L.LightningDataModule):
         self.data = cfg.data
         self.shards = shards if shards is not None else self.data.shards
         self.stats: dict = {}  # skipped-sample counts (main-process loading only)
+        self._loaders: weakref.WeakSet = weakref.WeakSet()  # the loaders made here (teardown ends their workers)
 
     # -- how the data is distributed -----------------------------------------------------------
     def world_size(self) -> int:
@@ -107,8 +110,10 @@ class FleetDataModule(L.LightningDataModule):
         is_resampled = self.is_resampled(split) if resampled is None else resampled
         nbatches = self.epoch_batches() if is_resampled else None
         ds = self.dataset(split, **kw)
-        return make_loader(ds, int(d.batch_size), int(d.num_workers),
-                           epoch_samples=None if nbatches is None else nbatches * int(d.batch_size))
+        loader = make_loader(ds, int(d.batch_size), int(d.num_workers),
+                             epoch_samples=None if nbatches is None else nbatches * int(d.batch_size))
+        self._loaders.add(loader)
+        return loader
 
     def train_dataloader(self):
         return self.dataloader("train")
@@ -118,3 +123,8 @@ class FleetDataModule(L.LightningDataModule):
 
     def predict_dataloader(self):
         return self.dataloader("all", shuffle=False, resampled=False)
+
+    def teardown(self, stage: str) -> None:
+        """This module's loaders' persistent workers end with the fit/validate/predict
+        (``drivegpt.data.loaders.shutdown_workers``)."""
+        shutdown_workers(list(self._loaders))

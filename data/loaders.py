@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import weakref
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -299,13 +300,41 @@ def window_dataset(urls, context_frames: int, stride: int, key: str = "frames",
     return wds.DataPipeline(*stages)
 
 
+_LOADERS: weakref.WeakSet = weakref.WeakSet()  # the torch DataLoaders inside make_loader's WebLoaders
+
+
 def make_loader(dataset, batch_size: int, num_workers: int = 0, epoch_samples: int | None = None):
     """A WebLoader batching ``dataset``; ``epoch_samples`` (per rank) sets the epoch length of
-    a resampled (endless) dataset via ``with_epoch`` on the loader (counted in batches)."""
+    a resampled (endless) dataset via ``with_epoch`` on the loader (counted in batches). Its
+    persistent workers end with ``shutdown_workers()``."""
     import webdataset as wds
 
     loader = wds.WebLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                            persistent_workers=num_workers > 0)
+    _LOADERS.add(loader.pipeline[0])
     if epoch_samples:
         loader = loader.with_epoch(nbatches=max(1, int(epoch_samples) // batch_size))
     return loader
+
+
+def shutdown_workers(loaders=None) -> int:
+    """End the persistent worker processes of ``loaders`` (WebLoaders from ``make_loader``; None:
+    every live one) now; returns how many iterators were shut down. A loader iterated again
+    starts new workers. Lightning does this at the end of a fit for a
+    torch DataLoader, but it cannot see the one inside a WebLoader, so the workers lived on until
+    garbage collection ran the iterator's ``__del__`` at some later moment; there, in the
+    pipeline, each worker's join waited out its 5 s timeout (~20 s lost before the stage after
+    the tokenizer's training). ``FleetDataModule.teardown`` and the pipeline (after every stage)
+    call this."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    n = 0
+    chosen = list(_LOADERS) if loaders is None else [getattr(x, "pipeline", [x])[0] for x in loaders]
+    for dl in chosen:
+        it = getattr(dl, "_iterator", None)
+        if isinstance(it, _MultiProcessingDataLoaderIter):
+            it._shutdown_workers()
+            n += 1
+        if it is not None:
+            dl._iterator = None
+    return n

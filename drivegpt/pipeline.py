@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drivegpt.config import compose
+from drivegpt.data.loaders import shutdown_workers
 from drivegpt.report import build_report
 from drivegpt.runs import is_done, mark_done, read_json, write_metrics
 from drivegpt.scoreboard import scoreboard
@@ -125,7 +126,10 @@ def run_stage(stage: Stage, sdir: Path, ctx: dict, user_overrides: list[str]) ->
     overrides = forwarded(user_overrides, base) + stage.overrides({**ctx, "dir": str(sdir)}) + [
         f"run_dir={sdir}"]
     cfg = compose(stage.config, overrides)
-    return load(stage.stage)(cfg) or {}
+    try:
+        return load(stage.stage)(cfg) or {}
+    finally:  # a stage's loader workers end with it (not at a garbage collection in a later stage)
+        shutdown_workers()
 
 
 def _headline(stage: Stage, metrics: dict) -> str:

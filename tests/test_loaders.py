@@ -210,3 +210,26 @@ def test_windows_carry_the_cruise_set_speed_or_nan_when_not_logged():
     seg.meta["cruise_speed"] = 27.5
     wins = list(segment_windows(seg, 3, 2))
     assert all(w["cruise_speed"].shape == (3,) and np.allclose(w["cruise_speed"], 27.5) for w in wins)
+
+
+def test_teardown_ends_the_persistent_workers_of_its_own_loaders_only(six_shards):
+    """Lightning cannot see the DataLoader inside a WebLoader, so the datamodule ends its workers
+    at teardown (else they live until a garbage collection, where each join waited 5 s)."""
+    from drivegpt.config import compose
+    from drivegpt.data.datamodule import FleetDataModule
+    from drivegpt.data.loaders import shutdown_workers
+
+    cfg = compose("fleet_generate", ["experiment=tiny", f"data.shards={six_shards}", "data.num_workers=2",
+                                     "data.frame_height=16", "data.frame_width=32", "data.val_fraction=0.0"])
+    mine, other = FleetDataModule(cfg, kind="frames"), FleetDataModule(cfg, kind="frames")
+    loader, other_loader = mine.train_dataloader(), other.train_dataloader()
+    first = next(iter(loader))
+    next(iter(other_loader))
+    workers = loader.pipeline[0]._iterator._workers
+    other_workers = other_loader.pipeline[0]._iterator._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers + other_workers)
+    mine.teardown("fit")
+    assert not any(w.is_alive() for w in workers) and all(w.is_alive() for w in other_workers)
+    again = next(iter(loader))  # a loader iterated again starts new workers, from the start
+    assert again["segment_id"] == first["segment_id"] and (again["frame"] == first["frame"]).all()
+    assert shutdown_workers() >= 2 and not any(w.is_alive() for w in other_workers)
