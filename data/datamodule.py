@@ -124,6 +124,15 @@ class FleetDataModule(L.LightningDataModule):
     def predict_dataloader(self):
         return self.dataloader("all", shuffle=False, resampled=False)
 
+    def __getstate__(self) -> dict:  # DDP spawn pickles the module: the loaders stay with their process
+        state = dict(self.__dict__)
+        state["_loaders"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._loaders = weakref.WeakSet()
+
     def teardown(self, stage: str) -> None:
         """This module's loaders' persistent workers end with the fit/validate/predict
         (``drivegpt.data.loaders.shutdown_workers``)."""

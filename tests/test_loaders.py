@@ -233,3 +233,7 @@ def test_teardown_ends_the_persistent_workers_of_its_own_loaders_only(six_shards
     again = next(iter(loader))  # a loader iterated again starts new workers, from the start
     assert again["segment_id"] == first["segment_id"] and (again["frame"] == first["frame"]).all()
     assert shutdown_workers() >= 2 and not any(w.is_alive() for w in other_workers)
+    import pickle  # DDP spawn pickles the datamodule; its loaders stay behind
+
+    copy = pickle.loads(pickle.dumps(mine))
+    assert len(copy._loaders) == 0 and next(iter(copy.train_dataloader()))["segment_id"] == first["segment_id"]
