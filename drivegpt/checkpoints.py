@@ -102,7 +102,7 @@ def state_sha256(tensors) -> str:
     for name, t in sorted(tensors, key=lambda kv: kv[0]):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype (bf16 too)
     return h.hexdigest()
 
 

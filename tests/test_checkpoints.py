@@ -110,3 +110,15 @@ def test_to_cpu_detaches_every_tensor_and_keeps_the_structure():
     fresh.load_state_dict(out["optimizer"])
     key = next(iter(fresh.state))
     assert torch.equal(fresh.state[key]["exp_avg"], opt.state[key]["exp_avg"])
+
+
+def test_state_sha256_names_weights_bit_for_bit_in_any_dtype():
+    from drivegpt.checkpoints import state_sha256
+
+    state = {"w": torch.randn(3, 4, dtype=torch.bfloat16), "s": torch.tensor(2.0), "on": torch.tensor([True, False]),
+             "i": torch.arange(5)}
+    digest = state_sha256(state.items())
+    assert digest == state_sha256(reversed(list(state.items())))  # order of the pairs does not matter
+    for key, other in (("s", torch.tensor(2.0 + 2 ** -20)), ("on", torch.tensor([True, True])),
+                       ("w", state["w"].float()), ("i", torch.arange(5).reshape(5, 1))):
+        assert state_sha256({**state, key: other}.items()) != digest, key  # value, dtype and shape count

@@ -237,3 +237,4 @@ def test_teardown_ends_the_persistent_workers_of_its_own_loaders_only(six_shards
 
     copy = pickle.loads(pickle.dumps(mine))
     assert len(copy._loaders) == 0 and next(iter(copy.train_dataloader()))["segment_id"] == first["segment_id"]
+    copy.teardown("fit")
