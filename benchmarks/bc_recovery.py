@@ -32,7 +32,7 @@ def evaluate(policy_dir: Path, experiment: str, scenarios: int, seconds: float) 
     from drivegpt.config import compose
     from drivegpt.rl.evaluate import drive
     from drivegpt.rl.metrics import closed_loop_metrics
-    from drivegpt.rl.policy import load_policy
+    from drivegpt.rl.checkpoint import load_policy
 
     cfg = compose("eval_policy", [f"experiment={experiment}"])
     pol = load_policy(policy_dir)

@@ -134,7 +134,8 @@ def main(argv=None) -> dict:
     from drivegpt.config import compose
     from drivegpt.rl.evaluate import drive
     from drivegpt.rl.metrics import closed_loop_metrics
-    from drivegpt.rl.policy import count_flops, load_policy, read_checkpoint
+    from drivegpt.rl.checkpoint import load_policy, read_checkpoint
+    from drivegpt.rl.policy import count_flops
 
     bc_path, rl_path = (Path(args.bc) if args.bc else None), (Path(args.rl) if args.rl else None)
     if args.pipeline_dir:

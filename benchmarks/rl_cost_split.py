@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from drivegpt.rl.envs import make_learned_env
-    from drivegpt.rl.policy import load_policy
+    from drivegpt.rl.checkpoint import load_policy
 
     policy = load_policy(args.policy)
     policy.freeze_norm()

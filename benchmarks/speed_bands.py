@@ -102,7 +102,7 @@ def policy_drive(path: str, experiment: str, roads: int, first_seed: int, second
 
     from drivegpt.config import compose
     from drivegpt.rl.evaluate import _Scenario
-    from drivegpt.rl.policy import load_policy
+    from drivegpt.rl.checkpoint import load_policy
     from drivegpt.stages.common import bind_fps
 
     torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from drivegpt.export import tinygrad_gpu as tg
 from drivegpt.export.frames import get_windows
 from drivegpt.export.quantize import check_inputs, quantize_qdq
 from drivegpt.export.verify import action_errors
-from drivegpt.rl.policy import load_policy, read_checkpoint
+from drivegpt.rl.checkpoint import load_policy, read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ closed-loop evaluation in the ground-truth road world.
 Public surface: ``Policy``, ``PolicyConfig``, ``load_policy``, ``save_policy``.
 """
 
-from drivegpt.rl.policy import Policy, PolicyConfig, load_policy, save_policy
+from drivegpt.rl.checkpoint import load_policy, save_policy
+from drivegpt.rl.policy import Policy, PolicyConfig
 
 __all__ = ["Policy", "PolicyConfig", "load_policy", "save_policy"]

@@ -32,28 +32,21 @@ passed) is a zero feature with its known-flag off.
 Actions are the normalized Box(2) of ``sim.vehicle``: (desired curvature, desired accel) in
 [-1, 1]. Sampled actions are Gaussian (unbounded); environments clip them to the box.
 
-Checkpoints (``save_policy`` / ``load_policy``) are plain ``torch.save`` dicts with
-``kind="drivegpt-policy"``, the ``PolicyConfig``, the observation shape ``[K, H, W, 3]`` and
-the weights; ``load_policy`` also reads a run directory (``policy.pt`` inside) and raises a
-clear error for another kind of checkpoint or a different observation shape.
+Checkpoints (``save_policy`` / ``load_policy``) are in ``drivegpt.rl.checkpoint``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from drivegpt.checkpoints import POLICY, read_artifact, save_artifact
 from drivegpt.settings import check_keys, plain
 
-CHECKPOINT_KIND = POLICY
-POLICY_FILE = "policy.pt"
 ACTION_DIM = 2
 
 
@@ -391,52 +384,6 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
     }
 
 
-# -------------------------------------------------------------------- checkpoints
-def save_policy(policy: Policy, path: str | Path, meta: dict | None = None) -> Path:
-    """Atomically write a policy checkpoint (kind, config, observation shape, weights, meta)."""
-    return save_artifact(
-        path, CHECKPOINT_KIND, policy.cfg.to_dict(), policy.state_dict(),
-        obs_shape=list(policy.obs_shape),
-        action_space={"dim": ACTION_DIM, "low": -1.0, "high": 1.0,
-                      "meaning": ["desired curvature (normalized)", "desired accel (normalized)"]},
-        bottleneck_bits=policy.bottleneck_bits, meta=dict(meta or {}))
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Read and validate a policy checkpoint dict (file, or run directory holding policy.pt),
-    loaded safely (drivegpt.checkpoints); other kinds and non-checkpoints raise naming the file."""
-    art = read_artifact(path, CHECKPOINT_KIND)
-    if "hyper_parameters" in art.blob:  # a Lightning checkpoint of the BC module
-        cfg = PolicyConfig.from_dict(art.config)
-        ckpt = {"kind": CHECKPOINT_KIND, "config": cfg.to_dict(), "obs_shape": list(cfg.obs_shape),
-                "state_dict": art.state_dict, "meta": {"from_lightning": str(art.path)}}
-    else:
-        ckpt = dict(art.blob)
-    if "obs_shape" not in ckpt:
-        raise ValueError(f"{art.path}: policy checkpoint lacks key 'obs_shape'")
-    ckpt["path"] = str(art.path)
-    return ckpt
-
-
-def load_policy(path: str | Path, obs_shape: tuple | list | None = None, map_location: str | torch.device = "cpu") -> Policy:
-    """Load a policy (eval mode). ``obs_shape`` [K, H, W, 3]: fail clearly if the checkpoint differs."""
-    ckpt = read_checkpoint(path)
-    cfg = PolicyConfig.from_dict(ckpt["config"])
-    if list(ckpt["obs_shape"]) != list(cfg.obs_shape):
-        raise ValueError(f"{ckpt['path']}: key 'obs_shape' {ckpt['obs_shape']} disagrees with its config {list(cfg.obs_shape)}")
-    if obs_shape is not None and list(obs_shape) != list(cfg.obs_shape):
-        raise ValueError(
-            f"{ckpt['path']}: policy observation shape {list(cfg.obs_shape)} [K,H,W,3] does not match the "
-            f"requested {list(obs_shape)}")
-    policy = Policy(cfg)
-    try:
-        policy.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise ValueError(f"{ckpt['path']}: key 'state_dict' does not fit the policy config ({e})") from None
-    policy.checkpoint_meta = ckpt.get("meta", {})
-    return policy.to(map_location).eval()
-
-
 def policy_config_from_cfg(cfg) -> PolicyConfig:
     """The PolicyConfig of a stage config: ``cfg.rl.policy`` + frame size/K from ``cfg.data``."""
     from omegaconf import OmegaConf
@@ -450,7 +397,6 @@ def policy_config_from_cfg(cfg) -> PolicyConfig:
 
 
 __all__ = [
-    "CHECKPOINT_KIND", "Policy", "PolicyConfig", "PolicyInputError", "ExportedPolicy", "count_flops",
-    "save_policy", "load_policy", "read_checkpoint", "gaussian_log_prob", "gaussian_entropy",
-    "gaussian_kl", "policy_config_from_cfg",
+    "ACTION_DIM", "Policy", "PolicyConfig", "PolicyInputError", "ExportedPolicy", "count_flops", "gaussian_log_prob",
+    "gaussian_entropy", "gaussian_kl", "policy_config_from_cfg",
 ]

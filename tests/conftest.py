@@ -52,7 +52,9 @@ def policy_ckpt(tmp_path_factory):
     last layer is spread so the actions are not all ~0 before training."""
     import torch
 
-    from drivegpt.rl.policy import Policy, PolicyConfig, save_policy
+    from drivegpt.rl.checkpoint import save_policy
+
+    from drivegpt.rl.policy import Policy, PolicyConfig
 
     torch.manual_seed(0)
     p = Policy(PolicyConfig(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16),

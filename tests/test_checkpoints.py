@@ -8,7 +8,7 @@ import torch
 
 from drivegpt.checkpoints import (NotACheckpointError, UnsafeCheckpointError, WrongKindError, read_artifact,
                                   save_artifact)
-from drivegpt.rl.policy import load_policy
+from drivegpt.rl.checkpoint import load_policy
 from drivegpt.tokenizer import load_tokenizer
 from drivegpt.world_model import load_world_model
 

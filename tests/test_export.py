@@ -75,7 +75,7 @@ def tiny_policy(cruise: bool):
 
 @pytest.fixture(scope="module")
 def cruise_policy_ckpt(tmp_path_factory):
-    from drivegpt.rl.policy import save_policy
+    from drivegpt.rl.checkpoint import save_policy
 
     return save_policy(tiny_policy(True), tmp_path_factory.mktemp("cruise_policy") / "policy.pt")
 

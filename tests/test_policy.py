@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from drivegpt.rl.checkpoint import load_policy, save_policy
 from drivegpt.rl.policy import (Policy, PolicyConfig, PolicyInputError, count_flops, gaussian_kl,
-                       gaussian_log_prob, load_policy, save_policy)
+                                gaussian_log_prob)
 
 TINY = dict(context_frames=2, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,
             bottleneck_dim=16, hidden=32)

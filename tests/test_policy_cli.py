@@ -8,7 +8,7 @@ import torch
 
 from drivegpt.data.shards import write_shards
 from drivegpt.cli import main
-from drivegpt.rl.policy import load_policy
+from drivegpt.rl.checkpoint import load_policy
 
 
 def token_item(i: int) -> dict:
@@ -86,7 +86,7 @@ def test_eval_drives_a_policy_once_per_weights(bc_run, learned_sim, tmp_path):
     """RL that shipped BC has BC's weights: it is not driven again and gets BC's figures; a
     policy that differs in one weight is driven."""
     from drivegpt.checkpoints import state_sha256
-    from drivegpt.rl.policy import save_policy
+    from drivegpt.rl.checkpoint import save_policy
 
     wm, tokens = learned_sim
     other = load_policy(str(bc_run))

@@ -24,10 +24,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivegpt.checkpoints import state_sha256
+from drivegpt.rl.checkpoint import load_policy
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
 from drivegpt.rl.evaluate import BASELINES, drive, plot
 from drivegpt.rl.metrics import closed_loop_metrics, markdown_table
-from drivegpt.rl.policy import Policy, load_policy
+from drivegpt.rl.policy import Policy
 from drivegpt.rl.train import final_rollouts
 from drivegpt.rl.video import caption, upscale, write_video
 from drivegpt.runs import atomic_write_text, mark_done, write_metrics

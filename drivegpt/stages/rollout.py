@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from drivegpt.rl.policy import load_policy
+from drivegpt.rl.checkpoint import load_policy
 from drivegpt.runs import atomic_write_json, mark_done, write_metrics
 from drivegpt.sim.learned.config import LearnedSimConfig
 from drivegpt.sim.learned.contexts import pool_from_shards

@@ -30,8 +30,9 @@ from drivegpt import tracking
 from drivegpt.checkpoints import state_sha256, to_cpu
 from drivegpt.data.datamodule import FleetDataModule
 from drivegpt.rl.bc import BCModule, segment_behaviours, segment_qualities, shards_camera
+from drivegpt.rl.checkpoint import load_policy, save_policy
 from drivegpt.rl.envs import learned_sim_settings, make_learned_env
-from drivegpt.rl.policy import count_flops, load_policy, policy_config_from_cfg, save_policy
+from drivegpt.rl.policy import count_flops, policy_config_from_cfg
 from drivegpt.rl.ppo import RUNTIME_KEYS, PPOConfig, train_ppo
 from drivegpt.rl.selection import KeepBest, context_pools, scoring_env, sim_score
 from drivegpt.rl.train import final_rollouts, frame_for_video
