@@ -74,13 +74,11 @@ def fleet(roads: int, first_seed: int, seconds: float, exclude_s: float) -> dict
         engaged, dis = np.zeros(n, bool), np.zeros(n, np.int8)
         for t in range(n):
             m = world.metrics()
-            cause = takeover.turn(m, ap)
+            cause = takeover.turn(m, ap, world)
             if cause is not None:
                 engaged[t] = True
                 if cause != Cause.NONE:
                     dis[t] = int(cause)
-                    if ap.behaviours is not None:  # the human finishes (or undoes) a lane change
-                        world.lane = ap.behaviours.takeover_lane(world)
             rec[t] = (m["speed"], m["flow_speed"], m["accel"])
             world.step(ap.act(world) if takeover.engaged else takeover.human_act(world))
         times = np.arange(n) / cfg.fps

@@ -60,15 +60,13 @@ def drive_segment(seed: int, seconds: float = 60.0, cfg_sim: Any = None, height:
         world_pose[t] = world.world_pose6()
         speed[t] = world.state[0]
         m = world.metrics()
-        cause = takeover.turn(m, ap)
+        cause = takeover.turn(m, ap, world)
         if cause is not None:
             engaged[t] = True
             if cause != Cause.NONE:
                 disengage[t] = int(cause)
                 events.append(dict(frame=t, cause=cause.name, reason=takeover.reason,
                                    speed=float(m["speed"]), lane_offset=float(m["lane_offset"])))
-                if ap.behaviours is not None:  # the human finishes (or undoes) a lane change
-                    world.lane = ap.behaviours.takeover_lane(world)
         action = ap.act(world) if takeover.engaged else takeover.human_act(world)
         if t < T - 1:  # the last frame has no next frame: its rel_pose stays zero
             rel_pose[t] = world.step(action)

@@ -9,7 +9,8 @@ controller re-engages once the car is centered, aligned and the lead is at a saf
 Per frame, in order::
 
     m = world.metrics()
-    cause = takeover.turn(m, controller)   # hand back if due (controller.reset()), then the check:
+    cause = takeover.turn(m, controller, world)   # hand back if due (controller.reset()), then the check
+                                           # (a takeover ends a lane change the controller began):
                                            # None while the human drives, else the cause (logged here)
     action = controller.act(world) if takeover.engaged else takeover.human_act(world)
 """
@@ -50,13 +51,21 @@ class Takeover:
             return True
         return False
 
-    def turn(self, m: dict, controller=None) -> Cause | None:
+    def turn(self, m: dict, controller=None, world=None) -> Cause | None:
         """The protocol's turn at a frame, before its action: hand back if due (resetting
         ``controller``), then the safety driver's check. None while the human drives, else the
-        check's cause (Cause.NONE: the controller drives on)."""
+        check's cause (Cause.NONE: the controller drives on). Given the ``world``, a takeover
+        also ends a lane change the controller had begun: the human finishes (or undoes) it
+        (``controller.behaviours.takeover_lane``)."""
         if self.reengage(m) and controller is not None:
             controller.reset()
-        return self.check(m) if self.engaged else None
+        if not self.engaged:
+            return None
+        cause = self.check(m)
+        behaviours = getattr(controller, "behaviours", None)
+        if cause != Cause.NONE and world is not None and behaviours is not None:
+            world.lane = behaviours.takeover_lane(world)
+        return cause
 
     def check(self, m: dict) -> Cause:
         """The safety driver's check of an engaged frame; a cause starts the human's takeover."""
