@@ -175,6 +175,34 @@ def test_train_stage_writes_checkpoint_pictures_and_resumes(tmp_path):
     assert not torch.equal(first.encoder.net[0].weight, second.encoder.net[0].weight)
 
 
+def test_train_stage_uses_its_own_batch_size(tmp_path):
+    """``tokenizer.batch_size`` sets the frames per step of this stage only (data.batch_size is the
+    world model's too): every step's codes are counted, so their total says how many frames it saw."""
+    from drivegpt.stages.train_tokenizer import fit, run as train_run
+    import drivegpt.stages.train_tokenizer as stage
+
+    _write_fleet(tmp_path / "fleet", n=2, maxcount=1)
+    common = ["experiment=tiny", f"data.shards={tmp_path / 'fleet'}", "data.batch_size=4", "data.val_fraction=0",
+              "tokenizer.train_steps=3", "trainer.checkpoint_every_n_steps=null"]
+    seen = {}
+
+    def spy(cfg, datamodule, **kw):
+        module, metrics = fit(cfg, datamodule, **kw)
+        seen[cfg.run_dir] = (int(module.usage_counts.sum()), module.model.grid)
+        return module, metrics
+
+    stage.fit, orig = spy, stage.fit
+    try:
+        for bs, name in ((None, "shared"), (2, "own")):
+            extra = [f"tokenizer.batch_size={bs}"] if bs else []
+            m = train_run(compose("train_tokenizer", [*common, f"run_dir={tmp_path / name}", *extra]))
+            counted, (gh, gw) = seen[str(tmp_path / name)]
+            assert m["tokenizer/batch_size"] == (bs or 4)
+            assert counted == 3 * (bs or 4) * gh * gw  # 3 steps of that many frames
+    finally:
+        stage.fit = orig
+
+
 def test_ranks_split_input_shards_without_duplicates():
     from drivegpt.tokenizer.tokenize import _rank_urls
 

@@ -55,6 +55,7 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
     counts = module.usage_counts.cpu().numpy()
     metrics = {
         "tokenizer/steps": steps,
+        "tokenizer/batch_size": int(cfg.data.batch_size),
         "tokenizer/resumed_from_step": resumed_from,
         "tokenizer/train_seconds": seconds,
         "tokenizer/budget": budget.report if budget else None,
@@ -77,5 +78,8 @@ def fit(cfg: DictConfig, datamodule, **trainer_overrides) -> tuple[TokenizerModu
 
 
 def run(cfg: DictConfig) -> dict:
+    if cfg.tokenizer.get("batch_size"):  # this stage's own batch (data.batch_size is shared)
+        cfg = cfg.copy()
+        cfg.data.batch_size = int(cfg.tokenizer.batch_size)
     _, metrics = fit(cfg, FleetDataModule(cfg, kind="frames"))
     return metrics

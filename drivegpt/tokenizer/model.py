@@ -35,7 +35,8 @@ SHAPE_DEFAULTS = {"attn_blocks": 0}
 # The names of the ``tokenizer`` config group (values and defaults: configs/tokenizer/default.yaml).
 CONFIG_SCHEMA = {
     **dict.fromkeys(("frame_height", "frame_width", "downsample", "channels", "channel_mult", "res_blocks",
-                     "attn_blocks", "embed_dim", "quantizer", "codebook_size", "train_steps", "train_seconds", "image_every_n_steps")),
+                     "attn_blocks", "embed_dim", "quantizer", "codebook_size", "train_steps", "train_seconds", "batch_size",
+                     "image_every_n_steps")),
     "vq": dict.fromkeys(("decay", "commitment", "kmeans_init", "kmeans_iters", "dead_after", "l2_normalize")),
     "fsq": dict.fromkeys(("levels",)),
     "loss": dict.fromkeys(("l1", "mse", "ssim", "gradient", "edge", "gan", "gan_start", "disc_channels", "disc_layers")),
