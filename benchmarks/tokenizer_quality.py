@@ -2,6 +2,8 @@
 
     python benchmarks/tokenizer_quality.py                                 # tiny default run only
     python benchmarks/tokenizer_quality.py --checkpoint runs/tok/tokenizer.pt   # + that checkpoint
+    python benchmarks/tokenizer_quality.py --dev --skip-tiny --checkpoint A.pt --checkpoint B.pt
+        # design choices: dev seeds (3,000,000..), never in a fleet or an evaluation
 
 Targets (issue 3) at 128x256 frames, 8x16 tokens, 1024 codes: PSNR >= 30 dB, lane-marking
 PSNR >= 24 dB, codebook usage >= 90%. A checkpoint is scored on road-world segments that no
@@ -35,6 +37,7 @@ from drivegpt.tokenizer.model import to_float
 
 TARGETS = {"psnr": 30.0, "lane_psnr": 24.0, "codebook_usage": 90.0}
 HELD_OUT_FIRST_SEED = 1_000_000  # beyond any fleet's seeds (fleets use 0..segments-1)
+DEV_FIRST_SEED = 3_000_000  # design choices are made here, never on the evaluation's seeds
 VAL_FRACTION = 0.1  # data.val_fraction's default
 
 
@@ -48,18 +51,21 @@ def held_out_seeds(n: int, first_seed: int = HELD_OUT_FIRST_SEED, val_fraction: 
     return out
 
 
-def road_world(split: str, n_segments: int, seconds: float, h: int, w: int):
-    """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments: ``train``
-    from seed 0 on (train-split ids), ``val`` from held_out_seeds (never in a fleet)."""
+def road_world(split: str, n_segments: int, seconds: float, h: int, w: int, every: int = 1):
+    """(frames uint8 [N,h,w,3], lane_mask bool [N,h,w]) of road-world segments, every ``every``-th
+    frame: ``train`` from seed 0 on (train-split ids), ``val`` from held_out_seeds (never in a
+    fleet), ``dev`` the consecutive seeds from DEV_FIRST_SEED (for choosing designs)."""
     frames, masks = [], []
-    if split == "val":
+    if split == "dev":
+        seeds = list(range(DEV_FIRST_SEED, DEV_FIRST_SEED + n_segments))
+    elif split == "val":
         seeds = held_out_seeds(n_segments)
     else:
         seeds = [s for s in range(10 * n_segments + 10) if split_of(segment_id(s), VAL_FRACTION) == "train"]
     for seed in seeds[:n_segments]:
         seg = drive_segment(seed, seconds, None, h, w)
-        frames.append(seg.frames)
-        masks.append(seg.extras["lane_mask"])
+        frames.append(seg.frames[::every])
+        masks.append(seg.extras["lane_mask"][::every])
     return np.concatenate(frames), np.concatenate(masks)
 
 
@@ -108,7 +114,10 @@ def tiny_run(steps: int, segments: int, seconds: float, seed: int = 0) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--checkpoint", action="append", default=[], help="score this checkpoint (repeatable)")
+    ap.add_argument("--dev", action="store_true", help="score checkpoints on the dev seeds (10 x 30 s, every 4th "
+                    "frame) instead of the held-out ones: for choosing between designs")
+    ap.add_argument("--skip-tiny", action="store_true", help="no tiny default run")
     ap.add_argument("--steps", type=int, default=300, help="tiny default run: training steps")
     ap.add_argument("--segments", type=int, default=6, help="tiny default run: training segments")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per road-world segment")
@@ -117,13 +126,21 @@ def main(argv=None) -> dict:
     out = {"bench": "tokenizer_quality", "targets": TARGETS, "host": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    if a.checkpoint:
-        model = load_tokenizer(a.checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu")
-        fr, mk = road_world("val", a.eval_segments, a.seconds * 5, *model.frame_size)
-        m = score(model, fr, mk)
+    frames = {}
+    for path in a.checkpoint:
+        model = load_tokenizer(path, map_location="cuda" if torch.cuda.is_available() else "cpu")
+        size = tuple(model.frame_size)
+        if size not in frames:
+            frames[size] = (road_world("dev", 10, 30.0, *size, every=4) if a.dev
+                            else road_world("val", a.eval_segments, a.seconds * 5, *size))
+        m = score(model, *frames[size])
         m["meets_targets"] = {k: (m[k] is not None and m[k] >= v) for k, v in TARGETS.items()}
-        out["checkpoint"] = {"path": a.checkpoint, "frame_size": list(model.frame_size), "grid": list(model.grid), **m}
-    out["tiny_default_run"] = tiny_run(a.steps, a.segments, a.seconds)
+        out.setdefault("checkpoints", []).append({"path": path, "seeds": "dev" if a.dev else "held-out",
+                                                  "frame_size": list(size), "grid": list(model.grid), **m})
+    if len(a.checkpoint) == 1:
+        out["checkpoint"] = out["checkpoints"][0]
+    if not a.skip_tiny:
+        out["tiny_default_run"] = tiny_run(a.steps, a.segments, a.seconds)
     print(json.dumps(out))
     return out
 
