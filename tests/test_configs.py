@@ -80,6 +80,7 @@ def _leaves(node, prefix=""):
 
 # what experiment=gpu may change against experiment=proof: budgets and hardware, nothing else
 GPU_BUDGET_KEYS = {"data.batch_size", "data.num_workers", "workers", "tokenizer.train_steps",
+                   "tokenizer.batch_size", "tokenizer.optim.lr",  # a batch and the learning rate that goes with it
                    "tokenizer.train_seconds", "tokenizer.image_every_n_steps", "world_model.max_steps",
                    "world_model.train_seconds", "eval.max_batches", "rl.ppo.accelerator", "rl.eval.workers",
                    "trainer.accelerator",
