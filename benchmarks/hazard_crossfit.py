@@ -2,7 +2,7 @@
 
     python benchmarks/hazard_crossfit.py --run-dir runs/gpu
 
-The world model's hazard head memorises its training segments (README "Where it stands"): a head
+The world model's hazard head memorises its training segments (README "Measurement log"): a head
 fit on the start-token states of segments the transformer trained on ranks their events at AUROC
 0.99 and the held-out ones near chance. Cross-fitting would fit the head on states of segments
 the transformer never saw. This script measures what that buys without training a second

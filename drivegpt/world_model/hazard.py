@@ -19,7 +19,7 @@ are data, but the start token's hidden state comes from a transformer trained on
 segment (with the hazard's gradient), so held-aside segments are not held out from it
 (measured: a head on that state alone had a mean AUROC of 0.61 on held-aside segments, ~0.53 on
 the held-out split; with the world model trained on one H100 for 3,462 steps at batch 64, 0.99 on
-held-aside segments against STEER 0.60 / BRAKE 0.50 held out, README "Where it stands"). Use it
+held-aside segments against STEER 0.60 / BRAKE 0.50 held out, README "Measurement log"). Use it
 with ``dis_start=False`` (the head reads the moves alone). Fitting the head on states of segments
 the transformer never saw (cross-fitting) does not help either: 0.54 / 0.42 on the H100 run
 (``benchmarks/hazard_crossfit.py``).
