@@ -31,7 +31,7 @@ from drivegpt.data.loaders import split_of
 from drivegpt.data.shard_reading import expand_urls, iter_samples
 from drivegpt.rl.envs import FrameHistoryVecEnv
 from drivegpt.sim.learned import WorldModelVectorEnv
-from drivegpt.sim.learned.contexts import ContextPool, pool_from_samples
+from drivegpt.sim.learned.contexts import pool_from_samples
 
 
 def split_contexts(pool, select_ids: set[str] | None = None):
@@ -50,13 +50,7 @@ def split_contexts(pool, select_ids: set[str] | None = None):
     if not sel or not rest:
         raise ValueError(f"cannot split {len(pool)} start contexts from {len(ids)} segment(s) into two sets")
 
-    def sub(idx):
-        t = torch.as_tensor(idx, dtype=torch.long)
-        return ContextPool(pool.tokens[t], pool.rel_pose[t], pool.speed[t],
-                           [pool.segment_ids[i] for i in idx], [pool.starts[i] for i in idx],
-                           pool.context_frames, None if pool.cruise is None else pool.cruise[t])
-
-    return sub(sel), sub(rest)
+    return pool.subset(sel), pool.subset(rest)
 
 
 @torch.no_grad()
@@ -132,13 +126,14 @@ def context_pools(core, shards: str | None, val_fraction: float):
                 select = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
                                            lambda sid: split_of(sid, val_fraction), max_contexts=core.cfg.max_contexts,
                                            per_segment=core.cfg.max_contexts, grid=m.grid,
-                                           vocab_size=m.vocab_size, where=f"data.shards={shards}").to(core.device)
+                                           vocab_size=m.vocab_size, where=f"data.shards={shards}",
+                                           handbacks=core.cfg.pool_handbacks).to(core.device)
             except ValueError:
                 pass
             train = pool_from_samples(iter_samples(expand_urls(shards)), m.context_frames, core.cfg.stride,
                                       lambda sid: "val" if split_of(sid, val_fraction) == "train" else "train",
                                       max_contexts=core.cfg.max_contexts, grid=m.grid, vocab_size=m.vocab_size,
-                                      where=f"data.shards={shards}")
+                                      where=f"data.shards={shards}", handbacks=core.cfg.pool_handbacks)
             return (train.to(core.device), select,
                     f"train: {len(train)} windows of {len(set(train.segment_ids))} training segments; "
                     f"select: {len(select)} windows of {len(set(select.segment_ids))} held-out segments")

@@ -29,6 +29,10 @@ class LearnedSimConfig:
     shards: str | None = None              # token shards to draw held-out start contexts from
     val_fraction: float = 0.1              # the held-out split (data.loaders.split_of)
     max_contexts: int = 256                # start contexts kept in memory
+    handback_fraction: float = 0.0         # share of episodes that start at a handback (the first engaged
+                                           # frame after a takeover; contexts.handback_starts), when the
+                                           # pool has any; 0: engaged windows only
+    handbacks_per_segment: int = 8         # handback windows kept per segment when handback_fraction > 0
     fps: float = 20.0                      # native log rate
     stride: int = 4                        # world-model step = stride / fps seconds
     device: str = "cpu"                    # "auto" = cuda when available
@@ -85,9 +89,18 @@ class LearnedSimConfig:
             bad("cause_weights", f"needs 3 weights (STEER, BRAKE, GAS), got {len(self.cause_weights)}")
         if self.temperature < 0:
             bad("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0.0 <= float(self.handback_fraction) <= 1.0:
+            bad("handback_fraction", f"must be in [0, 1], got {self.handback_fraction}")
+        if self.handbacks_per_segment < 0:
+            bad("handbacks_per_segment", f"must be >= 0, got {self.handbacks_per_segment}")
         for k, r in self.domain_randomization.items():
             if not 0 <= float(r) < 1:
                 bad(f"domain_randomization.{k}", f"relative range must be in [0, 1), got {r}")
+
+    @property
+    def pool_handbacks(self) -> int:
+        """Handback windows per segment to collect for the start-context pool (0 when unused)."""
+        return int(self.handbacks_per_segment) if self.handback_fraction > 0 else 0
 
     @property
     def dt(self) -> float:

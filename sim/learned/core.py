@@ -56,7 +56,7 @@ class SimCore:
         if tuple(pool.tokens.shape[-2:]) != (self.h, self.w):
             raise ModelMismatchError(f"start contexts have token grid {tuple(pool.tokens.shape[-2:])}, "
                                      f"the world model {models.source} grid {(self.h, self.w)}")
-        self.pool = pool.to(dev)
+        self.pool = pool
         self.vehicle = vehicle or VehicleModel(overrides=cfg.vehicle)
         nh = len(models.horizons)
         hw = cfg.horizon_weights if cfg.horizon_weights is not None else [1.0 / nh] * nh
@@ -99,6 +99,19 @@ class SimCore:
                 raise ValueError(f"learned_sim.domain_randomization {self.dr_keys}: sim.vehicle.step "
                                  f"cannot randomize these fields per env ({e})") from None
 
+    @property
+    def pool(self) -> ContextPool:
+        """The start contexts (assigning one moves it to the device and indexes its handbacks)."""
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: ContextPool) -> None:
+        self._pool = pool.to(self.device)
+        self.handback_idx = self._pool.handback_indices()
+        is_back = torch.zeros(len(self._pool), dtype=torch.bool, device=self.device)
+        is_back[self.handback_idx] = True
+        self.plain_idx = (~is_back).nonzero().flatten()
+
     # ------------------------------------------------------------------ reset
     def reset(self, mask: torch.Tensor | None = None, seeds: torch.Tensor | None = None,
               indices: torch.Tensor | None = None) -> None:
@@ -116,6 +129,15 @@ class SimCore:
             self.episode = torch.where(mask, self.episode + 1, self.episode)
         n = len(self.pool)
         idx = (uniform(self.seed, self.episode, 0) * n).long().clamp_max(n - 1)
+        if self.handback_idx.numel() and self.plain_idx.numel():
+            # handback_fraction of the episodes start at a handback window, the rest at an engaged one
+            u = uniform(self.seed, self.episode, 0)
+
+            def pick(sub):
+                return sub[(u * len(sub)).long().clamp_max(len(sub) - 1)]
+
+            from_back = uniform(self.seed, self.episode, 0, 1) < self.cfg.handback_fraction
+            idx = torch.where(from_back, pick(self.handback_idx), pick(self.plain_idx))
         if indices is not None:
             idx = torch.as_tensor(indices, dtype=torch.int64, device=dev)
         self.ctx_index = torch.where(mask, idx, self.ctx_index)

@@ -47,7 +47,8 @@ def make_core(num_envs: int, config: LearnedSimConfig | dict | None = None, *,
                              "(pass shards=PATH)")
         contexts = pool_from_shards(cfg.shards, models.context_frames, cfg.stride, cfg.val_fraction,
                                     future=future, max_contexts=cfg.max_contexts,
-                                    grid=models.grid, vocab_size=models.vocab_size)
+                                    grid=models.grid, vocab_size=models.vocab_size,
+                                    handbacks=cfg.pool_handbacks)
     return SimCore(cfg, models, contexts, num_envs, vehicle)
 
 
