@@ -41,6 +41,15 @@ def test_handback_starts_end_at_the_first_engaged_frame():
     assert handback_starts(e, 10, STRIDE, n_keep=10) == [28 - 9 * STRIDE]
     assert handback_starts(e, K, STRIDE, n_keep=K + 5) == [16 - (K - 1) * STRIDE]
     assert handback_starts(np.ones(40, bool), K, STRIDE, n_keep=K) == []
+    # off the stride grid (token shards hold every stride-th frame): the next grid frame, if engaged
+    odd = np.ones(40, bool)
+    odd[10:17] = False
+    odd[25:30] = False
+    assert handback_starts(odd, K, STRIDE, n_keep=K) == [18 - (K - 1) * STRIDE, 30 - (K - 1) * STRIDE]
+    brief = np.ones(40, bool)
+    brief[10:17] = False
+    brief[18:30] = False  # engaged at frame 17 only: no grid frame of that stretch is engaged
+    assert handback_starts(brief, K, STRIDE, n_keep=K) == [30 - (K - 1) * STRIDE]
 
 
 def test_pool_keeps_handback_windows_apart_from_engaged_ones():

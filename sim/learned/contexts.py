@@ -84,12 +84,15 @@ def _segment_id(sample: Any) -> str:
 
 
 def handback_starts(engaged, K: int, stride: int, n_keep: int) -> list[int]:
-    """Window starts (native frames) whose K-th kept frame is the first engaged frame after a
-    takeover: ``engaged`` [T] goes 0 -> 1 there; windows of ``n_keep`` kept frames that fit."""
+    """Window starts (native frames) whose K-th kept frame is the first frame on the stride grid
+    (multiples of ``stride`` from frame 0, the frames token shards written with
+    ``tokenize.every = stride`` hold) at or after a handback (``engaged`` [T] going 0 -> 1), if
+    the car is still engaged there; windows of ``n_keep`` kept frames that fit."""
     e = np.asarray(engaged).astype(bool)
     back = np.flatnonzero(e[1:] & ~e[:-1]) + 1  # first engaged frame after a disengaged stretch
-    starts = back - (K - 1) * stride
-    return [int(s) for s in starts if s >= 0 and s + n_keep * stride <= len(e) - 1]  # segment_windows' range
+    last = -(-back // stride) * stride  # rounded up to the stride grid
+    starts = [int(x) - (K - 1) * stride for x in last if x < len(e) and e[x]]
+    return [s for s in starts if s >= 0 and s + n_keep * stride <= len(e) - 1]  # segment_windows' range
 
 
 def _window(w: dict, K: int, handback: bool) -> dict:
