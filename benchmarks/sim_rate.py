@@ -6,8 +6,8 @@ learned simulator over more start contexts than the closed-loop stage uses, per 
 Builds the learned sim exactly as ``eval policy`` does for its sim-to-real figure
 (``drivegpt.stages.eval_policy.sim_predicted_rate``: ``learned_sim`` + ``rl.sim`` settings,
 ``termination=never``, held-out start contexts, seed ``cfg.seed``), with the run's world model
-and token shards, and drives the policy (default: the run's BC) with its mean action for
-``rl.sim.max_steps`` steps. Env i starts from the context env i of the stage's 16 would; with
+and token shards, and drives the policy (default: the run's BC) with the same
+``rl.train.final_rollouts`` (mean action, ``rl.sim.max_steps`` steps). Env i starts from the context env i of the stage's 16 would; with
 ``--envs 16`` the figure is the stage's own (331.98 for `runs/proof_b1`, as its metrics.json), with
 more envs the first group's tokens differ (one generator samples the whole batch). Extra arguments are hydra overrides of the
 ``eval_policy`` config (e.g. ``learned_sim.handback_fraction=0.5``). Prints ONE JSON line: the
@@ -25,8 +25,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -43,6 +41,7 @@ def main(argv=None) -> dict:
     from drivegpt.config import compose
     from drivegpt.rl.checkpoint import load_policy
     from drivegpt.rl.envs import learned_sim_settings, make_learned_env
+    from drivegpt.rl.train import final_rollouts
 
     run = Path(args.run_dir)
     cfg = compose("eval_policy", [f"experiment={args.experiment}",
@@ -53,26 +52,15 @@ def main(argv=None) -> dict:
     policy = load_policy(args.policy or str(run / "08_bc" / "policy.pt")).eval()
     n = int(args.envs)
     env = make_learned_env(n, policy.cfg.context_frames, settings)
-    obs = env.reset(seed=int(cfg.seed))
-    pred, dist = torch.zeros(n), torch.zeros(n)
-    alive = torch.ones(n, dtype=torch.bool)
-    with torch.no_grad():  # as rl.train.final_rollouts: mean action, first episode of each env
-        for _ in range(int(settings.get("max_steps", 50))):
-            mean, _, _ = policy(**obs)
-            obs, _, term, trunc, info = env.step(mean)
-            q = 1 - (1 - torch.as_tensor(info["event_probs"]).clamp(0, 1)).prod(-1)
-            pred += q.cpu() * alive
-            dist += torch.as_tensor(info["distance"]).cpu() * alive
-            alive &= ~(term | trunc).cpu()
-            if not alive.any():
-                break
+    res = final_rollouts(policy, env, int(settings.get("max_steps", 50)), seed=int(cfg.seed))
+    pred, dist = res["predicted_events"], res["distance_m"]
 
     def rate(sl):
         km = float(dist[sl].sum()) / 1000.0
         return float(pred[sl].sum()) / km * 100.0 if km > 0 else float("nan")
 
     out = {"benchmark": "sim_rate", "run_dir": str(run), "overrides": args.overrides, "envs": n,
-           "km": float(dist.sum()) / 1000.0, "predicted_per_100km": rate(slice(None)),
+           "km": res["km"], "predicted_per_100km": res["predicted_per_100km"],
            "per_group_of_16": [rate(slice(i, i + 16)) for i in range(0, n, 16)]}
     print(json.dumps(out))
     return out

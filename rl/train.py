@@ -27,7 +27,8 @@ def frame_for_video(obs: dict, info: dict, i: int = 0):
 @torch.no_grad()
 def final_rollouts(policy, env, steps: int, seed: int) -> dict:
     """Deterministic (mean-action, bottleneck off) rollouts of every env for ``steps`` steps:
-    per-env return of the first episode and its frames (for best/worst videos)."""
+    per-env return of the first episode and its frames (for best/worst videos), and per env its
+    expected disengagements (``predicted_events``) and metres driven (``distance_m``)."""
     policy.eval()
     obs = env.reset(seed=seed)
     n = env.num_envs
@@ -35,6 +36,7 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
     alive = torch.ones(n, dtype=torch.bool)
     frames = [[] for _ in range(n)]
     pred, dist = 0.0, 0.0
+    pred_env, dist_env = torch.zeros(n), torch.zeros(n)
     for _ in range(steps):
         mean, _, _ = policy(**obs)
         nobs, r, term, trunc, info = env.step(mean)
@@ -44,6 +46,8 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
         ret += r.cpu() * alive
         if "event_probs" in info and "distance" in info:
             q = 1 - (1 - torch.as_tensor(info["event_probs"]).clamp(0, 1)).prod(-1)
+            pred_env += q.cpu() * alive
+            dist_env += torch.as_tensor(info["distance"]).cpu() * alive
             pred += float((q.cpu() * alive).sum())
             dist += float((torch.as_tensor(info["distance"]).cpu() * alive).sum())
         alive &= ~(term | trunc).cpu()
@@ -52,4 +56,4 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
             break
     return {"returns": ret.numpy(), "frames": [np.stack(f) for f in frames],
             "predicted_per_100km": pred / (dist / 1000.0) * 100.0 if dist > 0 else float("nan"),
-            "km": dist / 1000.0}
+            "km": dist / 1000.0, "predicted_events": pred_env.numpy(), "distance_m": dist_env.numpy()}

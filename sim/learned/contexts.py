@@ -135,7 +135,7 @@ def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Cal
     """Collect held-out windows (``split_fn(segment_id) == "val"``) into a ContextPool: up to
     ``per_segment`` engaged windows and ``handbacks`` handback windows of each segment, at most
     ``max_contexts`` engaged windows in all (the handback windows of those segments come on top)."""
-    wins = []
+    wins, n_plain = [], 0
     for sample in samples:
         sid = _segment_id(sample)
         if split_fn(sid) != "val":
@@ -148,10 +148,10 @@ def pool_from_samples(samples: Iterable[Any], K: int, stride: int, split_fn: Cal
             raise ValueError(f"{where}: segment {sid!r}, field 'tokens': code {int(toks.max())} "
                              f">= the world model's vocab_size {vocab_size}")
         seg = list(windows_of(sample, K, stride, future, per_segment, handbacks))
-        room = max_contexts - sum(not w["handback"] for w in wins)
-        plain = [w for w in seg if not w["handback"]]
-        wins.extend(plain[:room] + [w for w in seg if w["handback"]])
-        if len(plain) >= room:
+        plain = [w for w in seg if not w["handback"]][:max_contexts - n_plain]
+        wins.extend(plain + [w for w in seg if w["handback"]])
+        n_plain += len(plain)
+        if n_plain >= max_contexts:
             break
     if not wins:
         raise ValueError(f"{where}: no held-out (val) context window of {K}+{future} frames at stride "

@@ -128,11 +128,10 @@ class SimCore:
         else:
             self.episode = torch.where(mask, self.episode + 1, self.episode)
         n = len(self.pool)
-        idx = (uniform(self.seed, self.episode, 0) * n).long().clamp_max(n - 1)
+        u = uniform(self.seed, self.episode, 0)
+        idx = (u * n).long().clamp_max(n - 1)
         if self.handback_idx.numel() and self.plain_idx.numel():
             # handback_fraction of the episodes start at a handback window, the rest at an engaged one
-            u = uniform(self.seed, self.episode, 0)
-
             def pick(sub):
                 return sub[(u * len(sub)).long().clamp_max(len(sub) - 1)]
 
