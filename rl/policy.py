@@ -46,6 +46,7 @@ from einops import rearrange
 from torch import nn
 
 from drivegpt.settings import check_keys, plain
+from drivegpt.sim.vehicle import ACTION_SCALE
 
 ACTION_DIM = 2
 
@@ -69,6 +70,9 @@ class PolicyConfig:
     hidden: int = 128                # actor/critic MLP width
     speed_scale: float = 30.0        # speed [m/s] is divided by this before the heads
     cruise: bool = False             # the heads also read the cruise set speed (m/s; NaN or 0 = unknown)
+    longitudinal: str = "accel"      # "accel": the actor outputs the accel; "speed": a head that does not read
+                                     # the speed outputs a desired speed v*, accel = speed_gain (v* - v) (README)
+    speed_gain: float = 0.5          # 1/s: the accel per m/s of speed below the desired speed ("speed" only)
     init_log_std: float = -1.0
     min_log_std: float = -5.0
     max_log_std: float = 1.0
@@ -91,6 +95,15 @@ class PolicyConfig:
     @property
     def obs_shape(self) -> tuple[int, int, int, int]:
         return (self.context_frames, self.frame_height, self.frame_width, 3)
+
+    def __post_init__(self):
+        if self.longitudinal not in LONGITUDINAL:
+            raise ValueError(f"rl.policy.longitudinal={self.longitudinal!r}: one of {', '.join(LONGITUDINAL)}")
+        if not self.speed_gain > 0:
+            raise ValueError(f"rl.policy.speed_gain={self.speed_gain}: must be > 0 (1/s)")
+
+
+LONGITUDINAL = ("accel", "speed")
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> list[nn.Module]:
@@ -145,15 +158,25 @@ class Policy(nn.Module):
             nn.Linear(cfg.hidden, cfg.bottleneck_dim), nn.Tanh(),
         )
         n_state = 3 if cfg.cruise else 1  # speed (+ cruise set speed, known flag)
+        by_speed = cfg.longitudinal == "speed"
         self.actor = nn.Sequential(
-            nn.Linear(cfg.bottleneck_dim + n_state, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, ACTION_DIM)
+            nn.Linear(cfg.bottleneck_dim + n_state, cfg.hidden), nn.GELU(),
+            nn.Linear(cfg.hidden, ACTION_DIM - int(by_speed))
         )
+        # "speed": the desired speed v* from the frames (and the set speed), never from the speed
+        # itself, so the accel that closes the gap cannot collapse to a copy of the fleet's average
+        self.speed_head = nn.Sequential(
+            nn.Linear(cfg.bottleneck_dim + n_state - 1, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
+        ) if by_speed else None
         self.critic = nn.Sequential(
             nn.Linear(cfg.bottleneck_dim + n_state, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1)
         )
         self.log_std = nn.Parameter(torch.full((ACTION_DIM,), float(cfg.init_log_std)))
         nn.init.zeros_(self.actor[-1].bias)
         self.actor[-1].weight.data.mul_(0.1)
+        if self.speed_head is not None:  # start at half the speed scale (15 m/s by default)
+            nn.init.constant_(self.speed_head[-1].bias, 0.5)
+            self.speed_head[-1].weight.data.mul_(0.1)
         self.norm_frozen = False
         # RL: the critic reads the features without sending gradients into them, so value
         # regression on a fresh critic cannot overwrite what BC taught the trunk
@@ -235,9 +258,21 @@ class Policy(nn.Module):
         c = torch.where(known, c, torch.zeros_like(c)) / self.cfg.speed_scale
         return torch.cat([s, c, known.to(like.dtype)], dim=-1)
 
+    def desired_speed(self, z: torch.Tensor, cruise: torch.Tensor | None = None) -> torch.Tensor:
+        """``longitudinal: speed``: the desired speed v* [b] in m/s from the features z and the set
+        speed (not the speed)."""
+        if self.speed_head is None:
+            raise ValueError("desired_speed: only a policy with rl.policy.longitudinal=speed has one")
+        x = z if not self.cfg.cruise else torch.cat([z, self.state(torch.zeros_like(z[:, 0]), cruise, z)[:, 1:]], -1)
+        return self.speed_head(x).squeeze(-1) * self.cfg.speed_scale
+
     def heads(self, z: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None):
         h = torch.cat([z, self.state(speed, cruise, z)], dim=-1)
         mean = torch.tanh(self.actor(h))
+        if self.speed_head is not None:  # accel = gain (v* - v), normalized like every action
+            gap = self.desired_speed(z, cruise) - speed.reshape(-1).to(z.dtype)
+            accel = torch.tanh(gap * (self.cfg.speed_gain / ACTION_SCALE[1]))
+            mean = torch.cat([mean, accel[:, None]], dim=-1)
         value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)
         log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
         return mean, log_std, value
@@ -359,8 +394,8 @@ def count_flops(policy: Policy, height: int | None = None, width: int | None = N
     for m in policy.trunk.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(hook("trunk")))
-    for part in (policy.fuse, policy.actor, policy.critic):
-        for m in part.modules():
+    for part in (policy.fuse, policy.actor, policy.critic, policy.speed_head):
+        for m in part.modules() if part is not None else ():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 handles.append(m.register_forward_hook(hook("rest")))
     was_training = policy.training
