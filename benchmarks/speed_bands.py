@@ -25,6 +25,14 @@ its engaged frames under 0.6x the flow and 6.4% at 0.6-0.8x, where it accelerate
 m/s^2 (+0.09 / +0.85 in the windows BC keeps); the proof BC with the set speed
 (`runs/cruise/08_bc`, 16 roads x 120 s) spends 16% / 43% there at -0.20 / -0.15 m/s^2, and 22 of
 its 81 GAS takeovers come within 3.5 s of a handback (README "Policy", *Speed recovery*).
+
+``--shadow-roads N``: the evaluation's autopilot drives N dev roads (``--shadow-first-seed`` + i,
+``--shadow-seconds`` each) and at every decision on an open road the policy is asked for its accel
+on the same observation, also with the speed input x0.6 and x1.4: does its accel read the speed?
+measured (2026-12-07, AVX2 CPU, 8 roads x 60 s; README "Policy", *Desired speed*): the proof's
+accel-head BC (`runs/proof_b1/08_bc`) answers -0.15 to -0.28 m/s^2 in every band, within 0.03 of
+that with the speed scaled, where the autopilot commands +0.83 / +0.93 below 0.6 / at 0.6-0.75
+of the flow; the speed-head BC answers +0.97 below 0.6.
 """
 
 from __future__ import annotations
@@ -145,6 +153,59 @@ def policy_drive(path: str, experiment: str, roads: int, first_seed: int, second
             "gas_within_3_5s_of_handback": int((gas <= 3.5).sum())}
 
 
+def shadow(path: str, experiment: str, roads: int, first_seed: int, seconds: float) -> dict:
+    """Does the policy's accel read the speed? The evaluation's autopilot drives (its own scenarios
+    and protocol); at every decision the policy is asked for its accel on the same observation,
+    and again with the speed input scaled by 0.6 and by 1.4. Per band of speed / flow, open road
+    only (no lead within 60 m): the autopilot's accel command and the policy's three answers."""
+    import torch
+
+    from drivegpt.config import compose
+    from drivegpt.rl.checkpoint import load_policy
+    from drivegpt.rl.evaluate import _Scenario
+    from drivegpt.sim.vehicle import ACTION_SCALE
+    from drivegpt.stages.common import bind_fps
+
+    torch.set_num_threads(1)
+    cfg = compose("eval_policy", [f"experiment={experiment}", "run_dir=unused"])
+    bind_fps(cfg)
+    pol = load_policy(path).eval()
+    k = pol.obs_shape[0]
+    stride = int(pol.checkpoint_meta.get("stride", cfg.data.stride))
+    rows = []
+    for i in range(roads):
+        s = _Scenario(first_seed + i, seconds, cfg.sim, "autopilot")
+        for t in range(s.steps):
+            s.check()
+            if t % stride == 0:
+                s.observe(k)
+                m = s.world.metrics()
+                if s.on and m["lead_gap"] > 60.0:
+                    frames = torch.as_tensor(s.history[None]).expand(3, *s.history.shape)
+                    v = float(s.world.state[0])
+                    with torch.no_grad():
+                        a = pol.act(frames, torch.tensor([v, 0.6 * v, 1.4 * v]), deterministic=True,
+                                    cruise=torch.full((3,), s.cruise))[:, 1].numpy() * ACTION_SCALE[1]
+                    ctrl = float(copy_act(s)[1]) * ACTION_SCALE[1]
+                    rows.append((m["speed"] / max(m["flow_speed"], 1.0), ctrl, *a))
+            s.act(None)
+    r = np.asarray(rows)
+    out = {"checkpoint": path, "roads": roads, "seconds": seconds, "decisions": int(len(r))}
+    for lo, hi in BANDS:
+        sel = (r[:, 0] >= lo) & (r[:, 0] < hi)
+        out[f"{lo:g}-{hi:g}"] = None if not sel.any() else {
+            "n": int(sel.sum()), "autopilot": float(r[sel, 1].mean()), "policy": float(r[sel, 2].mean()),
+            "policy_speed_x0.6": float(r[sel, 3].mean()), "policy_speed_x1.4": float(r[sel, 4].mean())}
+    return out
+
+
+def copy_act(s) -> np.ndarray:
+    """The autopilot's command at this frame without advancing its state (its noise and delay)."""
+    import copy
+
+    return copy.deepcopy(s.ctrl).act(s.world)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", help="policy checkpoint (policy.pt); omit with --fleet-only")
@@ -157,6 +218,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--fleet-seconds", type=float, default=30.0)
     ap.add_argument("--seconds", type=float, default=120.0, help="per policy road")
     ap.add_argument("--exclude-s", type=float, default=2.0, help="rl.bc.exclude_before_disengage_s")
+    ap.add_argument("--shadow-roads", type=int, default=0,
+                    help="also ask the policy for its accel on autopilot-driven roads (0: skip)")
+    ap.add_argument("--shadow-seconds", type=float, default=60.0)
+    ap.add_argument("--shadow-first-seed", type=int, default=2000000)
     a = ap.parse_args(argv)
     if not a.fleet_only and not a.policy:
         ap.error("give --policy CKPT or --fleet-only")
@@ -165,6 +230,8 @@ def main(argv=None) -> dict:
            "fleet": fleet(a.roads, a.first_seed, a.fleet_seconds, a.exclude_s)}
     if a.policy:
         out["policy"] = policy_drive(a.policy, a.experiment, a.policy_roads, a.policy_first_seed, a.seconds)
+        if a.shadow_roads:
+            out["shadow"] = shadow(a.policy, a.experiment, a.shadow_roads, a.shadow_first_seed, a.shadow_seconds)
     out["seconds"] = time.perf_counter() - t0
     print(json.dumps(out))
     return out

@@ -13,6 +13,11 @@ Architecture (per call, ``b`` batch, ``K`` context frames, ``H x W`` pixels):
                                   -> critic MLP -> value [b]
     log_std [2]: a learned state-independent parameter (clamped).
 
+With ``longitudinal: speed`` the actor outputs the curvature only, and a speed head reads z and the
+cruise features but *not* the speed: desired speed v* [b] -> accel = tanh(speed_gain (v* - v) /
+ACTION_SCALE[1]) (normalized). A cloned accel head can ignore the car's own speed and repeat the
+fleet's average accel; this one always closes the gap to the speed the scene is driven at.
+
 The bottleneck is an additive-Gaussian channel on a bounded feature (|z| < 1, signal power
 <= 1), so its capacity is at most ``d * 0.5 * log2(1 + 1/noise_std^2)`` bits per decision
 (``Policy.bottleneck_bits``); with the defaults (d=128, noise_std=0.1) that is ~426 bits, the
