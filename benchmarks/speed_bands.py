@@ -29,10 +29,11 @@ its 81 GAS takeovers come within 3.5 s of a handback (README "Policy", *Speed re
 ``--shadow-roads N``: the evaluation's autopilot drives N dev roads (``--shadow-first-seed`` + i,
 ``--shadow-seconds`` each) and at every decision on an open road the policy is asked for its accel
 on the same observation, also with the speed input x0.6 and x1.4: does its accel read the speed?
-measured (2026-12-07, AVX2 CPU, 8 roads x 60 s; README "Policy", *Desired speed*): the proof's
-accel-head BC (`runs/proof_b1/08_bc`) answers -0.15 to -0.28 m/s^2 in every band, within 0.03 of
-that with the speed scaled, where the autopilot commands +0.83 / +0.93 below 0.6 / at 0.6-0.75
-of the flow; the speed-head BC answers +0.97 below 0.6.
+measured (2026-12-07, AVX2 CPU, 8 roads x 60 s, 641 open-road decisions; README "Policy",
+*Desired speed*): the proof's accel-head BC (`runs/proof_b1/08_bc`) answers -0.26 to -0.34 m/s^2 in
+every band, within 0.03 of that with the speed scaled, where the autopilot commands +0.48 / +0.51
+below 0.6 / at 0.6-0.8 of the flow; the speed-head BC (`runs/proof_b3/08_bc`) answers +1.44 below
+0.6, and +2.95 / -0.42 with the speed x0.6 / x1.4.
 """
 
 from __future__ import annotations
