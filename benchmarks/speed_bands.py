@@ -103,12 +103,11 @@ def fleet(roads: int, first_seed: int, seconds: float, exclude_s: float) -> dict
             "human": bands(*rec[~eng, :3].T)}
 
 
-def policy_drive(path: str, experiment: str, roads: int, first_seed: int, seconds: float) -> dict:
-    """The policy in the closed-loop evaluation's scenarios, logging speed, flow and accel."""
+def _setup(path: str, experiment: str):
+    """(eval_policy config, the policy in eval mode, its K, its decision stride), one torch thread."""
     import torch
 
     from drivegpt.config import compose
-    from drivegpt.rl.evaluate import _Scenario
     from drivegpt.rl.checkpoint import load_policy
     from drivegpt.stages.common import bind_fps
 
@@ -116,8 +115,16 @@ def policy_drive(path: str, experiment: str, roads: int, first_seed: int, second
     cfg = compose("eval_policy", [f"experiment={experiment}", "run_dir=unused"])
     bind_fps(cfg)
     pol = load_policy(path).eval()
-    k = pol.obs_shape[0]
-    stride = int(pol.checkpoint_meta.get("stride", cfg.data.stride))
+    return cfg, pol, pol.obs_shape[0], int(pol.checkpoint_meta.get("stride", cfg.data.stride))
+
+
+def policy_drive(path: str, experiment: str, roads: int, first_seed: int, seconds: float) -> dict:
+    """The policy in the closed-loop evaluation's scenarios, logging speed, flow and accel."""
+    import torch
+
+    from drivegpt.rl.evaluate import _Scenario
+
+    cfg, pol, k, stride = _setup(path, experiment)
     scen = [_Scenario(first_seed + i, seconds, cfg.sim, "policy") for i in range(roads)]
     held = np.zeros((roads, 2))
     rec, handed, gas_after = [], [None] * roads, []  # the frame each road was last handed back
@@ -161,18 +168,10 @@ def shadow(path: str, experiment: str, roads: int, first_seed: int, seconds: flo
     only (no lead within 60 m): the autopilot's accel command and the policy's three answers."""
     import torch
 
-    from drivegpt.config import compose
-    from drivegpt.rl.checkpoint import load_policy
     from drivegpt.rl.evaluate import _Scenario
     from drivegpt.sim.vehicle import ACTION_SCALE
-    from drivegpt.stages.common import bind_fps
 
-    torch.set_num_threads(1)
-    cfg = compose("eval_policy", [f"experiment={experiment}", "run_dir=unused"])
-    bind_fps(cfg)
-    pol = load_policy(path).eval()
-    k = pol.obs_shape[0]
-    stride = int(pol.checkpoint_meta.get("stride", cfg.data.stride))
+    cfg, pol, k, stride = _setup(path, experiment)
     rows = []
     for i in range(roads):
         s = _Scenario(first_seed + i, seconds, cfg.sim, "autopilot")

@@ -9,6 +9,20 @@ TINY = dict(context_frames=2, frame_height=32, frame_width=64, channels=[8, 16],
             bottleneck_dim=16, hidden=32)
 
 
+def clone(config: dict, frames, speed, cruise, target, steps: int = 150) -> Policy:
+    """A policy (seed 0) cloned full batch onto normalized ``target`` actions [n 2]; returned in eval mode."""
+    torch.manual_seed(0)
+    p = Policy(config)
+    opt = torch.optim.Adam(p.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss, _ = p.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
+                                  "weight": torch.ones(len(frames))})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return p.eval()
+
+
 def _obs(b=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     frames = torch.randint(0, 256, (b, 2, 32, 64, 3), dtype=torch.uint8, generator=g)
@@ -154,16 +168,7 @@ def test_cloning_learns_to_close_the_gap_to_the_set_speed():
     target = torch.stack([torch.zeros(n), (0.1 * (cruise - speed)).clamp(-1, 1)], -1)
     errs = {}
     for use in (False, True):
-        torch.manual_seed(0)
-        p = Policy(dict(TINY, cruise=use))
-        opt = torch.optim.Adam(p.parameters(), lr=3e-3)
-        for _ in range(150):
-            loss, _ = p.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
-                                      "weight": torch.ones(n)})
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        p.eval()
+        p = clone(dict(TINY, cruise=use), frames, speed, cruise, target)
         errs[use] = float((p.act(frames, speed, deterministic=True, cruise=cruise)[:, 1] - target[:, 1]).abs().mean())
     base = float((target[:, 1] - target[:, 1].mean()).abs().mean())
     assert errs[False] > 0.6 * base, errs  # blind to the set speed: about the spread of the targets

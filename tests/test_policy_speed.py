@@ -12,6 +12,7 @@ from drivegpt.export import onnx_export as ox
 from drivegpt.rl.checkpoint import load_policy, save_policy
 from drivegpt.rl.policy import Policy, PolicyConfig, count_flops
 from drivegpt.sim.vehicle import ACTION_SCALE
+from test_policy import clone
 
 TINY = dict(context_frames=2, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,
             bottleneck_dim=16, hidden=32, cruise=True, longitudinal="speed")
@@ -77,16 +78,7 @@ def test_cloned_near_the_flow_it_accelerates_back_from_far_below():
     accel = (0.5 * (flow[which] - speed) - 0.2).clamp(-4, 4)  # the logged driver's accel, m/s^2
     target = torch.stack([torch.zeros(n), accel / ACTION_SCALE[1]], -1)
     cruise = torch.full((n,), 30.0)
-    torch.manual_seed(0)
-    p = Policy(TINY)
-    opt = torch.optim.Adam(p.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss, _ = p.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
-                                  "weight": torch.ones(n)})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    p.eval()
+    p = clone(TINY, frames, speed, cruise, target)
     v_star = p.desired_speed(p.features(scenes[:, 0]), torch.full((3,), 30.0))
     assert (v_star - (flow - 0.4)).abs().max() < 1.5, v_star  # each scene's speed, less the easing off
     slow = p.act(scenes[:, 0], flow - 8.0, deterministic=True, cruise=torch.full((3,), 30.0))[:, 1] * ACTION_SCALE[1]
