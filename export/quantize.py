@@ -132,8 +132,9 @@ def quantize_qdq(fp32_path: str | os.PathLike, out_path: str | os.PathLike, fram
     ``speed_sweep`` (default): each window is fed a second time with a speed from an even spread over
     0-``SPEED_RANGE_MS`` m/s. MinMax ranges come from what calibration saw, and a policy whose accel
     closes the gap to a desired speed (``rl.policy.longitudinal: speed``) reaches its saturated
-    accels only at speeds far from the logged ones: calibrated on the log alone, the proof's QDQ
-    graph clipped the action to [-0.78, 0.95] (p95 error 5% of the range at the 2% bound).
+    accels only at speeds far from the logged ones: calibrated on 128 logged windows alone, the
+    proof's QDQ graph clipped its accel to [-0.78, 0.95] (with the spread: [-1, 0.98]). Ranges the
+    frames set (its curvature there) need enough windows instead: ``export.calibration.count``.
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
