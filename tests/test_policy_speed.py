@@ -103,3 +103,28 @@ def test_speed_policy_exports_with_parity(tmp_path):
     got = ox.run_session(ox.cpu_session(onnx_path), frames, speed, cruise)
     assert np.abs(got - ref).max() <= 1e-4
     assert math.isclose(float(np.corrcoef(speed[:, 0], ref[:, 1])[0, 1]), -1.0, abs_tol=0.2)  # the speed is wired
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_qdq_calibration_spreads_the_speed_so_far_gaps_are_not_clipped(tmp_path):
+    """Calibration windows all logged near 15 m/s; deployed at 2 and 35 m/s the desired-speed
+    policy's accel saturates. Calibrated on the log alone the QDQ graph clips that accel; with
+    the speed spread (the default) it follows the fp32 graph."""
+    from drivegpt.export.quantize import quantize_qdq
+
+    torch.manual_seed(0)
+    p = Policy(dict(TINY, context_frames=3, channels=(8, 16, 16, 16), pool_grid=(2, 4))).eval()
+    module = p.export_module().eval()
+    fp32 = ox.export_onnx(module, (3, 32, 64, 3), tmp_path / "s.onnx")
+    g = np.random.default_rng(0)
+    frames = g.integers(0, 256, (16, 3, 32, 64, 3), dtype=np.uint8)
+    cruise = np.full((16, 1), 25.0, np.float32)
+    logged = (15.0 + g.uniform(-1, 1, (16, 1))).astype(np.float32)
+    test = np.where(np.arange(16)[:, None] % 2 == 0, 2.0, 35.0).astype(np.float32)
+    ref = ox.torch_actions(module, frames, test, cruise)
+    assert np.abs(ref[:, 1]).min() > 0.5  # far from v*: a large accel either way
+    err = {}
+    for sweep in (False, True):
+        q = quantize_qdq(fp32, tmp_path / f"q{sweep}.onnx", frames, logged, cruise=cruise, speed_sweep=sweep)
+        err[sweep] = float(np.abs(ox.run_session(ox.cpu_session(q), frames, test, cruise)[:, 1] - ref[:, 1]).max())
+    assert err[True] < 0.02 and err[False] > 0.1, err
