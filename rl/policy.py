@@ -250,32 +250,39 @@ class Policy(nn.Module):
 
     def state(self, speed: torch.Tensor, cruise: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """The heads' vehicle-state features [b n]: speed / speed_scale, and with ``cfg.cruise``
-        the cruise set speed / speed_scale (0 when unknown) and a known flag. Unknown: None, NaN
-        or <= 0 (``c > 0`` is false for NaN; plain comparisons export to ONNX and QNN).
-        +inf is not a set speed the policy can read: ``check_obs`` refuses it."""
+        the cruise set speed's features (``cruise_features``)."""
         s = speed.reshape(-1, 1).to(like.dtype) / self.cfg.speed_scale
-        if not self.cfg.cruise:
-            return s
+        return torch.cat([s, self.cruise_features(cruise, like)], dim=-1) if self.cfg.cruise else s
+
+    def cruise_features(self, cruise: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """[b 2] (``cfg.cruise`` policies): the cruise set speed / speed_scale (0 when unknown) and a
+        known flag. Unknown: None, NaN or <= 0 (``c > 0`` is false for NaN; plain comparisons export
+        to ONNX and QNN). +inf is not a set speed the policy can read: ``check_obs`` refuses it."""
         if cruise is None:
-            cruise = torch.zeros_like(s)
+            cruise = torch.zeros_like(like[:, :1])
         c = cruise.reshape(-1, 1).to(like.dtype)
         known = c > 0
         c = torch.where(known, c, torch.zeros_like(c)) / self.cfg.speed_scale
-        return torch.cat([s, c, known.to(like.dtype)], dim=-1)
+        return torch.cat([c, known.to(like.dtype)], dim=-1)
 
-    def desired_speed(self, z: torch.Tensor, cruise: torch.Tensor | None = None) -> torch.Tensor:
+    def desired_speed(self, z: torch.Tensor, cruise: torch.Tensor | None = None,
+                      cruise_feats: torch.Tensor | None = None) -> torch.Tensor:
         """``longitudinal: speed``: the desired speed v* [b] in m/s from the features z and the set
-        speed (not the speed)."""
+        speed (not the speed); ``cruise_feats`` (``cruise_features``) when already computed."""
         if self.speed_head is None:
             raise ValueError("desired_speed: only a policy with rl.policy.longitudinal=speed has one")
-        x = z if not self.cfg.cruise else torch.cat([z, self.state(torch.zeros_like(z[:, 0]), cruise, z)[:, 1:]], -1)
+        x = z
+        if self.cfg.cruise:
+            x = torch.cat([z, self.cruise_features(cruise, z) if cruise_feats is None else cruise_feats], -1)
         return self.speed_head(x).squeeze(-1) * self.cfg.speed_scale
 
     def heads(self, z: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None):
-        h = torch.cat([z, self.state(speed, cruise, z)], dim=-1)
+        feats = self.cruise_features(cruise, z) if self.cfg.cruise else None
+        s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
+        h = torch.cat([z, s] if feats is None else [z, s, feats], dim=-1)  # = [z, state(speed, cruise)]
         mean = torch.tanh(self.actor(h))
         if self.speed_head is not None:  # accel = gain (v* - v), normalized like every action
-            gap = self.desired_speed(z, cruise) - speed.reshape(-1).to(z.dtype)
+            gap = self.desired_speed(z, cruise_feats=feats) - speed.reshape(-1).to(z.dtype)
             accel = torch.tanh(gap * (self.cfg.speed_gain / ACTION_SCALE[1]))
             mean = torch.cat([mean, accel[:, None]], dim=-1)
         value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)

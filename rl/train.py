@@ -35,8 +35,7 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
     ret = torch.zeros(n)
     alive = torch.ones(n, dtype=torch.bool)
     frames = [[] for _ in range(n)]
-    pred, dist = 0.0, 0.0
-    pred_env, dist_env = torch.zeros(n), torch.zeros(n)
+    pred_env, dist_env = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     for _ in range(steps):
         mean, _, _ = policy(**obs)
         nobs, r, term, trunc, info = env.step(mean)
@@ -48,12 +47,11 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
             q = 1 - (1 - torch.as_tensor(info["event_probs"]).clamp(0, 1)).prod(-1)
             pred_env += q.cpu() * alive
             dist_env += torch.as_tensor(info["distance"]).cpu() * alive
-            pred += float((q.cpu() * alive).sum())
-            dist += float((torch.as_tensor(info["distance"]).cpu() * alive).sum())
         alive &= ~(term | trunc).cpu()
         obs = nobs
         if not alive.any():
             break
+    pred, dist = float(pred_env.sum()), float(dist_env.sum())
     return {"returns": ret.numpy(), "frames": [np.stack(f) for f in frames],
             "predicted_per_100km": pred / (dist / 1000.0) * 100.0 if dist > 0 else float("nan"),
             "km": dist / 1000.0, "predicted_events": pred_env.numpy(), "distance_m": dist_env.numpy()}
