@@ -78,6 +78,8 @@ class PolicyConfig:
     longitudinal: str = "accel"      # "accel": the actor outputs the accel; "speed": a head that does not read
                                      # the speed outputs a desired speed v*, accel = speed_gain (v* - v) (README)
     speed_gain: float = 0.5          # 1/s: the accel per m/s of speed below the desired speed ("speed" only)
+    max_lat_accel: float | None = None  # m/s^2: the comfort envelope, as openpilot's clip_curvature: the
+                                     # curvature is clipped to |k| <= max_lat_accel / v^2 (null: no envelope)
     init_log_std: float = -1.0
     min_log_std: float = -5.0
     max_log_std: float = 1.0
@@ -106,6 +108,8 @@ class PolicyConfig:
             raise ValueError(f"rl.policy.longitudinal={self.longitudinal!r}: one of {', '.join(LONGITUDINAL)}")
         if not self.speed_gain > 0:
             raise ValueError(f"rl.policy.speed_gain={self.speed_gain}: must be > 0 (1/s)")
+        if self.max_lat_accel is not None and not (math.isfinite(self.max_lat_accel) and self.max_lat_accel > 0):
+            raise ValueError(f"rl.policy.max_lat_accel={self.max_lat_accel}: must be > 0 (m/s^2) or null (no envelope)")
 
 
 LONGITUDINAL = ("accel", "speed")
@@ -281,13 +285,27 @@ class Policy(nn.Module):
         s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
         h = torch.cat([z, s] if feats is None else [z, s, feats], dim=-1)  # = [z, state(speed, cruise)]
         mean = torch.tanh(self.actor(h))
+        v = speed.reshape(-1).to(z.dtype)
         if self.speed_head is not None:  # accel = gain (v* - v), normalized like every action
-            gap = self.desired_speed(z, cruise_feats=feats) - speed.reshape(-1).to(z.dtype)
+            gap = self.desired_speed(z, cruise_feats=feats) - v
             accel = torch.tanh(gap * (self.cfg.speed_gain / ACTION_SCALE[1]))
             mean = torch.cat([mean, accel[:, None]], dim=-1)
+        if self.cfg.max_lat_accel is not None:
+            mean = torch.cat([self.lat_envelope(mean[:, :1], v), mean[:, 1:]], dim=-1)
         value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)
         log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
         return mean, log_std, value
+
+    def lat_envelope(self, curvature: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        """The normalized curvature [b 1] clipped to the comfort envelope |k| <= max_lat_accel / v^2
+        (``cfg.max_lat_accel``). The bound is formed as min(c / v, 1)^2 (c^2 = max_lat_accel / the
+        curvature's scale), so every tensor of it stays in [0, 1] once clamped and an 8-bit graph
+        keeps its precision at highway speed; the element-wise min/max export to ONNX and the QNN
+        HTP as part of the graph."""
+        c = math.sqrt(self.cfg.max_lat_accel / ACTION_SCALE[0])
+        r = (c / speed.reshape(-1, 1).to(curvature.dtype).clamp(min=1.0)).clamp(max=1.0)
+        bound = r * r
+        return torch.maximum(torch.minimum(curvature, bound), -bound)
 
     def forward(self, frames: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None,
                 noise: torch.Tensor | None = None, bottleneck: bool | None = None):
