@@ -1,5 +1,6 @@
 """Keep-the-best RL (rl/selection.py): held-out contexts, common random numbers, never worse than BC."""
 
+import pytest
 import torch
 
 from drivegpt.rl.policy import Policy, PolicyConfig
@@ -85,3 +86,62 @@ def test_frame_history_context_cache_equals_fresh_decode():
         if bool(trunc.any()):
             assert torch.equal(obs["frames"][trunc], env._decode_last(venv.core, trunc))
     assert len(env._cache) >= 1
+
+
+def _noise(g, sd, n=32):
+    """Zero-mean noise of exactly this sample sd (the tests' z values do not hang on a draw)."""
+    x = g.normal(0, 1, n)
+    x -= x.mean()
+    return x * (sd / x.std(ddof=1))
+
+
+def _envs(rates, km=None):
+    """Per-env scores with these events per km (1 km each unless given)."""
+    km = [1.0] * len(rates) if km is None else km
+    return {"env_events": [r * k for r, k in zip(rates, km)], "env_km": list(km),
+            "predicted_per_100km": 100.0 * sum(r * k for r, k in zip(rates, km)) / sum(km)}
+
+
+def test_paired_z_reads_the_spread_of_paired_differences():
+    import math
+
+    import numpy as np
+
+    from drivegpt.rl.selection import paired_z
+
+    g = np.random.default_rng(0)
+    base = g.uniform(2.0, 6.0, 32)  # envs differ a lot; CRN pairs them
+    steady = _envs(base * 0.97)  # every env 3% lower: the pairing makes that certain
+    noisy = _envs(base * 0.97 + _noise(g, 1.0))  # 3% lower on average (~0.12), env noise 1.0
+    assert paired_z(_envs(base), steady) > 10
+    z = paired_z(_envs(base), noisy)
+    assert 0 < z < 1.5, z  # ~0.12 / (1.0 / sqrt(32))
+    # agrees with the z of a plain paired t on per-km rates when every env drives the same km
+    d = base - np.asarray(noisy["env_events"])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(32))
+    assert math.isclose(z, t, rel_tol=1e-9)
+    assert paired_z(_envs(base), _envs(base * 1.05 + _noise(g, 0.01))) < -5  # worse: negative
+    with pytest.raises(ValueError, match="same >= 2 envs"):
+        paired_z(_envs(base), _envs(base[:5]))
+
+
+def test_keep_best_needs_the_gain_to_be_significant():
+    """rl.select.min_z: a 3% gain past the margin ships only when the paired envs agree on it."""
+    import numpy as np
+
+    bc = Policy(PolicyConfig.from_dict({"context_frames": 2, "channels": [4, 8], "frame_height": 32,
+                                        "frame_width": 64}))
+    g = np.random.default_rng(1)
+    base = g.uniform(2.0, 6.0, 32)
+    kb = KeepBest(margin=0.02, min_z=2.0)
+    assert kb.offer(-1, bc, _envs(base))
+    noisy = _envs(base * 0.97 + _noise(g, 1.0))  # 3% lower: past the 2% margin
+    assert noisy["predicted_per_100km"] < 0.98 * kb.best_score
+    assert not kb.offer(0, bc, noisy) and kb.best_iteration == -1
+    assert kb.history[-1]["z_vs_best"] < 2.0 and "env_events" not in kb.history[-1]
+    assert kb.offer(1, bc, _envs(base * 0.96 + _noise(g, 0.01)))
+    assert kb.best_iteration == 1 and kb.history[-1]["z_vs_best"] > 2.0
+    # without the test (min_z 0) the noisy gain would have shipped
+    kb0 = KeepBest(margin=0.02)
+    kb0.offer(-1, bc, _envs(base))
+    assert kb0.offer(0, bc, noisy)

@@ -202,7 +202,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         core.pool = train_pool
         scorer = scoring_env(core, int(sel_cfg.get("envs", 16)), select_pool, bc.cfg.context_frames)
         sel_every = max(1, int(sel_cfg.get("every", 1)))
-        selector = KeepBest(margin=float(sel_cfg.get("margin", 0.0)))
+        selector = KeepBest(margin=float(sel_cfg.get("margin", 0.0)), min_z=float(sel_cfg.get("min_z") or 0.0))
         print(f"rl: keep-the-best, {how}")
         selector.offer(-1, bc, sim_score(bc, scorer, sel_seed, sel_steps))
     policy = copy.deepcopy(bc)
@@ -231,7 +231,9 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         if selector is not None and ((it + 1) % sel_every == 0 or stats.get("last")):
             sc = sim_score(policy, scorer, sel_seed, sel_steps)
             better = selector.offer(it, policy, sc)
-            stats.update({f"select_{k}": v for k, v in sc.items()}, select_best=float(better))
+            stats.update({f"select_{k}": v for k, v in sc.items() if not isinstance(v, list)}, select_best=float(better),
+                         select_z_vs_best=float("nan") if selector.history[-1]["z_vs_best"] is None
+                         else selector.history[-1]["z_vs_best"])
         logger.log(it, stats)
         raw = getattr(policy, "module", policy)
         with atomic_path(state_path) as tmp:
@@ -262,7 +264,8 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                        "rl/select_best_per_100km": selector.best_score,
                        "rl/select_bc_mean_speed": h0["mean_speed"],
                        "rl/select_best_mean_speed": next(h["mean_speed"] for h in selector.history
-                                                          if h["iteration"] == selector.best_iteration)}
+                                                          if h["iteration"] == selector.best_iteration),
+                       "rl/select_last_z_vs_best": last["z_vs_best"]}
         atomic_write_json(run_dir / "rl_selection.json", selector.history)
         with atomic_path(run_dir / "last_iterate.pt") as tmp:
             torch.save(to_cpu(last_state), tmp)
