@@ -26,8 +26,17 @@ from drivegpt.data.shard_reading import BadInput, decode_sample, expand_urls, ra
 from drivegpt.runs import write_png
 
 
+LAT_BINS = np.linspace(0.0, 10.0, 1001)  # m/s^2, 0.01 wide (the last bin takes everything above)
+KEPT_MARGIN_S = 2.0  # engaged frames this close before a disengagement are not "kept" (as BC's default)
+
+
 class FleetStats:
-    """Accumulates the fleet summary one segment at a time (frames not needed)."""
+    """Accumulates the fleet summary one segment at a time (frames not needed).
+
+    Besides counts and rates it keeps a histogram of the lateral acceleration (speed x yaw rate, from
+    ``rel_pose``) of the *kept* engaged frames: no disengagement within ``KEPT_MARGIN_S`` after
+    them, the driving the safety drivers accepted. Its 99th / 99.9th percentiles are the fleet's
+    comfort envelope (``rl.policy.max_lat_accel``, README "Policy", *Lateral envelope*)."""
 
     def __init__(self):
         self.segments = 0
@@ -38,6 +47,7 @@ class FleetStats:
         self.engaged_meters = 0.0
         self.causes: Counter = Counter()
         self.sources: Counter = Counter()
+        self.lat_hist = np.zeros(len(LAT_BINS) - 1, np.int64)
 
     def add(self, seg: Segment) -> None:
         T = len(seg)
@@ -54,6 +64,17 @@ class FleetStats:
         for code in seg.disengage[seg.disengage != 0]:
             self.causes[CAUSE_NAMES[int(code) - 1]] += 1
         self.sources[str(seg.meta.get("source", "?"))] += 1
+        if T > 1:  # lateral accel of the move t -> t+1 = v x yaw rate; kept: engaged, no takeover soon after
+            step = np.diff(seg.times)
+            lat = np.abs(seg.speed[:-1].astype(np.float64) * seg.rel_pose[:-1, 5] / np.maximum(step, 1e-6))
+            last_event = np.full(T, np.inf)
+            ev = np.flatnonzero(seg.disengage != 0)
+            if ev.size:  # time to the next disengagement at or after each frame
+                nxt = np.searchsorted(ev, np.arange(T))
+                ok = nxt < ev.size
+                last_event[ok] = seg.times[ev[np.minimum(nxt, ev.size - 1)]][ok] - seg.times[ok]
+            kept = seg.engaged[:-1] & (last_event[:-1] > KEPT_MARGIN_S)
+            self.lat_hist += np.histogram(np.minimum(lat[kept], LAT_BINS[-1]), LAT_BINS)[0]
 
     def summary(self) -> dict:
         km, ekm = self.meters / 1000, self.engaged_meters / 1000
@@ -78,7 +99,17 @@ class FleetStats:
             "disengagements_per_100_engaged_km": per100(total, ekm),
             "disengagements_per_100_engaged_km_by_cause": {c: per100(n, ekm) for c, n in by_cause.items()},
             "sources": dict(self.sources),
+            "kept_lat_accel_p99": self.lat_percentile(99.0),
+            "kept_lat_accel_p999": self.lat_percentile(99.9),
         }
+
+    def lat_percentile(self, q: float) -> float | None:
+        """The q-th percentile (m/s^2, to the bin's upper edge) of the kept engaged frames' lateral accel."""
+        n = int(self.lat_hist.sum())
+        if n == 0:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.lat_hist), q / 100.0 * n))
+        return float(LAT_BINS[min(i + 1, len(LAT_BINS) - 1)])
 
 
 def fleet_summary(segments: Iterable[Segment]) -> dict:
@@ -103,6 +134,8 @@ def format_summary(s: dict) -> str:
         f"disengagements: {s['disengagements']} = {f(s['disengagements_per_100km'])}/100 km, "
         f"{f(s['disengagements_per_100_engaged_km'])}/100 engaged km",
         f"by cause: {causes}",
+        f"lateral accel of kept engaged frames (none within {KEPT_MARGIN_S:g} s before a takeover): "
+        f"p99 {f(s.get('kept_lat_accel_p99'), '.2f')}, p99.9 {f(s.get('kept_lat_accel_p999'), '.2f')} m/s^2",
     ])
 
 
