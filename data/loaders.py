@@ -16,7 +16,10 @@ Windows read 20 Hz logs at a ``stride``: kept frames i_k = start + k*stride (k <
 - ``cause[k]`` = cause code of the first disengagement at a frame in (i_k, i_k+stride]
   (a disengagement on a skipped frame belongs to the interval it falls in);
 - ``targets``/``mask`` [K, H, 3] = the native-rate labels (data.labels) at the kept frames,
-  which count events on skipped frames too.
+  which count events on skipped frames too;
+- ``speed_ahead`` [K, H] = the logged speed each of the same horizons after the kept frame (the
+  first frame at or after it; NaN past the log's end): where the driver was going, for BC's
+  desired-speed target (``rl.bc.accel_horizon_s``).
 """
 
 from __future__ import annotations
@@ -237,6 +240,10 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
     composed = np.zeros((t, 6), np.float64)
     composed[kept_all] = strided_rel_poses(rel, kept_all, stride)
     cruise = cruise_speed_of(meta)
+    # the speed h seconds after each frame (the first frame at or after t + h; NaN past the log's end)
+    hz = np.asarray(horizons, dtype=np.float64)
+    ahead = np.searchsorted(times, times[:, None] + hz[None, :] - 1e-9, side="left")  # [T, H]
+    speed_ahead = np.where(ahead < t, speed[np.minimum(ahead, t - 1)], np.nan).astype(np.float32)
     nxt = np.stack([np.pad(dis[j + 1:], (0, j + 1)) for j in range(stride)], axis=1)  # [T, stride]
     first = np.argmax(nxt != 0, axis=1)
     cause = nxt[np.arange(t), first].astype(np.int64)
@@ -247,6 +254,7 @@ def segment_windows(item, context_frames: int, stride: int, key: str = "frames",
             key: data[idx] if key == "frames" else encoded_tokens(data, idx, f"segment {meta.get('segment_id')!r}"),
             "rel_pose": composed[idx].astype(np.float32),  # [K, 6]
             "speed": speed[idx].astype(np.float32),  # [K]
+            "speed_ahead": speed_ahead[idx],  # [K, H] the speed each horizon later (NaN: past the log)
             "cruise_speed": np.full(len(idx), cruise, np.float32),  # [K] set speed, NaN = not logged
             "engaged": engaged[idx].astype(bool),  # [K]
             "cause": cause[idx],  # [K] int64

@@ -60,6 +60,27 @@ def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.
     return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
 
 
+def horizon_accel(speed: torch.Tensor, speed_ahead: torch.Tensor, horizons_s: list[float] | None,
+                  horizon_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean accel over the ``horizon_s`` after the decision frame, (v(t + h) - v(t)) / h in m/s^2
+    [b], and where it is known [b] (the log goes on that long).
+
+    speed [b Kw], speed_ahead [b Kw H] (``data.loaders``: the speed each of ``horizons_s`` later).
+    A desired-speed policy's accel is gain x (v* - v), i.e. it reaches v* in ~1/gain seconds; the
+    matching target is where the driver's speed was that long after, not the 0.2 s accel of the
+    decision interval, whose step-to-step noise the speed head would copy into jerk."""
+    hs = [float(h) for h in (horizons_s or [])]
+    j = next((i for i, h in enumerate(hs) if abs(h - float(horizon_s)) < 1e-9), None)
+    if j is None:
+        raise ValueError(f"rl.bc.accel_horizon_s={horizon_s}: must be one of data.horizons {hs}")
+    if speed_ahead.ndim != 3 or speed_ahead.shape[2] != len(hs):
+        raise ValueError(f"windows' speed_ahead {tuple(speed_ahead.shape)}: expected [b, Kw, {len(hs)}] (data.horizons)")
+    v0 = speed[:, -2].float()
+    v1 = speed_ahead[:, -2, j].float()
+    known = torch.isfinite(v1)
+    return torch.where(known, (v1 - v0) / float(horizon_s), torch.zeros_like(v0)), known
+
+
 def policy_frames(frames: torch.Tensor, k: int) -> torch.Tensor:
     """The policy's K frames ending at the decision frame: [b Kw H W 3] -> [b K H W 3]."""
     kw = frames.shape[1]
@@ -281,10 +302,14 @@ class BCModule(L.LightningModule):
                  human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
                  episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1,
                  viewpoint: dict | None = None, camera: Camera | None = None, loss_units: str = "accel",
-                 speed_recovery: dict | None = None):
+                 speed_recovery: dict | None = None, accel_horizon_s: float | None = None):
         super().__init__()
         if loss_units not in LOSS_UNITS:
             raise ValueError(f"rl.bc.loss_units={loss_units!r}: one of {', '.join(LOSS_UNITS)}")
+        if accel_horizon_s is not None and not any(abs(float(h) - float(accel_horizon_s)) < 1e-9
+                                                   for h in (horizons_s or [])):
+            raise ValueError(f"rl.bc.accel_horizon_s={accel_horizon_s}: must be one of data.horizons "
+                             f"{list(horizons_s or [])}")
         self.save_hyperparameters(ignore=["qualities", "episodes", "camera"])
         self.viewpoint = None
         if viewpoint and float(viewpoint.get("prob", 0.0)) > 0:
@@ -303,6 +328,13 @@ class BCModule(L.LightningModule):
         speed = batch["speed"][:, -2].float()
         cruise = batch["cruise_speed"][:, -2].float() if "cruise_speed" in batch else None
         target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt)
+        if self.hparams.accel_horizon_s is not None:  # the accel that reaches the speed h seconds on
+            if "speed_ahead" not in batch:
+                raise ValueError("rl.bc.accel_horizon_s needs the windows' 'speed_ahead' (data.loaders)")
+            acc, known = horizon_accel(batch["speed"], batch["speed_ahead"], self.hparams.horizons_s,
+                                       self.hparams.accel_horizon_s)
+            acc = (acc / ACTION_SCALE[1]).clamp(-1.0, 1.0).to(target.dtype)
+            target = torch.stack([target[:, 0], torch.where(known, acc, target[:, 1])], dim=-1)
         w = bc_weights(batch, self.hparams.horizons_s, self.hparams.exclude_before_disengage_s)
         engaged = batch["engaged"][:, -2].bool().to(w.device)
         if self.hparams.min_quality is not None and "segment_id" in batch:

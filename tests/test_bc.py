@@ -279,3 +279,33 @@ def test_bc_with_speed_recovery_learns_to_return_to_the_logged_speed():
     slow0, logged0, fast0 = accel_at(None)
     assert abs(slow0 - logged0) < 0.5 * (slow - logged), (slow0, logged0, fast0)
     assert abs(fast0 - logged0) < 0.5 * (logged - fast), (slow0, logged0, fast0)
+
+
+def test_horizon_accel_target_is_where_the_speed_went():
+    """rl.bc.accel_horizon_s: the accel target is (v(t + h) - v(t)) / h from the windows'
+    speed_ahead; where the log ends first, the decision interval's accel stays."""
+    from drivegpt.rl.bc import BCModule, horizon_accel
+    from drivegpt.rl.policy import PolicyConfig
+
+    speed = torch.tensor([[10.0, 12.0, 12.5], [20.0, 20.0, 19.0]])
+    ahead = torch.tensor([[[0, 0], [0, 0], [0, 0]], [[0, 0], [0, 0], [0, 0]]], dtype=torch.float32)
+    ahead[0, 1] = torch.tensor([13.0, 16.0])  # decision frame Kw-2 = 1: 12 -> 16 m/s in 2 s
+    ahead[1, 1] = torch.tensor([19.5, float("nan")])  # the log ends within 2 s
+    acc, known = horizon_accel(speed, ahead, [0.5, 2.0], 2.0)
+    assert known.tolist() == [True, False] and acc[0].item() == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="accel_horizon_s=3.0"):
+        horizon_accel(speed, ahead, [0.5, 2.0], 3.0)
+
+    pc = PolicyConfig(context_frames=1, frame_height=8, frame_width=16, channels=(4, 4), extra_blocks=0,
+                      pool_grid=(1, 1), frame_features=4, bottleneck_dim=4, hidden=8).to_dict()
+    batch = {"frames": torch.zeros(2, 3, 8, 16, 3, dtype=torch.uint8), "rel_pose": torch.zeros(2, 3, 6),
+             "speed": speed, "speed_ahead": ahead, "engaged": torch.ones(2, 3, dtype=torch.bool)}
+    plain = BCModule(pc, dt=0.2, horizons_s=[0.5, 2.0])._prepare(batch)[3]
+    m = BCModule(pc, dt=0.2, horizons_s=[0.5, 2.0], accel_horizon_s=2.0)
+    target = m._prepare(batch)[3]
+    assert target[0, 1].item() == pytest.approx(2.0 / ACTION_SCALE[1])  # 2 m/s^2, not the 0.2 s step's
+    assert plain[0, 1].item() != pytest.approx(target[0, 1].item())
+    assert target[1, 1].item() == pytest.approx(plain[1, 1].item())  # unknown: the interval's accel
+    assert torch.equal(target[:, 0], plain[:, 0])  # the curvature target is untouched
+    with pytest.raises(ValueError, match="must be one of data.horizons"):
+        BCModule(pc, dt=0.2, horizons_s=[0.5, 2.0], accel_horizon_s=1.5)

@@ -238,3 +238,18 @@ def test_teardown_ends_the_persistent_workers_of_its_own_loaders_only(six_shards
     copy = pickle.loads(pickle.dumps(mine))
     assert len(copy._loaders) == 0 and next(iter(copy.train_dataloader()))["segment_id"] == first["segment_id"]
     copy.teardown("fit")
+
+
+def test_windows_carry_the_speed_each_horizon_ahead_or_nan_past_the_log():
+    seg = make_segment(t=60)  # 20 fps, 3 s
+    seg.speed[:] = 10.0 + np.arange(60, dtype=np.float32)  # +1 m/s per frame
+    wins = list(segment_windows(seg, 3, 4, horizons=(0.5, 2.0)))
+    assert wins
+    for w in wins:
+        frames = w["start"] + 4 * np.arange(3)
+        for k, i in enumerate(frames):
+            for j, h in enumerate((0.5, 2.0)):
+                ahead = i + int(round(h * 20))
+                want = 10.0 + ahead if ahead < 60 else np.nan
+                np.testing.assert_equal(w["speed_ahead"][k, j], np.float32(want))
+    assert any(np.isnan(w["speed_ahead"][:, 1]).any() for w in wins)  # 2 s past the last windows: unknown

@@ -90,7 +90,8 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
                       camera=shards_camera(cfg.data.shards) if vp else None,
                       loss_units=str(b.get("loss_units", "accel")),
                       speed_recovery=OmegaConf.to_container(b.speed_recovery, resolve=True)
-                      if b.get("speed_recovery") else None)
+                      if b.get("speed_recovery") else None,
+                      accel_horizon_s=None if b.get("accel_horizon_s") is None else float(b.accel_horizon_s))
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
