@@ -12,6 +12,7 @@ from drivegpt.export import onnx_export as ox
 from drivegpt.rl.checkpoint import load_policy, save_policy
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.sim.vehicle import ACTION_SCALE
+from test_policy_speed import export_case
 
 TINY = dict(context_frames=2, frame_height=32, frame_width=64, channels=[8, 16], frame_features=16,
             bottleneck_dim=16, hidden=32, cruise=True, longitudinal="speed")
@@ -72,14 +73,7 @@ def test_envelope_exports_and_quantizes_with_the_bound(tmp_path):
     from drivegpt.export.quantize import quantize_qdq
 
     cfg = dict(TINY, context_frames=3, channels=(8, 16, 16, 16), pool_grid=(2, 4), max_lat_accel=2.0)
-    p = _steering_hard(cfg)
-    module = p.export_module().eval()
-    fp32 = ox.export_onnx(module, (3, 32, 64, 3), tmp_path / "e.onnx")
-    g = np.random.default_rng(0)
-    frames = g.integers(0, 256, (32, 3, 32, 64, 3), dtype=np.uint8)
-    speed = np.linspace(2.0, 35.0, 32, dtype=np.float32)[:, None]
-    cruise = np.full((32, 1), 25.0, np.float32)
-    ref = ox.torch_actions(module, frames, speed, cruise)
+    fp32, frames, speed, cruise, ref = export_case(_steering_hard(cfg), tmp_path / "e.onnx", 32, 2.0, 35.0)
     assert np.abs(ox.run_session(ox.cpu_session(fp32), frames, speed, cruise) - ref).max() <= 1e-4
     bound = 2.0 / ACTION_SCALE[0] / speed[:, 0] ** 2
     assert (np.abs(ref[:, 0]) >= bound - 1e-5).sum() >= 8  # the envelope binds in this sample

@@ -87,19 +87,25 @@ def test_cloned_near_the_flow_it_accelerates_back_from_far_below():
     assert bool((fast < -2.0).all()), fast
 
 
+def export_case(p: Policy, path, n: int, lo: float, hi: float):
+    """Export a K=3, 32x64 policy to fp32 ONNX at ``path`` and its inputs for n windows at speeds
+    spread over [lo, hi] m/s: (onnx path, frames, speed [n 1], cruise [n 1], PyTorch's actions)."""
+    module = p.export_module().eval()
+    onnx_path = ox.export_onnx(module, (3, 32, 64, 3), path)
+    g = np.random.default_rng(0)
+    frames = g.integers(0, 256, (n, 3, 32, 64, 3), dtype=np.uint8)
+    speed = np.linspace(lo, hi, n, dtype=np.float32)[:, None]
+    cruise = np.full((n, 1), 25.0, np.float32)
+    return onnx_path, frames, speed, cruise, ox.torch_actions(module, frames, speed, cruise)
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_speed_policy_exports_with_parity(tmp_path):
     torch.manual_seed(0)
     cfg = dict(TINY, context_frames=3, channels=(8, 16, 16, 16), pool_grid=(2, 4))
     p = Policy(cfg).eval()
     torch.nn.init.normal_(p.speed_head[-1].weight, std=0.3)
-    module = p.export_module().eval()
-    onnx_path = ox.export_onnx(module, (3, 32, 64, 3), tmp_path / "s.onnx")
-    g = np.random.default_rng(0)
-    frames = g.integers(0, 256, (6, 3, 32, 64, 3), dtype=np.uint8)
-    speed = np.linspace(0.0, 30.0, 6, dtype=np.float32)[:, None]
-    cruise = np.full((6, 1), 25.0, np.float32)
-    ref = ox.torch_actions(module, frames, speed, cruise)
+    onnx_path, frames, speed, cruise, ref = export_case(p, tmp_path / "s.onnx", 6, 0.0, 30.0)
     got = ox.run_session(ox.cpu_session(onnx_path), frames, speed, cruise)
     assert np.abs(got - ref).max() <= 1e-4
     assert math.isclose(float(np.corrcoef(speed[:, 0], ref[:, 1])[0, 1]), -1.0, abs_tol=0.2)  # the speed is wired
