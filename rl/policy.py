@@ -291,19 +291,24 @@ class Policy(nn.Module):
             accel = torch.tanh(gap * (self.cfg.speed_gain / ACTION_SCALE[1]))
             mean = torch.cat([mean, accel[:, None]], dim=-1)
         if self.cfg.max_lat_accel is not None:
-            mean = torch.cat([self.lat_envelope(mean[:, :1], v), mean[:, 1:]], dim=-1)
+            mean = torch.cat([self.lat_envelope(mean[:, :1], s), mean[:, 1:]], dim=-1)
         value = self.critic(h.detach() if self.detach_critic else h).squeeze(-1)
         log_std = self.log_std.clamp(self.cfg.min_log_std, self.cfg.max_log_std).expand_as(mean)
         return mean, log_std, value
 
-    def lat_envelope(self, curvature: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+    def lat_envelope(self, curvature: torch.Tensor, speed_feature: torch.Tensor) -> torch.Tensor:
         """The normalized curvature [b 1] clipped to the comfort envelope |k| <= max_lat_accel / v^2
-        (``cfg.max_lat_accel``). The bound is formed as min(c / v, 1)^2 (c^2 = max_lat_accel / the
-        curvature's scale), so every tensor of it stays in [0, 1] once clamped and an 8-bit graph
-        keeps its precision at highway speed; the element-wise min/max export to ONNX and the QNN
-        HTP as part of the graph."""
-        c = math.sqrt(self.cfg.max_lat_accel / ACTION_SCALE[0])
-        r = (c / speed.reshape(-1, 1).to(curvature.dtype).clamp(min=1.0)).clamp(max=1.0)
+        (``cfg.max_lat_accel``); ``speed_feature`` [b 1] is the heads' speed / speed_scale.
+
+        Built for 8-bit graphs: the bound is min(c / max(v, 1 m/s), 1)^2 (c^2 = max_lat_accel / the
+        curvature's scale), so every tensor of it lies in [0, 1] or near it and keeps its precision at
+        highway speed; it is read from the heads' own speed feature (a quantized tensor), and the
+        floor and ceiling are ReLUs, because the QNN HTP refuses a Clip on the float graph input.
+        The element-wise min/max then export to ONNX and the HTP as part of the graph."""
+        floor = 1.0 / self.cfg.speed_scale  # 1 m/s
+        v = torch.relu(speed_feature - floor) + floor
+        r = (math.sqrt(self.cfg.max_lat_accel / ACTION_SCALE[0]) / self.cfg.speed_scale) / v  # c / v
+        r = 1.0 - torch.relu(1.0 - r)  # at most 1: the whole action range fits below c m/s
         bound = r * r
         return torch.maximum(torch.minimum(curvature, bound), -bound)
 

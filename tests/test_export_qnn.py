@@ -175,3 +175,34 @@ def test_non_policy_checkpoint_is_refused(tmp_path):
 def test_unknown_target_is_refused(policy, tmp_path):
     with pytest.raises(ValueError, match="target='sd9000'.*sm8550"):
         export_module(policy, SHAPE, _cfg(tmp_path, "target=sd9000"), tmp_path / "e")
+
+
+@needs_qnn
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("longitudinal", ["accel", "speed"])
+def test_lateral_envelope_runs_whole_on_the_htp(longitudinal, tmp_path):
+    """rl.policy.max_lat_accel is part of the graph: it compiles into one HTP context (no op left for
+    the CPU) and the bound holds there at highway speed. (An earlier form clamped the speed input
+    itself; in the export stage's graph that became a Clip on the float graph input, which the HTP
+    refused: runs/demo_e4's first export. This small graph did not reproduce that refusal, so the
+    test guards the current form, not the old one's failure.)"""
+    from drivegpt.export.quantize import quantize_qdq
+    from drivegpt.rl.policy import Policy
+    from drivegpt.sim.vehicle import ACTION_SCALE
+    from test_policy_speed import export_case
+
+    torch.manual_seed(0)
+    p = Policy(dict(context_frames=3, frame_height=32, frame_width=64, channels=(8, 16, 16, 16), pool_grid=(2, 4),
+                    frame_features=16, bottleneck_dim=16, hidden=32, cruise=True, longitudinal=longitudinal,
+                    max_lat_accel=2.0)).eval()
+    torch.nn.init.normal_(p.actor[-1].weight, std=3.0)  # curvatures past the bound
+    fp32_path, frames, speed, cruise, ref = export_case(p, tmp_path / "e.onnx", 32, 2.0, 35.0)
+    q = quantize_qdq(fp32_path, tmp_path / "q.onnx", frames, speed, cruise=cruise)
+    ctx = qnn.compile_epcontext(q, tmp_path / "ctx.onnx", SM8550)
+    (node,) = onnx.load(str(ctx)).graph.node
+    assert node.op_type == "EPContext"
+    htp = ox.run_session(qnn.htp_session(ctx, SM8550), frames, speed, cruise)
+    fast = speed[:, 0] > 20.0
+    assert (speed[fast, 0] ** 2 * np.abs(ref[fast, 0]) * ACTION_SCALE[0]).max() == pytest.approx(2.0, rel=1e-3)
+    assert (speed[fast, 0] ** 2 * np.abs(htp[fast, 0]) * ACTION_SCALE[0]).max() <= 2.0 * 1.1
+    assert action_errors(htp, ref)["p95_frac"] <= 0.02
