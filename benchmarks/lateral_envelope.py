@@ -15,9 +15,10 @@ safety drivers accepted.
 Prints ONE JSON line: per value the closed-loop figures (per 100 km, by cause, the rules that fired,
 speed / flow, lateral-accel percentiles, lane error) and the fleet's percentiles.
 
-measured (2026-12-07, the 2-core AVX2 EPYC, 32 roads x 120 s, 2 workers, ~3 min per value), the
-proof's desired-speed BC (`runs/proof_b3/08_bc`, trained without the envelope): none 385 per 100 km
-(STEER 253), 2.3 m/s^2 222 (STEER 98), 2.4 206 (STEER 69); proof_b1's fleet: p99 2.06, p99.9 2.38.
+measured (2026-12-07, the 2-core AVX2 EPYC, 32 roads x 120 s, 2 workers, 3 min 29 s for three
+values), the proof's desired-speed BC (`runs/proof_b3/08_bc`, trained without the envelope): none
+385 per 100 km (STEER 253), 2.3 m/s^2 234 (STEER 100), 2.4 217 (STEER 79); proof_b1's fleet: p99
+2.06, p99.9 2.38.
 """
 
 from __future__ import annotations
