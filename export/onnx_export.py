@@ -32,7 +32,7 @@ OUTPUT_NAMES = ("action",)
 
 def known_cruise(cruise) -> np.ndarray:
     """Bool mask of the set speeds a policy reads as known: > 0 (NaN and 0 are unknown), the same
-    rule as ``Policy.state``'s known-flag."""
+    rule as ``Policy.cruise_features``' known-flag."""
     return np.asarray(cruise, np.float64) > 0
 
 

@@ -252,12 +252,6 @@ class Policy(nn.Module):
         f = rearrange(f, "(b k) c -> b (k c)", b=b)
         return self.fuse(f)
 
-    def state(self, speed: torch.Tensor, cruise: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        """The heads' vehicle-state features [b n]: speed / speed_scale, and with ``cfg.cruise``
-        the cruise set speed's features (``cruise_features``)."""
-        s = speed.reshape(-1, 1).to(like.dtype) / self.cfg.speed_scale
-        return torch.cat([s, self.cruise_features(cruise, like)], dim=-1) if self.cfg.cruise else s
-
     def cruise_features(self, cruise: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """[b 2] (``cfg.cruise`` policies): the cruise set speed / speed_scale (0 when unknown) and a
         known flag. Unknown: None, NaN or <= 0 (``c > 0`` is false for NaN; plain comparisons export
@@ -283,7 +277,7 @@ class Policy(nn.Module):
     def heads(self, z: torch.Tensor, speed: torch.Tensor, cruise: torch.Tensor | None = None):
         feats = self.cruise_features(cruise, z) if self.cfg.cruise else None
         s = speed.reshape(-1, 1).to(z.dtype) / self.cfg.speed_scale
-        h = torch.cat([z, s] if feats is None else [z, s, feats], dim=-1)  # = [z, state(speed, cruise)]
+        h = torch.cat([z, s] if feats is None else [z, s, feats], dim=-1)  # the actor's and critic's input
         mean = torch.tanh(self.actor(h))
         v = speed.reshape(-1).to(z.dtype)
         if self.speed_head is not None:  # accel = gain (v* - v), normalized like every action
