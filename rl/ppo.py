@@ -190,11 +190,10 @@ def collect_rollout(policy, env, obs: dict[str, torch.Tensor], steps: int, ref_p
         unc = info.get("uncertainty") if isinstance(info, dict) else None
         if unc is not None:
             buf["uncertainty"].append(torch.as_tensor(unc, device=device, dtype=value.dtype).reshape(n))
-        ep = info.get("event_probs") if isinstance(info, dict) else None
+        ep = info.get("event_prob") if isinstance(info, dict) else None
         dist = info.get("distance") if isinstance(info, dict) else None
-        if ep is not None and dist is not None:  # learned sim: per-cause event probability this step
-            q = torch.as_tensor(ep, device=device, dtype=value.dtype).reshape(n, -1)
-            buf["event_prob"].append(1.0 - (1.0 - q.clamp(0, 1)).prod(-1))
+        if ep is not None and dist is not None:  # learned sim: event probability (any cause) this step
+            buf["event_prob"].append(torch.as_tensor(ep, device=device, dtype=value.dtype).reshape(n))
             buf["distance"].append(torch.as_tensor(dist, device=device, dtype=value.dtype).reshape(n))
         if on_step is not None:
             on_step(obs, action, reward, done, info)

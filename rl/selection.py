@@ -79,7 +79,7 @@ def sim_score(policy, env, seed: int, steps: int) -> dict[str, float]:
         nobs, r, term, trunc, info = env.step(mean)
         a = alive.float()
         ret += r.to(dev) * a
-        q = 1 - (1 - torch.as_tensor(info["event_probs"], device=dev).clamp(0, 1)).prod(-1)
+        q = torch.as_tensor(info["event_prob"], device=dev)  # of any cause, this step
         env_events += (q * a).double()
         env_dist += (torch.as_tensor(info["distance"], device=dev) * a).double()
         speed += float((obs["speed"].reshape(n).to(dev) * a).sum())

@@ -43,9 +43,8 @@ def final_rollouts(policy, env, steps: int, seed: int) -> dict:
             if alive[i]:
                 frames[i].append(frame_for_video(obs, info, i))
         ret += r.cpu() * alive
-        if "event_probs" in info and "distance" in info:
-            q = 1 - (1 - torch.as_tensor(info["event_probs"]).clamp(0, 1)).prod(-1)
-            pred_env += q.cpu() * alive
+        if "event_prob" in info and "distance" in info:
+            pred_env += torch.as_tensor(info["event_prob"]).cpu() * alive
             dist_env += torch.as_tensor(info["distance"]).cpu() * alive
         alive &= ~(term | trunc).cpu()
         obs = nobs

@@ -261,7 +261,9 @@ class SimCore:
             cause = q.argmax(-1) + 1
         cause = torch.where(event, cause, torch.zeros_like(cause))
         truncated = (self.t >= cfg.max_steps) & ~event
-        info.update(disengage_probs=probs, event_probs=q, hazard=hazard, uncertainty=unc,
+        # event_probs [b 3]: this step's event probability per cause; event_prob [b]: of any cause (the
+        # figure RL's metrics, keep-the-best and the final rollouts sum into predicted events per km)
+        info.update(disengage_probs=probs, event_probs=q, event_prob=q_any, hazard=hazard, uncertainty=unc,
                     entropy=entropy.to(dev, torch.float32), cause=cause, distance=dist,
                     comfort=comfort, lat_accel=lat, jerk=jerk, step=self.t.clone(),
                     context_index=self.ctx_index.clone())
