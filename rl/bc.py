@@ -60,6 +60,15 @@ def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.
     return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
 
 
+def horizon_index(horizons_s: list[float] | None, horizon_s: float) -> int:
+    """Index of ``horizon_s`` in ``data.horizons``; a clear error when it is not one of them."""
+    hs = [float(h) for h in (horizons_s or [])]
+    j = next((i for i, h in enumerate(hs) if abs(h - float(horizon_s)) < 1e-9), None)
+    if j is None:
+        raise ValueError(f"rl.bc.accel_horizon_s={horizon_s}: must be one of data.horizons {hs}")
+    return j
+
+
 def horizon_accel(speed: torch.Tensor, speed_ahead: torch.Tensor, horizons_s: list[float] | None,
                   horizon_s: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean accel over the ``horizon_s`` after the decision frame, (v(t + h) - v(t)) / h in m/s^2
@@ -70,9 +79,7 @@ def horizon_accel(speed: torch.Tensor, speed_ahead: torch.Tensor, horizons_s: li
     matching target is where the driver's speed was that long after, not the 0.2 s accel of the
     decision interval, whose step-to-step noise the speed head would copy into jerk."""
     hs = [float(h) for h in (horizons_s or [])]
-    j = next((i for i, h in enumerate(hs) if abs(h - float(horizon_s)) < 1e-9), None)
-    if j is None:
-        raise ValueError(f"rl.bc.accel_horizon_s={horizon_s}: must be one of data.horizons {hs}")
+    j = horizon_index(hs, horizon_s)
     if speed_ahead.ndim != 3 or speed_ahead.shape[2] != len(hs):
         raise ValueError(f"windows' speed_ahead {tuple(speed_ahead.shape)}: expected [b, Kw, {len(hs)}] (data.horizons)")
     v0 = speed[:, -2].float()
@@ -306,10 +313,8 @@ class BCModule(L.LightningModule):
         super().__init__()
         if loss_units not in LOSS_UNITS:
             raise ValueError(f"rl.bc.loss_units={loss_units!r}: one of {', '.join(LOSS_UNITS)}")
-        if accel_horizon_s is not None and not any(abs(float(h) - float(accel_horizon_s)) < 1e-9
-                                                   for h in (horizons_s or [])):
-            raise ValueError(f"rl.bc.accel_horizon_s={accel_horizon_s}: must be one of data.horizons "
-                             f"{list(horizons_s or [])}")
+        if accel_horizon_s is not None:
+            horizon_index(horizons_s, accel_horizon_s)  # refused here, before any data is read
         self.save_hyperparameters(ignore=["qualities", "episodes", "camera"])
         self.viewpoint = None
         if viewpoint and float(viewpoint.get("prob", 0.0)) > 0:
