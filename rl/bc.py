@@ -9,9 +9,12 @@ for a window the decision frame is ``Kw-2`` (the last one whose next speed is in
     target action = sim.vehicle.inverse(rel_pose[Kw-2], speed[Kw-2], speed[Kw-1], dt=stride/fps)
 
 ``inverse`` without the actuator state returns the steady-state command (the achieved
-curvature and accel over the interval); the actuator lag (0.1 s steering, 0.2 s accel) is
-short against the 0.2 s decision interval, and undoing it on composed poses amplifies
-noise, so it is not undone (documented choice; ``test_bc`` measures the error).
+curvature and accel over the interval). That command arrives late: held through the actuator
+lag (0.1 s steering, 0.2 s accel) over the interval's four 20 Hz frames, a third of the
+curvature driven is still the one the interval started from (``sim.vehicle.held_lag``), so a
+clone entering a curve turns in behind the logged driver. ``lag_compensation`` (off by
+default) targets the held command that drives the logged move from the actuator state the
+previous interval reached instead (``bc_targets``; ``test_bc`` measures both errors).
 
 Which windows count: human-driven decisions (engaged False) and engaged decisions with no
 disengagement within ``exclude_before_disengage_s`` (and not censored), so the policy does
@@ -42,7 +45,7 @@ from drivegpt.data.camera import Camera
 from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.rl.viewpoint import ViewpointAugment
-from drivegpt.sim.vehicle import ACTION_SCALE, inverse
+from drivegpt.sim.vehicle import ACTION_SCALE, achieved, inverse
 from drivegpt.trainable import EvalSums, valid_rows
 
 # Window keys this module reads; names follow the data.loaders contract.
@@ -50,14 +53,25 @@ DISENGAGE_KEYS = ("targets", "disengage_targets")
 MASK_KEYS = ("mask", "disengage_mask")
 
 
-def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float) -> torch.Tensor:
+def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float, substeps: int | None = None) -> torch.Tensor:
     """Normalized action [b 2] reproducing the move of decision frame Kw-2.
 
-    rel_pose [b Kw 6], speed [b Kw]; ``dt`` = stride / fps seconds.
+    rel_pose [b Kw 6], speed [b Kw]; ``dt`` = stride / fps seconds. ``substeps`` (the native
+    frames a decision is held for; ``rl.bc.lag_compensation``): the command that, held through
+    the actuator lag over that many frames from the actuator state the previous interval
+    reached (its achieved curvature and accel, from frame Kw-3), drives the logged move
+    (``sim.vehicle.inverse``); None: the steady-state command (the achieved values).
     """
     if rel_pose.shape[1] < 2:
         raise ValueError(f"BC needs windows of >= 2 frames, got rel_pose {tuple(rel_pose.shape)}")
-    return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
+    move = (rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float())
+    if substeps is None:
+        return inverse(*move, dt=dt)
+    if rel_pose.shape[1] < 3:
+        raise ValueError(f"rl.bc.lag_compensation needs windows of >= 3 frames (the interval before the decision "
+                         f"gives the actuator state), got rel_pose {tuple(rel_pose.shape)}")
+    prev = achieved(rel_pose[:, -3].float(), speed[:, -3].float(), speed[:, -2].float(), dt)
+    return inverse(*move, dt=dt, curvature=prev[:, 0], accel=prev[:, 1], substeps=int(substeps))
 
 
 def horizon_index(horizons_s: list[float] | None, horizon_s: float) -> int:
@@ -309,8 +323,11 @@ class BCModule(L.LightningModule):
                  human_weight: float = 1.0, photometric: float = 0.0, warmup_steps: int = 0,
                  episodes: dict[str, list[tuple[int, int]]] | None = None, stride: int = 1,
                  viewpoint: dict | None = None, camera: Camera | None = None, loss_units: str = "accel",
-                 speed_recovery: dict | None = None, accel_horizon_s: float | None = None):
+                 speed_recovery: dict | None = None, accel_horizon_s: float | None = None,
+                 lag_compensation: bool = False, accel_expectile: float = 0.5):
         super().__init__()
+        if not 0.0 < float(accel_expectile) < 1.0:
+            raise ValueError(f"rl.bc.accel_expectile={accel_expectile}: must be in (0, 1) (0.5: the mean)")
         if loss_units not in LOSS_UNITS:
             raise ValueError(f"rl.bc.loss_units={loss_units!r}: one of {', '.join(LOSS_UNITS)}")
         if accel_horizon_s is not None:
@@ -332,7 +349,8 @@ class BCModule(L.LightningModule):
         frames = policy_frames(batch["frames"], k)
         speed = batch["speed"][:, -2].float()
         cruise = batch["cruise_speed"][:, -2].float() if "cruise_speed" in batch else None
-        target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt)
+        substeps = int(self.hparams.stride) if self.hparams.lag_compensation else None  # native frames per decision
+        target = bc_targets(batch["rel_pose"], batch["speed"], self.hparams.dt, substeps)
         if self.hparams.accel_horizon_s is not None:  # the accel that reaches the speed h seconds on
             if "speed_ahead" not in batch:
                 raise ValueError("rl.bc.accel_horizon_s needs the windows' 'speed_ahead' (data.loaders)")
@@ -366,8 +384,10 @@ class BCModule(L.LightningModule):
             speed, target = self.speed_recovery(speed, target)
         frames = pad_history(frames, self.hparams.pad_prob)
         frames = photometric(frames, float(self.hparams.photometric))
+        tau = float(self.hparams.accel_expectile)
         loss, parts = self.policy.compute_loss({"frames": frames, "speed": speed, "cruise": cruise, "target": target,
-                                                "weight": w, "dim_weight": dim_weight},
+                                                "weight": w, "dim_weight": dim_weight,
+                                                "expectile": None if tau == 0.5 else (0.5, tau)},
                                                log_std_target=self.hparams.log_std_target)
         self.log("train/loss", loss, prog_bar=True, batch_size=frames.shape[0])
         self.log("train/kept_fraction", parts["kept_fraction"], batch_size=frames.shape[0])

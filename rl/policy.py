@@ -346,11 +346,17 @@ class Policy(nn.Module):
         ``batch``: frames uint8 [b,K,H,W,3], speed [b], optionally cruise [b] (m/s, NaN = unknown),
         target normalized actions [b,2], weight [b]
         (0 drops a sample), optionally ``dim_weight`` [b,2] (each action dimension's weight per
-        sample; default 1). Loss = weighted mean squared error of the mean action + a pull of
+        sample; default 1), optionally ``expectile`` [2] (each dimension's expectile tau: an error
+        where the target is above the mean weighs 2 tau, below it 2 (1 - tau); 0.5 is the plain
+        squared error). Loss = weighted mean squared error of the mean action + a pull of
         log_std toward ``log_std_target`` (exploration kept for RL)."""
         mean, log_std, _ = self(batch["frames"], batch["speed"], batch.get("cruise"))
         w = batch["weight"]
-        err = (mean - batch["target"]).pow(2)
+        diff = batch["target"] - mean
+        err = diff.pow(2)
+        if batch.get("expectile") is not None:
+            tau = torch.as_tensor(batch["expectile"], dtype=err.dtype, device=err.device)
+            err = err * 2.0 * torch.where(diff > 0, tau, 1.0 - tau)
         if batch.get("dim_weight") is not None:
             err = err * batch["dim_weight"].to(err.dtype)
         action = (err.sum(-1) * w).sum() / w.sum().clamp(min=1.0)

@@ -167,23 +167,38 @@ def achieved(rel_pose, speed, next_speed, dt: float = 0.05):
     return _stack([k, acc], rel_pose)
 
 
+def held_lag(dt: float, tau: float, substeps: int = 1) -> float:
+    """Weight ``m`` of the actuator's start state in its mean output over a command held for
+    ``dt``, simulated as ``substeps`` steps of ``dt / substeps`` (``step``'s exact lag, each
+    sub-step's move at its end state): mean output = (1 - m) command + m start. One sub-step
+    gives exp(-dt / tau); a 5 Hz decision held over four 20 Hz frames with tau = 0.1 s, 0.33:
+    a third of a held step's curvature is still the curvature it started from."""
+    if substeps < 1:
+        raise ValueError(f"held_lag: substeps={substeps!r}, expected >= 1")
+    h = float(dt) / int(substeps)
+    return sum(math.exp(-i * h / tau) for i in range(1, int(substeps) + 1)) / int(substeps)
+
+
 def inverse(rel_pose, speed, next_speed, dt: float = 0.05, params: VehicleParams = VehicleParams(),
-            curvature=None, accel=None):
+            curvature=None, accel=None, substeps: int = 1):
     """Normalized action [..., 2] that reproduces ``rel_pose`` [..., 6] from ``speed`` to
     ``next_speed``, given the actuator state (``curvature``, ``accel``) before the step.
 
     Without the actuator state the lag is ignored (the action is the achieved curvature and
-    accel, i.e. the steady-state command). The result is clipped to [-1, 1]; it is exact
-    for any action produced by ``step`` (when the car is moving and not speed-clamped).
+    accel, i.e. the steady-state command). With it, the command held over the move's
+    ``substeps`` simulator steps whose lagged mean output is the achieved value (``held_lag``).
+    The result is clipped to [-1, 1]; it is exact for any action produced by ``step`` (when the
+    car is moving and not speed-clamped), and with ``substeps`` > 1 for a held command driven
+    at a constant speed.
     """
     ach = achieved(rel_pose, speed, next_speed, dt)
     k1, a1 = ach[..., 0], ach[..., 1]
     if curvature is not None:
-        k0 = _asarray(curvature, rel_pose)
-        k1 = k0 + (k1 - k0) / (1.0 - math.exp(-dt / params.tau_curvature))
+        k0, m = _asarray(curvature, rel_pose), held_lag(dt, params.tau_curvature, substeps)
+        k1 = (k1 - m * k0) / (1.0 - m)
     if accel is not None:
-        a0 = _asarray(accel, rel_pose)
-        a1 = a0 + (a1 - a0) / (1.0 - math.exp(-dt / params.tau_accel))
+        a0, m = _asarray(accel, rel_pose), held_lag(dt, params.tau_accel, substeps)
+        a1 = (a1 - m * a0) / (1.0 - m)
     return _clip(normalize_action(_stack([k1, a1], rel_pose)), -1.0, 1.0)
 
 

@@ -52,6 +52,51 @@ def test_targets_recover_inverse_vehicle_model_actions():
     assert np.corrcoef(target[:, 0], truth[:, 0])[0, 1] > 0.98
 
 
+def _windows(rel, speed, kw=3):
+    n = len(rel)
+    rel_w = torch.as_tensor(np.stack([rel[i:i + kw] for i in range(n - kw + 1)]), dtype=torch.float32)
+    spd_w = torch.as_tensor(np.stack([speed[i:i + kw] for i in range(n - kw + 1)]))
+    return rel_w, spd_w
+
+
+def test_lag_compensated_targets_turn_in_with_the_logged_driver():
+    """``lag_compensation``: the command that, held through the actuator lag, drives the logged move.
+    Replayed from the log's start, the compensated commands follow the logged curve entry; the
+    steady-state ones (the achieved curvature) turn in late and end up outside the logged path."""
+    rng = np.random.default_rng(1)
+    n = 60
+    acts = np.cumsum(rng.normal(0, 0.05, (n, 2)), 0).clip(-0.8, 0.8)
+    acts[:, 1] *= 0.3
+    rel, speed = _drive(acts)
+    rel_w, spd_w = _windows(rel, speed)
+    truth = acts[1:n - 1]
+    steady = bc_targets(rel_w, spd_w, DT).numpy()
+    comp = bc_targets(rel_w, spd_w, DT, substeps=STRIDE).numpy()
+    e_steady, e_comp = np.abs(steady - truth).mean(0), np.abs(comp - truth).mean(0)
+    assert e_comp[0] < 0.4 * e_steady[0], (e_comp, e_steady)
+
+    # a curve entry: the curvature command ramps from straight to 0.5 (0.025 1/m) in 1.2 s, then holds
+    ramp = np.zeros((30, 2), np.float32)
+    ramp[:, 0] = np.clip((np.arange(30) - 5) / 6.0, 0.0, 1.0) * 0.5
+    rel, speed = _drive(ramp)
+    rel_w, spd_w = _windows(rel, speed)
+    logged = np.cumsum(rel[:, 5])  # heading after each interval
+    head = {}
+    for name, sub in (("steady", None), ("comp", STRIDE)):
+        tgt = bc_targets(rel_w, spd_w, DT, sub).numpy()
+        # replay: the log's first two commands, then the clone's targets for decisions 1..
+        replay = np.concatenate([ramp[:1], tgt], 0)
+        r2, _ = _drive(replay)
+        head[name] = np.abs(np.cumsum(r2[:, 5]) - logged[:len(r2)]).max()
+    assert head["comp"] < 0.3 * head["steady"], head
+
+
+def test_lag_compensation_needs_the_interval_before_the_decision():
+    rel = torch.zeros(2, 2, 6)
+    with pytest.raises(ValueError, match="lag_compensation needs windows of >= 3 frames"):
+        bc_targets(rel, torch.full((2, 2), 10.0), DT, substeps=STRIDE)
+
+
 def test_weights_drop_windows_before_disengagement():
     b, kw, nh = 4, 3, 2
     tgt = torch.zeros(b, kw, nh, 3)
@@ -309,3 +354,36 @@ def test_horizon_accel_target_is_where_the_speed_went():
     assert torch.equal(target[:, 0], plain[:, 0])  # the curvature target is untouched
     with pytest.raises(ValueError, match="must be one of data.horizons"):
         BCModule(pc, dt=0.2, horizons_s=[0.5, 2.0], accel_horizon_s=1.5)
+
+
+def test_accel_expectile_fits_the_upper_expectile_of_the_drivers_accel():
+    """``rl.bc.accel_expectile``: the same scene logged with +0.5 and -0.5 (normalized) accel in equal
+    parts: the plain loss fits their mean (0), tau = 0.8 the 0.8-expectile, 0.5 (2 tau - 1) = 0.3;
+    the curvature stays a plain mean."""
+    from drivegpt.rl.policy import Policy, PolicyConfig
+
+    pc = PolicyConfig(context_frames=1, frame_height=8, frame_width=16, channels=(4, 4), extra_blocks=0,
+                      pool_grid=(1, 1), frame_features=4, bottleneck_dim=4, hidden=16, noise_std=0.0, cruise=False)
+    frames = torch.full((32, 1, 8, 16, 3), 100, dtype=torch.uint8)
+    target = torch.zeros(32, 2)
+    target[:, 1] = torch.tensor([0.5, -0.5]).repeat(16)
+    target[:, 0] = torch.tensor([0.2, -0.2]).repeat(16)
+
+    def fitted(expectile):
+        torch.manual_seed(0)
+        pol = Policy(pc)
+        opt = torch.optim.Adam(pol.parameters(), lr=1e-2)
+        for _ in range(300):
+            loss, _ = pol.compute_loss({"frames": frames, "speed": torch.full((32,), 10.0), "target": target,
+                                        "weight": torch.ones(32), "expectile": expectile})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return pol(frames[:1], torch.full((1,), 10.0))[0][0]
+
+    plain, upper = fitted(None), fitted((0.5, 0.8))
+    assert abs(float(plain[1])) < 0.05 and abs(float(upper[1]) - 0.3) < 0.05, (plain, upper)
+    assert abs(float(upper[0])) < 0.05, upper
+    with pytest.raises(ValueError, match=r"accel_expectile=1.0: must be in \(0, 1\)"):
+        BCModule(pc.to_dict(), dt=DT, accel_expectile=1.0)

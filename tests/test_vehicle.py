@@ -64,6 +64,27 @@ def test_inverse_recovers_action(rng):
     np.testing.assert_allclose(ach[keep] * V.ACTION_SCALE, new[keep, 1:], atol=1e-6)
 
 
+def test_inverse_of_a_command_held_over_substeps(rng):
+    """``substeps``: the held command whose lagged mean curvature is the achieved one; exact for a
+    constant speed (accel 0), and ``held_lag`` is the lag's weight of the start state."""
+    assert V.held_lag(0.2, 0.1, 1) == pytest.approx(math.exp(-2.0))
+    assert V.held_lag(0.2, 0.1, 4) == pytest.approx(sum(math.exp(-0.5 * i) for i in range(1, 5)) / 4)
+    with pytest.raises(ValueError, match="substeps"):
+        V.held_lag(0.2, 0.1, 0)
+    v = rng.uniform(5, 30, 32)
+    state = np.stack([v, rng.uniform(-0.03, 0.03, 32), np.zeros(32)], -1)
+    action = np.stack([rng.uniform(-0.9, 0.9, 32), np.zeros(32)], -1)
+    s, yaw, dist = state, np.zeros(32), np.zeros(32)
+    for _ in range(4):  # a 5 Hz decision held over four 20 Hz steps
+        s, rel = V.step(s, action, dt=0.05)
+        yaw, dist = yaw + rel[:, 5], dist + np.hypot(rel[:, 0], rel[:, 1])
+    move = V.arc_pose(dist, yaw / dist)  # the interval's move as one arc: its mean curvature
+    held = V.inverse(move, state[:, 0], s[:, 0], dt=0.2, curvature=state[:, 1], substeps=4)
+    np.testing.assert_allclose(held[:, 0], action[:, 0], atol=2e-3)
+    steady = V.inverse(move, state[:, 0], s[:, 0], dt=0.2)  # the achieved mean: a third still the start state
+    assert np.abs(steady[:, 0] - action[:, 0]).mean() > 10 * np.abs(held[:, 0] - action[:, 0]).mean()
+
+
 def test_inverse_sequence_recovers_logged_actions(rng):
     state = np.array([12.0, 0.0, 0.0])
     actions = np.clip(np.cumsum(rng.normal(0, 0.1, (50, 2)), 0), -0.9, 0.9)

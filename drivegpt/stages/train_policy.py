@@ -91,7 +91,9 @@ def run_bc(cfg: DictConfig, run_dir: Path) -> dict:
                       loss_units=str(b.get("loss_units", "accel")),
                       speed_recovery=OmegaConf.to_container(b.speed_recovery, resolve=True)
                       if b.get("speed_recovery") else None,
-                      accel_horizon_s=None if b.get("accel_horizon_s") is None else float(b.accel_horizon_s))
+                      accel_horizon_s=None if b.get("accel_horizon_s") is None else float(b.accel_horizon_s),
+                      lag_compensation=bool(b.get("lag_compensation", False)),
+                      accel_expectile=float(b.get("accel_expectile", 0.5)))
     dm = FleetDataModule(cfg, kind="windows", key="frames")
     trainer = make_trainer(cfg, run_dir, "bc", num_sanity_val_steps=0, max_steps=steps)
     t0 = time.perf_counter()
