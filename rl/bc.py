@@ -45,7 +45,7 @@ from drivegpt.data.camera import Camera
 from drivegpt.data.shard_reading import expand_urls
 from drivegpt.rl.policy import Policy, PolicyConfig
 from drivegpt.rl.viewpoint import ViewpointAugment
-from drivegpt.sim.vehicle import ACTION_SCALE, achieved, inverse
+from drivegpt.sim.vehicle import ACTION_SCALE, inverse, inverse_sequence
 from drivegpt.trainable import EvalSums, valid_rows
 
 # Window keys this module reads; names follow the data.loaders contract.
@@ -64,14 +64,13 @@ def bc_targets(rel_pose: torch.Tensor, speed: torch.Tensor, dt: float, substeps:
     """
     if rel_pose.shape[1] < 2:
         raise ValueError(f"BC needs windows of >= 2 frames, got rel_pose {tuple(rel_pose.shape)}")
-    move = (rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float())
     if substeps is None:
-        return inverse(*move, dt=dt)
+        return inverse(rel_pose[:, -2].float(), speed[:, -2].float(), speed[:, -1].float(), dt=dt)
     if rel_pose.shape[1] < 3:
         raise ValueError(f"rl.bc.lag_compensation needs windows of >= 3 frames (the interval before the decision "
                          f"gives the actuator state), got rel_pose {tuple(rel_pose.shape)}")
-    prev = achieved(rel_pose[:, -3].float(), speed[:, -3].float(), speed[:, -2].float(), dt)
-    return inverse(*move, dt=dt, curvature=prev[:, 0], accel=prev[:, 1], substeps=int(substeps))
+    # the intervals Kw-3 and Kw-2, chained: the first one's achieved values are the second one's actuator state
+    return inverse_sequence(rel_pose[:, -3:].float(), speed[:, -3:].float(), dt=dt, substeps=int(substeps))[:, -1]
 
 
 def horizon_index(horizons_s: list[float] | None, horizon_s: float) -> int:

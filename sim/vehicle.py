@@ -202,17 +202,19 @@ def inverse(rel_pose, speed, next_speed, dt: float = 0.05, params: VehicleParams
     return _clip(normalize_action(_stack([k1, a1], rel_pose)), -1.0, 1.0)
 
 
-def inverse_sequence(rel_pose, speed, dt: float = 0.05, params: VehicleParams = VehicleParams()):
+def inverse_sequence(rel_pose, speed, dt: float = 0.05, params: VehicleParams = VehicleParams(),
+                     substeps: int = 1):
     """BC targets for a logged sequence: rel_pose [..., T, 6], speed [..., T] -> actions
     [..., T-1, 2]. The actuator state before step t is the achieved (curvature, accel) of
-    step t-1 (for t = 0 the lag is ignored)."""
+    step t-1 (for t = 0 the lag is ignored); each step's command is held over ``substeps``
+    simulator steps (``inverse``)."""
     ach = achieved(rel_pose[..., :-1, :], speed[..., :-1], speed[..., 1:], dt)
     xp = _xp(rel_pose)
     prev = ach[..., :-1, :]
     first = ach[..., :1, :]
     prev = xp.concatenate([first, prev], -2) if xp is np else xp.cat([first, prev], -2)
     return inverse(rel_pose[..., :-1, :], speed[..., :-1], speed[..., 1:], dt, params,
-                   curvature=prev[..., 0], accel=prev[..., 1])
+                   curvature=prev[..., 0], accel=prev[..., 1], substeps=substeps)
 
 
 def compose_pose2d(pose, rel):
