@@ -89,8 +89,10 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     rows = {r["kind"]: (r["pred"][idx], r["true"][idx]) for r in records if r["case"].segment_id == first}
     counterfactual_grid(run_dir / "counterfactual_grid.png", rows, seconds, records[0]["last"])
     # pose-following
-    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 64, skip_bad=bool(d.get("skip_bad", False)))
-    pairs = real_pairs(train, tokenizer, stride, fps, 2048, int(e.seed))
+    n_seg = e.get("inverse_dynamics_segments", 64)
+    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 10**9 if n_seg is None else int(n_seg),
+                           skip_bad=bool(d.get("skip_bad", False)))
+    pairs = real_pairs(train, tokenizer, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
     if pairs is None:
         return res
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))

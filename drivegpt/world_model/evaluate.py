@@ -105,11 +105,18 @@ def real_pairs(items, tokenizer, stride: int, fps: float, max_pairs: int, seed: 
     if not pairs:
         return None
     pick = rng.choice(len(pairs), min(max_pairs, len(pairs)), replace=False)
-    ta, tb, y = [], [], []
+    # each frame is decoded once: consecutive pairs share one (frame i + stride of one is frame i of the next)
+    slot: dict[tuple[int, int], int] = {}
+    tokens, ia, ib, y = [], [], [], []
     for j in pick:
         item, i = pairs[j]
         where = f"segment {item['meta']['segment_id']!r}"
-        ta.append(encoded_tokens(item["tokens"], i, where)); tb.append(encoded_tokens(item["tokens"], i + stride, where))
+        for f, out in ((i, ia), (i + stride, ib)):
+            key = (id(item), f)
+            if key not in slot:
+                slot[key] = len(tokens)
+                tokens.append(encoded_tokens(item["tokens"], f, where))
+            out.append(slot[key])
         y.append(motion_targets(strided_rel_poses(item["rel_pose"], np.array([i]), stride)[0], fps))
-    dec = lambda tk: np.asarray(tokenizer.decode(torch.as_tensor(np.stack(tk), dtype=torch.long)))  # noqa: E731
-    return dec(ta), dec(tb), np.stack(y)
+    frames = np.asarray(tokenizer.decode(torch.as_tensor(np.stack(tokens), dtype=torch.long)))
+    return frames[ia], frames[ib], np.stack(y)
