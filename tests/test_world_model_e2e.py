@@ -8,6 +8,7 @@ training a VQ tokenizer; the stages use ``drivegpt.tokenizer.load_tokenizer`` ot
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +297,22 @@ def test_inverse_dynamics_fits_training_segments_and_scores_held_out_ones(traine
     assert n_fit == 37
     assert {split_of(s, VAL_FRACTION) for s in held_ids} == {"val"}
     assert np.isfinite(res["pose_following_yaw_rate_r2_ceiling"])
+
+
+def test_inverse_dynamics_benchmark_chooses_on_training_segments_only(token_shards):
+    """benchmarks/inverse_dynamics.py chooses the ruler's sizes on dev pairs: fit and dev are
+    disjoint TRAINING segments, so the held-out ceiling the stage reports is never looked at."""
+    import importlib.util
+
+    from drivegpt.data.loaders import split_of
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inverse_dynamics.py"
+    spec = importlib.util.spec_from_file_location("bench_inverse_dynamics", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fit, dev = bench.dev_split(str(token_shards), VAL_FRACTION, 2)
+    ids = lambda items: [str(i["meta"]["segment_id"]) for i in items]  # noqa: E731
+    assert len(fit) == 2 and len(dev) >= 1 and not set(ids(fit)) & set(ids(dev))
+    assert {split_of(s, VAL_FRACTION) for s in ids(fit) + ids(dev)} == {"train"}
+    with pytest.raises(ValueError, match="training segments"):
+        bench.dev_split(str(token_shards), VAL_FRACTION, len(fit) + len(dev))
