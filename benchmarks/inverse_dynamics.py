@@ -39,7 +39,7 @@ from drivegpt.world_model.pose_following import (following_metrics, predict_moti
 def dev_split(shards: str, val_fraction: float, fit_segments: int):
     """The TRAINING segments of ``shards`` (the stages' split), as (fit, dev): the first
     ``fit_segments`` and the rest. Held-out segments are never read."""
-    train = held_out_items(shards, "train", val_fraction, 10**9)
+    train = held_out_items(shards, "train", val_fraction, None)
     if len(train) <= fit_segments:
         raise ValueError(f"{shards}: {len(train)} training segments, need more than --fit-segments={fit_segments}")
     return train[:fit_segments], train[fit_segments:]

@@ -90,7 +90,7 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     counterfactual_grid(run_dir / "counterfactual_grid.png", rows, seconds, records[0]["last"])
     # pose-following
     n_seg = e.get("inverse_dynamics_segments", 64)
-    train = held_out_items(str(d.shards), "train", float(d.val_fraction), 10**9 if n_seg is None else int(n_seg),
+    train = held_out_items(str(d.shards), "train", float(d.val_fraction), None if n_seg is None else int(n_seg),
                            skip_bad=bool(d.get("skip_bad", False)))
     pairs = real_pairs(train, tokenizer, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
     if pairs is None:

@@ -83,13 +83,13 @@ def disengagement_section(probs, target, mask, speed, horizons, train_labels) ->
     return disengage_metrics(probs, target, mask, horizons, baseline=base)
 
 
-def held_out_items(shards: str, split: str, val_fraction: float, limit: int, skip_bad: bool = False):
-    """Token samples of segments in ``split`` (up to ``limit``); ``skip_bad`` as data.skip_bad."""
+def held_out_items(shards: str, split: str, val_fraction: float, limit: int | None, skip_bad: bool = False):
+    """Token samples of segments in ``split`` (up to ``limit``; None = all); ``skip_bad`` as data.skip_bad."""
     out = []
     for item in iter_samples(shards, frames=False, skip_bad=skip_bad):
         if isinstance(item, dict) and split_of(str(item["meta"]["segment_id"]), val_fraction) == split:
             out.append(item)
-            if len(out) >= limit:
+            if limit is not None and len(out) >= limit:
                 break
     return out
 
