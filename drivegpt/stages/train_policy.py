@@ -301,9 +301,12 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         metrics["throughput"] = measure_throughput(tenv, steps=int(tp.get("steps", 3)), seed=int(cfg.seed),
                                                    device=str(fabric.device))
         t = metrics["throughput"]
+        libs = ", ".join(f"{k[len('matmul_flops_per_s_'):]} {v / 1e9:.0f}" for k, v in t.items()
+                         if k in ("matmul_flops_per_s_blas", "matmul_flops_per_s_onednn"))
         print(f"rl: learned sim at batch {t['envs']}: {t['steps_per_s']:.1f} env steps/s; "
               f"{t['flops_per_env_step'] / 1e9:.2f} GFLOP per env step, matmul {t['matmul_flops_per_s'] / 1e9:.1f} "
-              f"GFLOP/s -> bound {t['bound_steps_per_s']:.1f} steps/s; fraction {t['roofline_fraction']:.3f}")
+              f"GFLOP/s (best of {libs}) -> bound {t['bound_steps_per_s']:.1f} steps/s; fraction "
+              f"{t['roofline_fraction']:.3f} (against BLAS alone {t['roofline_fraction_blas']:.3f})")
         del tenv
     for key in ("episode_return", "event_rate", "kl_to_ref", "uncertainty", "predicted_per_100km"):
         a, z = first_last(key)
