@@ -63,6 +63,31 @@ def test_attention_is_block_causal_and_start_tokens_do_not_see_their_frame():
     assert not torch.allclose(out["logits"][:, 2], base["logits"][:, 2])
 
 
+@pytest.mark.parametrize("n_frames,past", [(3, 0), (1, 2), (2, 1)])
+def test_frame_blocks_attend_as_the_dense_frame_mask(n_frames, past):
+    """The decoders' frame-by-frame attention (no mask tensor) equals SDPA under the dense frame
+    mask, for the context's pass (past 0) and for a frame's pass against cached frames; its
+    dense form is frame_mask's pattern, and mismatched lengths are refused."""
+    import torch.nn.functional as F
+
+    from drivegpt.world_model.model import FrameBlocks
+
+    m = tiny_maskgit()
+    blocks = m.frame_blocks(n_frames, past)
+    assert blocks == FrameBlocks(n_frames, N + 1, past)
+    mask = m.frame_mask(n_frames, past)
+    assert torch.equal(blocks.dense(), mask)
+    # the start token sees the earlier frames and itself; an image token everything to the end of its frame
+    assert mask[0].sum() == past * (N + 1) + 1 and mask[1].sum() == (past + 1) * (N + 1)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 3, n_frames * (N + 1), 8, generator=g)
+    k, v = (torch.randn(2, 3, (past + n_frames) * (N + 1), 8, generator=g) for _ in range(2))
+    torch.testing.assert_close(blocks.attention(q, k, v), F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="queries"):
+        blocks.attention(q[:, :, 1:], k, v)
+
+
 @pytest.mark.parametrize("steps", [1, 3, N])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_parallel_decoding_equals_its_definition(cfg_scale, steps):

@@ -177,6 +177,45 @@ class KVCache:
         return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
 
 
+@dataclass(frozen=True)
+class FrameBlocks:
+    """maskgit's block-causal frame mask (``WorldModel.frame_mask``) as blocks: queries are the
+    slots of frames past_frames..past_frames+n_frames-1 (``slots`` = 1 start token + the image
+    tokens), keys every slot of frames 0.. . Attention then runs frame by frame on the keys each
+    query may see, with no mask tensor: a frame's start token on the earlier frames and itself,
+    its image tokens on everything up to the end of their frame. The same result as the dense
+    mask, from ~60% of its attention FLOPs over five frames; the CPU flash kernel also runs ~25%
+    faster per FLOP without a mask (README "Learned simulator", *Host memory*)."""
+
+    n_frames: int
+    slots: int
+    past_frames: int = 0
+
+    def dense(self, device=None) -> torch.Tensor:
+        """The [q, k] bool mask these blocks stand for (True = may attend)."""
+        fk = torch.arange(self.past_frames + self.n_frames, device=device).repeat_interleave(self.slots)
+        sk = torch.arange(self.slots, device=device).repeat(self.past_frames + self.n_frames)
+        fq, sq = fk[self.past_frames * self.slots:, None], sk[self.past_frames * self.slots:, None]
+        return (fk[None] < fq) | ((fk[None] == fq) & ((sq > 0) | (sk[None] == 0)))
+
+    def attention(self, q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+        """SDPA of q [b, nh, n_frames * slots, hd] against k, v [b, nh, (past_frames + n_frames) *
+        slots, hd] under the frame mask."""
+        if q.shape[2] != self.n_frames * self.slots or k.shape[2] != (self.past_frames + self.n_frames) * self.slots:
+            raise ValueError(f"FrameBlocks({self.n_frames}, {self.slots}, {self.past_frames}): got {q.shape[2]} "
+                             f"queries and {k.shape[2]} keys")
+        out = []
+        for j in range(self.n_frames):
+            q0, k0 = j * self.slots, (self.past_frames + j) * self.slots
+            out.append(F.scaled_dot_product_attention(q[:, :, q0:q0 + 1], k[:, :, :k0 + 1], v[:, :, :k0 + 1],
+                                                      dropout_p=dropout_p))
+            if self.slots > 1:
+                end = k0 + self.slots
+                out.append(F.scaled_dot_product_attention(q[:, :, q0 + 1:q0 + self.slots], k[:, :, :end],
+                                                          v[:, :, :end], dropout_p=dropout_p))
+        return torch.cat(out, dim=2)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -187,7 +226,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``attn_mask`` [t, past + t] bool (True = may attend) replaces the causal mask."""
+        """``attn_mask`` [t, past + t] bool (True = may attend) or ``FrameBlocks`` replaces the causal mask."""
         t = x.shape[1]
         q, k, v = rearrange(self.qkv(x), "b t (three nh hd) -> three b nh t hd", three=3, nh=self.n_head)
         past = 0
@@ -195,7 +234,9 @@ class SelfAttention(nn.Module):
             past = cache.length
             k, v = cache.append(layer, k, v)
         drop = self.dropout if self.training else 0.0
-        if attn_mask is not None:
+        if isinstance(attn_mask, FrameBlocks):
+            y = attn_mask.attention(q, k, v, dropout_p=drop)
+        elif attn_mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
         elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
@@ -469,9 +510,11 @@ class WorldModel(nn.Module):
             x = x + prev[:, 1 + index]
         return x[:, None]
 
-    def hidden(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, cache: KVCache | None = None,
+               attn_mask: torch.Tensor | FrameBlocks | None = None) -> torch.Tensor:
         """Run the transformer on embeddings x [b, t, d] (appending to ``cache``) -> ln_f(h).
-        ``attn_mask`` [t, past + t] bool replaces the causal mask (maskgit: ``frame_mask``)."""
+        ``attn_mask`` [t, past + t] bool replaces the causal mask (maskgit: ``frame_mask``, or
+        ``frame_blocks``, the same pattern without a mask tensor)."""
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, attn_mask)
@@ -501,11 +544,12 @@ class WorldModel(nn.Module):
         """maskgit's block-causal attention mask [q, k] bool (True = may attend): queries are the
         slots of frames past_frames..past_frames+n_frames-1, keys those of frames 0..; a slot sees
         every earlier frame; in its own frame the start token sees itself, image tokens see all."""
-        slots = self.cfg.tokens_per_frame + 1
-        fk = torch.arange(past_frames + n_frames, device=device).repeat_interleave(slots)
-        sk = torch.arange(slots, device=device).repeat(past_frames + n_frames)
-        fq, sq = fk[past_frames * slots:, None], sk[past_frames * slots:, None]
-        return (fk[None] < fq) | ((fk[None] == fq) & ((sq > 0) | (sk[None] == 0)))
+        return self.frame_blocks(n_frames, past_frames).dense(device)
+
+    def frame_blocks(self, n_frames: int, past_frames: int = 0) -> FrameBlocks:
+        """``frame_mask``'s pattern as blocks: pass it as ``attn_mask`` to attend frame by frame
+        without a mask tensor (the same result, fewer FLOPs)."""
+        return FrameBlocks(n_frames, self.cfg.tokens_per_frame + 1, past_frames)
 
     def random_masks(self, b: int, n_frames: int, generator=None) -> torch.Tensor:
         """maskgit training masks [b, n_frames, n] bool: per frame a ratio r = cos(pi/2 u), u ~ U(0, 1)

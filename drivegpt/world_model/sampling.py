@@ -121,7 +121,7 @@ def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, 
     guided = cfg_scale != 1.0
     ctx = model.embed_sequence(tokens, rel_pose, speed)
     cache = KVCache(model.cfg, b, ctx.shape[1] + n + 1, ctx.device, ctx.dtype)
-    model.hidden(ctx, cache, attn_mask=model.frame_mask(k, device=ctx.device))
+    model.hidden(ctx, cache, attn_mask=model.frame_blocks(k))
     if guided:  # both halves share the context: only the commanded move is dropped
         cache.k = [torch.cat([x, x]) for x in cache.k]
         cache.v = [torch.cat([x, x]) for x in cache.v]
@@ -132,7 +132,7 @@ def _generate_parallel(model: WorldModel, tokens, rel_pose, speed, temperature, 
     x_tok, x_pose, x_speed = ((torch.cat([t, t]) if guided else t) for t in (tokens, rel_pose, speed))
     cond = model.frame_conditioning(x_pose, x_speed, k + 1, drop)[:, k]
     prev = model.prev_features(x_tok[:, -1], x_tok.shape[0], model.move_features(x_pose, x_speed, k + 1, drop)[:, k])
-    mask = model.frame_mask(1, k, device=ctx.device)
+    mask = model.frame_blocks(1, k)
     out = torch.zeros(b, n, dtype=torch.long, device=tokens.device)
     masked = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
     ent = torch.zeros(b, device=tokens.device)
