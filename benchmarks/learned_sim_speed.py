@@ -64,6 +64,9 @@ def _interleaved(fa, fb, rounds: int) -> tuple[float, float]:
 
 
 def main(argv=None) -> dict:
+    from drivegpt import hostmem
+
+    hostmem.tune()  # as the drivegpt command runs (drivegpt.hostmem)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     ap.add_argument("--steps", type=int, default=8, help="timed rounds (median) per batch size")

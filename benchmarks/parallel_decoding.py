@@ -47,6 +47,9 @@ def build(size: str, decoding: str, mask_steps: int = 4) -> WorldModel:
 
 
 def main(argv=None) -> dict:
+    from drivegpt import hostmem
+
+    hostmem.tune()  # as the drivegpt command runs (drivegpt.hostmem)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="demo", choices=list(SIZES))
     ap.add_argument("--batches", default="16,64,256")

@@ -36,6 +36,9 @@ def _median(fn, rounds: int) -> float:
 
 
 def main() -> None:
+    from drivegpt import hostmem
+
+    hostmem.tune()  # as the drivegpt command runs (drivegpt.hostmem)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world-model", required=True)
     ap.add_argument("--policy", required=True)

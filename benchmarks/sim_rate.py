@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> dict:
+    from drivegpt import hostmem
+
+    hostmem.tune()  # as the drivegpt command runs (drivegpt.hostmem)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, help="a pipeline run (06_train_world_model, 05_tokenize, 08_bc)")
     ap.add_argument("--envs", type=int, default=64, help="start contexts (a multiple of 16)")

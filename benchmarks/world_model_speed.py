@@ -78,6 +78,9 @@ def interleaved(cached, full, sync, rounds: int) -> dict:
 
 
 def main(argv=None) -> dict:
+    from drivegpt import hostmem
+
+    hostmem.tune()  # as the drivegpt command runs (drivegpt.hostmem)
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="demo", choices=list(SIZES), help="preset; the flags below override it")
     ap.add_argument("--layers", type=int, default=None)
