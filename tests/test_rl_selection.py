@@ -145,3 +145,35 @@ def test_keep_best_needs_the_gain_to_be_significant():
     kb0 = KeepBest(margin=0.02)
     kb0.offer(-1, bc, _envs(base))
     assert kb0.offer(0, bc, noisy)
+
+
+def test_keep_best_confirms_the_winner_on_fresh_draws_or_reverts_to_bc():
+    """rl.select.confirm: an iterate that won must beat BC again on other draws; a gain that was
+    the winner's curse (level with BC on fresh draws) reverts the best to BC's weights."""
+    import numpy as np
+
+    bc = Policy(PolicyConfig.from_dict({"context_frames": 2, "channels": [4, 8], "frame_height": 32,
+                                        "frame_width": 64}))
+    it = Policy(PolicyConfig.from_dict({"context_frames": 2, "channels": [4, 8], "frame_height": 32,
+                                        "frame_width": 64}))
+    with torch.no_grad():
+        for p in it.parameters():
+            p.add_(1.0)
+    g = np.random.default_rng(2)
+    base = g.uniform(2.0, 6.0, 32)
+    kb = KeepBest(margin=0.02, min_z=2.0)
+    kb.offer(-1, bc, _envs(base))
+    assert kb.offer(4, it, _envs(base * 0.9 + _noise(g, 0.01)))
+    fresh = g.uniform(2.0, 6.0, 32)
+    # on fresh draws the iterate is level with BC: not confirmed, BC's weights ship
+    c = kb.confirm(_envs(fresh), _envs(fresh + _noise(g, 0.3)), bc.state_dict())
+    assert c["confirmed"] is False and c["iteration"] == 4 and kb.best_iteration == -1
+    assert all(torch.equal(v, bc.state_dict()[k]) for k, v in kb.best_state.items())
+    assert kb.best_score == pytest.approx(_envs(fresh)["predicted_per_100km"])
+    # a real gain holds on fresh draws: the iterate stays the best
+    kb2 = KeepBest(margin=0.02, min_z=2.0)
+    kb2.offer(-1, bc, _envs(base))
+    kb2.offer(4, it, _envs(base * 0.9 + _noise(g, 0.01)))
+    c2 = kb2.confirm(_envs(fresh), _envs(fresh * 0.9 + _noise(g, 0.01)), bc.state_dict())
+    assert c2["confirmed"] is True and c2["z"] > 2.0 and kb2.best_iteration == 4
+    assert any(not torch.equal(v, bc.state_dict()[k]) for k, v in kb2.best_state.items())

@@ -260,6 +260,14 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     if selector is not None:
         h0 = selector.history[0]
         last = selector.history[-1]
+        if selector.best_iteration not in (None, -1) and sel_cfg.get("confirm", True):
+            # the winner re-scored beside BC on fresh draws (rl.selection.KeepBest.confirm)
+            policy.load_state_dict(selector.best_state)
+            c = selector.confirm(sim_score(bc, scorer, sel_seed + 1, sel_steps),
+                                 sim_score(policy, scorer, sel_seed + 1, sel_steps), bc.state_dict())
+            print(f"rl: keep-the-best confirmation of iterate {c['iteration']} on fresh draws: {c['best']:.1f} "
+                  f"against BC's {c['bc']:.1f} per 100 km (z = {c['z']}): "
+                  f"{'ships' if c['confirmed'] else 'not confirmed, BC ships'}")
         policy.load_state_dict(selector.best_state)  # BC's weights when no iterate beat it
         sel_metrics = {"rl/selected_iteration": selector.best_iteration,
                        "rl/select_bc_per_100km": h0["predicted_per_100km"],
@@ -268,7 +276,9 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
                        "rl/select_bc_mean_speed": h0["mean_speed"],
                        "rl/select_best_mean_speed": next(h["mean_speed"] for h in selector.history
                                                           if h["iteration"] == selector.best_iteration),
-                       "rl/select_last_z_vs_best": last["z_vs_best"]}
+                       "rl/select_last_z_vs_best": last["z_vs_best"],
+                       **({f"rl/confirm_{k}": (float(v) if v is not None else float("nan"))
+                           for k, v in selector.confirmation.items()} if selector.confirmation else {})}
         atomic_write_json(run_dir / "rl_selection.json", selector.history)
         with atomic_path(run_dir / "last_iterate.pt") as tmp:
             torch.save(to_cpu(last_state), tmp)
