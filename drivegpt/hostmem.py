@@ -21,11 +21,9 @@ import ctypes.util
 import os
 import platform
 
-M_TRIM_THRESHOLD = -1
-
+M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top before any is returned
-
 
 _state: dict = {}
 

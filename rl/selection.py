@@ -159,8 +159,8 @@ class KeepBest:
         pass by chance: in runs/dev/rl_long iterate 34 of 8 scored passed at z = 2.14 (304 against
         BC's 338 per 100 km), scored worse than BC on the next seed's draws (336 against 327,
         z = -0.55), and drove 37% worse than BC in the ground truth (301 against 220 per 100 km
-        on development roads). Returns (and
-        keeps as ``confirmation``) bc, best, z and confirmed."""
+        on development roads). Returns (and keeps as ``confirmation``) the iteration, bc, best, z
+        and confirmed."""
         sb, sc = float(base[self.key]), float(cand[self.key])
         z = paired_z(base, cand) if all(k in base and k in cand for k in ("env_events", "env_km")) else None
         ok = math.isfinite(sc) and sc < sb * (1.0 - self.margin) and (self.min_z <= 0 or z is None or z >= self.min_z)

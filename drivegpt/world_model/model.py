@@ -185,7 +185,7 @@ class FrameBlocks:
     query may see, with no mask tensor: a frame's start token on the earlier frames and itself,
     its image tokens on everything up to the end of their frame. The same result as the dense
     mask, from ~60% of its attention FLOPs over five frames; the CPU flash kernel also runs ~25%
-    faster per FLOP without a mask (README "Learned simulator", *Host memory*)."""
+    faster per FLOP without a mask (README "World model", *Frame by frame*)."""
 
     n_frames: int
     slots: int
