@@ -122,6 +122,24 @@ def encode_webm(frames: np.ndarray, fps: float) -> bytes:
     return _encode_h264(frames, fps, codec="libvpx-vp9", fmt="webm", options=WEBM_OPTIONS, pix_fmt="yuv420p")
 
 
+# swscale on one thread. With its automatic slice threads (PyAV 18 passes threads=0), a clean-clone
+# test run hung in tests/test_loaders.py (2026-12-07): a forked DataLoader worker sat in
+# avpriv_slicethread_execute (gdb) on a pool condition none of its threads would signal, the
+# pattern of a thread pool a fork did not copy. PyAV before the ``threads`` argument converts on one
+# thread anyway, and a 64x128 frame gains nothing from slices.
+_RGB = {"format": "rgb24", "threads": 1}
+
+
+def _to_rgb(frame) -> np.ndarray:
+    try:
+        return frame.to_ndarray(**_RGB)
+    except TypeError:
+        if "threads" not in _RGB:
+            raise
+        _RGB.pop("threads")
+        return frame.to_ndarray(**_RGB)
+
+
 def _decode_h264(data: bytes) -> np.ndarray:
     av = _av()
     try:
@@ -129,7 +147,7 @@ def _decode_h264(data: bytes) -> np.ndarray:
             if not container.streams.video:
                 raise VideoError("no video stream")
             stream = container.streams.video[0]
-            out = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            out = [_to_rgb(f) for f in container.decode(stream)]
     except VideoError:
         raise
     except Exception as e:  # av.error.InvalidDataError and friends
