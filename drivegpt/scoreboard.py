@@ -148,6 +148,10 @@ COMMAND_FOLLOWING = Target(
     lambda m: _above(find(m, "eval_world_model", "command_following_accuracy_pose_zeroed")),
     "command_following_accuracy_pose_zeroed", "pose zeroed")
 
+# the baseline of pose following; the ruler's ceilings (real pairs, the road world's replays of the
+# same moves) are in the stage's metrics beside it
+POSE_ZEROED = "the same model with the pose zeroed"
+
 PROOF: list[Target] = [
     Target("eval_tokenizer", "tokenizer PSNR >= 30 dB", "tokenizer_eval/psnr", ">=", 30.0,
            "tokenizer_eval/bicubic_psnr", TOKENIZER_BASELINE),
@@ -161,9 +165,9 @@ PROOF: list[Target] = [
            "disengage_auroc_2s_brake_baseline", "logistic regression on speed"),
     Target("eval_world_model", ">= 50 held-out BRAKE positives", "disengage_positives_2s_brake", ">=", 50),
     Target("eval_world_model", "pose-following yaw-rate R^2 >= 0.9", "pose_following_yaw_rate_r2", ">=", 0.9,
-           "pose_following_yaw_rate_r2_ceiling", "inverse-dynamics ceiling"),
+           "pose_following_yaw_rate_r2_pose_zeroed", POSE_ZEROED),
     Target("eval_world_model", "pose-following lateral R^2 >= 0.8", "pose_following_lateral_r2", ">=", 0.8,
-           "pose_following_lateral_r2_ceiling", "inverse-dynamics ceiling"),
+           "pose_following_lateral_r2_pose_zeroed", POSE_ZEROED),
     Target("eval_world_model", "inverse-dynamics ceiling R^2 >= 0.95", "pose_following_yaw_rate_r2_ceiling", ">=",
            0.95),
     COMMAND_FOLLOWING,
@@ -196,7 +200,7 @@ DEMO: list[Target] = [
            lambda m: _best_cause_pair(m, 20)[0], ">=", 0.75, lambda m: _best_cause_pair(m, 20)[1],
            "logistic regression on speed", name="auroc_2s_best_cause"),
     Target("eval_world_model", "pose-following yaw-rate R^2 >= 0.5", "pose_following_yaw_rate_r2", ">=", 0.5,
-           "pose_following_yaw_rate_r2_ceiling", "inverse-dynamics ceiling"),
+           "pose_following_yaw_rate_r2_pose_zeroed", POSE_ZEROED),
     COMMAND_FOLLOWING,
     Target("eval_world_model", "counterfactual 1 s PSNR beats copy-last-frame", "psnr_gain_1s", ">=", 0.0,
            lambda m: 0.0, "copy-last-frame (gain 0)"),

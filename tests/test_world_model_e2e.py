@@ -244,7 +244,8 @@ def test_counterfactual_contexts_come_from_the_split_asked_for(trained, token_sh
     model = load_world_model(run_dir / "world_model.pt")
     cfg = compose("eval_world_model", [
         "experiment=tiny", f"run_dir={tmp_path}", f"data.shards={token_shards}", f"data.val_fraction={VAL_FRACTION}",
-        f"checkpoint={run_dir / 'world_model.pt'}", "eval.counterfactual_contexts=2", "eval.inverse_dynamics_steps=5"])
+        f"checkpoint={run_dir / 'world_model.pt'}", "eval.counterfactual_contexts=2", "eval.inverse_dynamics_steps=5",
+        "eval.inverse_dynamics_replays=0"])  # the ruler's replay cases are training ones (the next test)
     ev.bind_model_windows(cfg, model)  # windows of the model's length and rate, as the stage's run() binds them
     seen: list[str] = []
     real = ev.make_cases
@@ -291,12 +292,28 @@ def test_inverse_dynamics_fits_training_segments_and_scores_held_out_ones(traine
         return out
 
     monkeypatch.setattr(ev, "real_pairs", spy)
+    replayed: list[str] = []
+    real_replays = ev.replay_pairs
+
+    def spy_replays(cases, *a, **k):
+        replayed.extend(c.segment_id for c in cases)
+        return real_replays(cases, *a, **k)
+
+    monkeypatch.setattr(ev, "replay_pairs", spy_replays)
     res = ev.counterfactual_and_following(cfg, model, PatchTokenizer(), tmp_path, split="val")
     (fit_ids, n_fit), (held_ids, _) = calls
     assert len(fit_ids) == 2 and {split_of(s, VAL_FRACTION) for s in fit_ids} == {"train"}
     assert n_fit == 37
     assert {split_of(s, VAL_FRACTION) for s in held_ids} == {"val"}
+    # the replays along shifted moves start from the same training segments, never a held-out one
+    assert replayed and set(replayed) <= set(fit_ids)
+    n_cf = res["inverse_dynamics_replay_pairs"]
+    draws = len(replayed) * cfg.eval.inverse_dynamics_replays  # each a chain of the future frames' pairs
+    assert res["inverse_dynamics_real_pairs"] == 37 and n_cf > 0 and n_cf % draws == 0
     assert np.isfinite(res["pose_following_yaw_rate_r2_ceiling"])
+    # beside the generated frames' figure: the ruler on the true replays, and the pose-zeroed model
+    for q in ("yaw_rate", "lateral"):
+        assert np.isfinite(res[f"pose_following_{q}_r2_replay"]) and np.isfinite(res[f"pose_following_{q}_r2_pose_zeroed"])
 
 
 def test_inverse_dynamics_benchmark_chooses_on_training_segments_only(token_shards):

@@ -29,7 +29,8 @@ from drivegpt.sim.roadworld import replay
 from drivegpt.stages.common import bind_fps, run_dir_of
 from drivegpt.tokenizer import load_tokenizer
 from drivegpt.world_model.checkpoint import load_world_model
-from drivegpt.world_model.counterfactual import Case, command_confusion, evaluate_counterfactuals, make_cases
+from drivegpt.world_model.counterfactual import (Case, command_confusion, evaluate_counterfactuals, make_cases,
+                                                  replay_pairs)
 from drivegpt.world_model.evaluate import (NoWindowsError, disengagement_section, held_out_items, label_windows, real_pairs,
                                            token_metrics)
 from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
@@ -95,6 +96,16 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     pairs = real_pairs(train, tokenizer, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
     if pairs is None:
         return res
+    # the ruler also reads counterfactual frames: the road world's replays of training contexts along
+    # shifted moves (README "World model", *A ruler for counterfactual frames*)
+    draws = int(e.get("inverse_dynamics_replays", 0))
+    cf = replay_pairs(make_cases(train, model.cfg.context_frames, n_future, stride, len(train)), tokenizer,
+                      replay_ground_truth, fps, draws, float(e.get("inverse_dynamics_replay_yaw_rate", 0.25)),
+                      float(e.accel), int(e.seed)) if draws else None
+    if cf is not None:
+        res["inverse_dynamics_replay_pairs"] = len(cf[2])
+        pairs = tuple(np.concatenate([p, q]) for p, q in zip(pairs, cf))
+    res["inverse_dynamics_real_pairs"] = len(pairs[2]) - res.get("inverse_dynamics_replay_pairs", 0)
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     held = real_pairs(items, tokenizer, stride, fps, 512, int(e.seed) + 1)
     # the inverse-dynamics net's ceiling: its R^2 on real frame pairs of the split (held out in the stage)
@@ -102,10 +113,23 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
         res.update(following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "real_pairs_"))
         for q in ("yaw_rate", "lateral"):
             res[f"pose_following_{q}_r2_ceiling"] = res.get(f"real_pairs_{q}_r2")
-    a = np.concatenate([np.concatenate([r["last"][None], r["pred"][:-1]]) for r in records])
-    b = np.concatenate([r["pred"] for r in records])
     commanded = np.concatenate([motion_targets(r["moves"], fps) for r in records])
-    res.update(following_metrics(predict_motion(net, mean, std, a, b), commanded, "pose_following_"))
+
+    def read(frames_of):  # the ruler's (yaw rate, lateral) of each record's consecutive frames
+        a = np.concatenate([np.concatenate([r["last"][None], frames_of(r)[:-1]]) for r in records])
+        b = np.concatenate([frames_of(r) for r in records])
+        return predict_motion(net, mean, std, a, b)
+
+    res.update(following_metrics(read(lambda r: r["pred"]), commanded, "pose_following_"))
+    # the same ruler on the road world's replays of the same moves (through the tokenizer): what a
+    # perfect world model would score; and the same model with the pose zeroed (its rollout for every move)
+    tokenized = {id(r): np.asarray(tokenizer.decode(tokenizer.encode(torch.as_tensor(r["true"])))) for r in records}
+    for q, v in following_metrics(read(lambda r: tokenized[id(r)]), commanded, "").items():
+        res[f"pose_following_{q}_replay"] = v
+    zero = {r["case"].segment_id: r["pred"] for r in zeroed}
+    if all(r["case"].segment_id in zero for r in records):
+        for q, v in following_metrics(read(lambda r: zero[r["case"].segment_id]), commanded, "").items():
+            res[f"pose_following_{q}_pose_zeroed"] = v
     return res
 
 

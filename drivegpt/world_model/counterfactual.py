@@ -18,6 +18,7 @@ import torch
 from drivegpt.data.loaders import encoded_tokens
 from drivegpt.data.poses import strided_rel_poses
 from drivegpt.world_model.metrics import psnr, ssim
+from drivegpt.world_model.pose_following import motion_targets
 from drivegpt.world_model.sampling import rollout
 
 
@@ -56,31 +57,69 @@ def make_cases(items, context: int, n_future: int, stride: int, n_cases: int) ->
     return cases
 
 
-def perturb(rel: np.ndarray, speed: np.ndarray, kind: str, dt: float, yaw_rate: float, accel: float):
-    """Future moves [N, 6] and speeds [N] for a pose sequence ``kind``.
-
-    logged: as driven; left/right: +-yaw_rate rad/s added (with the matching lateral offset of
-    an arc, dy += dx * dyaw / 2); brake/accelerate: speed changed by -+accel m/s^2 (never < 0),
-    forward motion scaled with it.
-    """
+def shift_moves(rel: np.ndarray, speed: np.ndarray, dt: float, yaw_rate: float = 0.0, accel: float = 0.0):
+    """Moves [N, 6] and speeds [N] with ``yaw_rate`` rad/s added to every move (with the lateral
+    offset of an arc, dy += dx * dyaw / 2) and the speed changed by ``accel`` m/s^2 from the first
+    move on (never < 0; forward motion scaled with it)."""
     rel, speed = rel.astype(np.float64).copy(), speed.astype(np.float64).copy()
     n = len(rel)
-    if kind == "logged":
-        pass
-    elif kind in ("left", "right"):
-        dyaw = (1 if kind == "left" else -1) * yaw_rate * dt
+    if yaw_rate:
+        dyaw = yaw_rate * dt
         rel[:, 5] += dyaw
         rel[:, 1] += rel[:, 0] * dyaw / 2
-    elif kind in ("brake", "accelerate"):
-        a = (-1 if kind == "brake" else 1) * accel
-        new = np.maximum(speed + a * dt * np.arange(n), 0.0)
-        nxt = np.maximum(speed + a * dt * (np.arange(n) + 1), 0.0)
+    if accel:
+        new = np.maximum(speed + accel * dt * np.arange(n), 0.0)
+        nxt = np.maximum(speed + accel * dt * (np.arange(n) + 1), 0.0)
         scale = (new + nxt) / np.maximum(2 * speed, 1e-3)
         rel[:, :2] *= scale[:, None]
         speed = new
-    else:
-        raise ValueError(f"unknown perturbation {kind!r} (logged, left, right, brake, accelerate)")
     return rel.astype(np.float32), speed.astype(np.float32)
+
+
+def perturb(rel: np.ndarray, speed: np.ndarray, kind: str, dt: float, yaw_rate: float, accel: float):
+    """Future moves [N, 6] and speeds [N] for a pose sequence ``kind``.
+
+    logged: as driven; left/right: +-yaw_rate rad/s added (``shift_moves``); brake/accelerate:
+    speed changed by -+accel m/s^2 (never < 0), forward motion scaled with it.
+    """
+    signs = {"logged": (0, 0), "left": (1, 0), "right": (-1, 0), "brake": (0, -1), "accelerate": (0, 1)}
+    if kind not in signs:
+        raise ValueError(f"unknown perturbation {kind!r} (logged, left, right, brake, accelerate)")
+    sy, sa = signs[kind]
+    return shift_moves(rel, speed, dt, sy * yaw_rate, sa * accel)
+
+
+@torch.no_grad()
+def replay_pairs(cases: list[Case], tokenizer, ground_truth: Callable[[Case, np.ndarray, int, int], np.ndarray],
+                 fps: float, draws: int, yaw_rate: float, accel: float, seed: int = 0):
+    """Frame pairs along counterfactual moves, for the pose-following ruler (README "World model",
+    *A ruler for counterfactual frames*): from each case (training contexts), ``draws`` pose
+    sequences with a yaw rate ~ U(-yaw_rate, yaw_rate) rad/s and an accel ~ U(-accel, accel) m/s^2
+    added to the logged moves (``shift_moves``); the true frames after each move
+    (``ground_truth``), encoded and decoded by the tokenizer as the ruler reads generated frames.
+    Pairs: (the decoded last context frame, frame 1), (frame 1, frame 2), ...
+
+    Returns (a, b uint8 [M, H, W, 3], motion targets [M, 2]), or None without cases or draws."""
+    if not cases or draws < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    c = len(cases[0].tokens)
+    n = len(cases[0].rel_pose) - c  # future frames (the last logged move leads past them)
+    h, w = tokenizer.frame_size
+    dt = 1.0 / fps
+    a, b, y = [], [], []
+    for case in cases:
+        last = _np(tokenizer.decode(torch.as_tensor(case.tokens[-1:], dtype=torch.long)))
+        for _ in range(draws):
+            moves, _ = shift_moves(case.rel_pose[c - 1:], case.speed[c - 1:], dt, rng.uniform(-yaw_rate, yaw_rate),
+                                   rng.uniform(-accel, accel))
+            moves = moves[:n]
+            true = ground_truth(case, moves, h, w)
+            seq = np.concatenate([last, _np(tokenizer.decode(tokenizer.encode(torch.as_tensor(true))))])
+            a.append(seq[:-1])
+            b.append(seq[1:])
+            y.append(motion_targets(moves, fps))
+    return np.concatenate(a), np.concatenate(b), np.concatenate(y)
 
 
 @torch.no_grad()
