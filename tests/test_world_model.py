@@ -288,3 +288,32 @@ def test_optimizer_lets_lightning_clip_gradients_under_mixed_precision_on_a_gpu(
     opt = module.configure_optimizers()["optimizer"]
     assert module.device.type == "cuda"
     assert not _optimizer_handles_unscaling(opt)
+
+
+def test_context_noise_corrupts_context_frames_only_and_only_in_training():
+    """``context_noise``: a fraction r ~ U(0, max) of each context frame's tokens is replaced in the
+    input (the frame predicted last never), the loss's targets stay the clean tokens, and eval mode
+    (the held-out figures, sampling) reads the window as it is."""
+    m = tiny_model(context_noise=0.5, decoding="maskgit")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, V, (512, K, *GRID), generator=g)
+    noisy = m.corrupt_context(tokens, generator=g)
+    changed = (noisy != tokens).float()
+    assert changed[:, -1].sum() == 0
+    # replaced with probability r ~ U(0, 0.5), and a random token equals the old one 1 time in V
+    assert changed[:, :-1].mean().item() == pytest.approx(0.25 * (1 - 1 / V), abs=0.02)
+    per_frame = changed[:, :-1].flatten(2).mean(-1)  # each frame its own ratio
+    assert per_frame.max() > 0.35 and per_frame.min() == 0 and per_frame.std() > 0.1
+    with pytest.raises(ValueError, match="context_noise"):
+        tiny_model(context_noise=1.0)
+    # eval mode: the loss of a clean window is deterministic; training mode reads corrupted context
+    batch = dict(zip(("tokens", "rel_pose", "speed"), window(b=4)))
+    masked = torch.zeros(4, K, GRID[0] * GRID[1], dtype=torch.bool)
+    masked[:, -1] = True
+    out_a, out_b = {}, {}
+    assert m.compute_loss(batch, masked=masked, outputs=out_a)[0] == m.compute_loss(batch, masked=masked)[0]
+    m.train()
+    torch.manual_seed(1)
+    m.compute_loss(batch, masked=masked, outputs=out_b)
+    assert torch.equal(out_a["target_tokens"], out_b["target_tokens"])  # clean targets
+    assert not torch.allclose(out_a["logits"][:, -1], out_b["logits"][:, -1])  # from corrupted context

@@ -26,7 +26,8 @@ from drivegpt.world_model.hazard import hazard_inputs, refit_hazard_head
 from drivegpt.world_model.module import WorldModelModule
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias", "cond_drop", "horizons", "pose_head", "dis_cond",
-              "dis_history", "dis_start", "prev_frame", "prev_warp", "prev_flow", "decoding", "mask_steps")
+              "dis_history", "dis_start", "prev_frame", "prev_warp", "prev_flow", "decoding", "mask_steps",
+              "context_noise")
 OPTIM_KEYS = ("lr", "min_lr_ratio", "weight_decay", "betas", "warmup_steps", "dis_weight", "pose_weight")
 
 

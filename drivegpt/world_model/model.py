@@ -113,6 +113,10 @@ class WorldModelConfig:
     # (block-causal attention, masked-token training; see the module docstring)
     decoding: str = "ar"
     mask_steps: int = 8  # maskgit: sampling passes per frame (sampling.generate_frame's default)
+    # training only: each context frame (all but a window's last) has a fraction r ~ U(0, context_noise)
+    # of its tokens replaced by random ones in the input (the targets stay clean): a rollout reads its own
+    # imperfect frames, which teacher forcing never shows (GameNGen's noise augmentation, on tokens)
+    context_noise: float = 0.0
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -132,6 +136,9 @@ class WorldModelConfig:
                              "head reads (>= 0)")
         if self.max_frames < 2:
             raise ValueError(f"max_frames={self.max_frames}: need at least one context frame + one to predict")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"context_noise={self.context_noise}: the largest fraction of a context frame's tokens "
+                             "replaced in training, in [0, 1)")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -560,6 +567,19 @@ class WorldModel(nn.Module):
         ranks = torch.rand(b, n_frames, n, device=dev, generator=generator).argsort(-1).argsort(-1)
         return ranks < count
 
+    def corrupt_context(self, tokens: torch.Tensor, generator=None) -> torch.Tensor:
+        """``tokens`` [b, K, h, w] with, in every frame but the last, a fraction r ~ U(0, cfg.context_noise)
+        (per sample and frame) of the tokens replaced by uniformly random ones (``cfg.context_noise``)."""
+        b, k = tokens.shape[:2]
+        if self.cfg.context_noise <= 0 or k < 2:
+            return tokens
+        dev = tokens.device
+        r = torch.rand(b, k, 1, 1, device=dev, generator=generator) * self.cfg.context_noise
+        hit = torch.rand(tokens.shape, device=dev, generator=generator) < r
+        hit[:, -1] = False
+        noise = torch.randint(0, self.cfg.vocab_size, tokens.shape, device=dev, generator=generator)
+        return torch.where(hit, noise.to(tokens.dtype), tokens)
+
     def forward(self, tokens, rel_pose, speed, drop=None, masked=None) -> dict[str, torch.Tensor]:
         """Teacher-forced pass over windows.
 
@@ -607,12 +627,14 @@ class WorldModel(nn.Module):
         [b, K]: condition dropout. ``outputs`` (a dict) receives the forward outputs,
         ``target_tokens`` and, with targets, ``mask``/``target``. maskgit: in training mode every
         frame gets ``random_masks`` (``masked`` overrides; in eval mode the last frame is masked
-        whole) and the token loss is over the masked tokens alone.
+        whole) and the token loss is over the masked tokens alone. In training mode the input's
+        context frames are corrupted (``corrupt_context``; off unless ``cfg.context_noise``).
         """
         b = unpack_batch(batch)
         if self.cfg.decoding == "maskgit" and masked is None and self.training:
             masked = self.random_masks(b["tokens"].shape[0], b["tokens"].shape[1])
-        out = self(b["tokens"], b["rel_pose"], b["speed"], drop, masked)
+        tokens = self.corrupt_context(b["tokens"]) if self.training else b["tokens"]  # the targets stay clean
+        out = self(tokens, b["rel_pose"], b["speed"], drop, masked)
         logits = out["logits"].float()  # b K n V
         target = b["tokens"].flatten(2)  # b K n
         if "masked" in out:
