@@ -314,6 +314,10 @@ def test_inverse_dynamics_fits_training_segments_and_scores_held_out_ones(traine
     # beside the generated frames' figure: the ruler on the true replays, and the pose-zeroed model
     for q in ("yaw_rate", "lateral"):
         assert np.isfinite(res[f"pose_following_{q}_r2_replay"]) and np.isfinite(res[f"pose_following_{q}_r2_pose_zeroed"])
+        # and frame by frame along the rollout (the plot in the report)
+        for suffix in ("", "_replay", "_pose_zeroed"):
+            assert len(res[f"pose_following_{q}_r2{suffix}_by_frame"]) == n_cf // draws
+    assert (tmp_path / "pose_following.png").stat().st_size > 1000
 
 
 def test_inverse_dynamics_benchmark_chooses_on_training_segments_only(token_shards):

@@ -35,7 +35,8 @@ from drivegpt.world_model.evaluate import (NoWindowsError, disengagement_section
                                            token_metrics)
 from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,
                                                  train_inverse_dynamics)
-from drivegpt.world_model.viz import confusion_plot, counterfactual_grid, roc_plot
+from drivegpt.world_model.metrics import r2
+from drivegpt.world_model.viz import confusion_plot, counterfactual_grid, following_plot, roc_plot
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,26 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
         b = np.concatenate([frames_of(r) for r in records])
         return predict_motion(net, mean, std, a, b)
 
-    res.update(following_metrics(read(lambda r: r["pred"]), commanded, "pose_following_"))
     # the same ruler on the road world's replays of the same moves (through the tokenizer): what a
     # perfect world model would score; and the same model with the pose zeroed (its rollout for every move)
     tokenized = {id(r): np.asarray(tokenizer.decode(tokenizer.encode(torch.as_tensor(r["true"])))) for r in records}
-    for q, v in following_metrics(read(lambda r: tokenized[id(r)]), commanded, "").items():
-        res[f"pose_following_{q}_replay"] = v
     zero = {r["case"].segment_id: r["pred"] for r in zeroed}
+    readings = {"world model": read(lambda r: r["pred"]), "road world's replay": read(lambda r: tokenized[id(r)])}
     if all(r["case"].segment_id in zero for r in records):
-        for q, v in following_metrics(read(lambda r: zero[r["case"].segment_id]), commanded, "").items():
-            res[f"pose_following_{q}_pose_zeroed"] = v
+        readings["pose zeroed"] = read(lambda r: zero[r["case"].segment_id])
+    n_steps = len(records[0]["pred"])
+    by_step = {}
+    for name, suffix in (("world model", ""), ("road world's replay", "_replay"), ("pose zeroed", "_pose_zeroed")):
+        if name not in readings:
+            continue
+        for q, v in following_metrics(readings[name], commanded, "").items():
+            res[f"pose_following_{q}{suffix}"] = v
+        # per future frame: where the rollout loses the move (the ruler reads every replay frame alike)
+        pred, cmd = readings[name].reshape(-1, n_steps, 2), commanded.reshape(-1, n_steps, 2)
+        by_step[name] = [[r2(pred[:, j, k], cmd[:, j, k]) for j in range(n_steps)] for k in range(2)]
+        res[f"pose_following_yaw_rate_r2{suffix}_by_frame"] = by_step[name][0]
+        res[f"pose_following_lateral_r2{suffix}_by_frame"] = by_step[name][1]
+    following_plot(run_dir / "pose_following.png", by_step, 1.0 / fps)
     return res
 
 

@@ -115,3 +115,30 @@ def confusion_plot(path, conf, conf_zeroed, commands) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def following_plot(path, by_step: dict[str, list[list[float]]], dt: float) -> Path:
+    """Pose following along the rollout: the ruler's yaw-rate and lateral R^2 against the commanded
+    move at each future frame, for each reading (``by_step[name] = [yaw list, lateral list]``: the
+    world model, the road world's replay of the same moves, the pose-zeroed model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for k, (ax, q) in enumerate(zip(axes, ("yaw rate", "lateral"))):
+        for name, series in by_step.items():
+            t = [dt * (j + 1) for j in range(len(series[k]))]
+            ax.plot(t, series[k], marker="o", ms=3, label=name)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set_ylim(-1.0, 1.05)
+        ax.set_xlabel("seconds after the context")
+        ax.set_ylabel(f"{q} R^2")
+        ax.set_title(f"pose following: {q}", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
