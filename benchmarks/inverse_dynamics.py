@@ -13,6 +13,11 @@ and the rest (dev: ``--dev-pairs`` pairs scored). Frames are decoded by the run'
 stage decodes them. Prints ONE JSON line: per config the pairs fit, dev yaw-rate / lateral R^2 and
 the fit's seconds.
 
+``"replays": N`` in a config adds, as the stage does (``eval.inverse_dynamics_replays``), N
+road-world replays per fit segment along shifted moves; every config is then also scored on the
+dev segments' replays of the evaluation's moves (logged, left, right, brake, accelerate: what the
+ruler must read in the stage), ``dev_replay_yaw_rate_r2`` / ``dev_replay_lateral_r2``.
+
 measured (2026-12-07, sixth session, AVX-512 bf16 EPYC, ``--run-dir runs/proof_c2``: 109 training
 segments, 80 to fit, 29 dev): segments / pairs / steps -> yaw R^2 (lateral): 48 / 2,048 / 600 (the
 former sizes) 0.870 (0.797); 80 / 2,048 / 600 0.901 (0.833); 80 / 8,192 / 1,500 0.934 (0.886);
@@ -31,9 +36,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivegpt.tokenizer import load_tokenizer  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from drivegpt.stages.eval_world_model import replay_ground_truth  # noqa: E402
+from drivegpt.world_model.counterfactual import make_cases, perturb, replay_pairs  # noqa: E402
 from drivegpt.world_model.evaluate import held_out_items, real_pairs  # noqa: E402
-from drivegpt.world_model.pose_following import (following_metrics, predict_motion,  # noqa: E402
+from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,  # noqa: E402
                                                  train_inverse_dynamics)
+
+KINDS = ("logged", "left", "right", "brake", "accelerate")
+
+
+def dev_replays(cases, tok, fps: float, yaw_rate: float = 0.15, accel: float = 1.5):
+    """(a, b, targets) of the road world's replays of the evaluation's moves from ``cases``, decoded
+    through the tokenizer as the stage reads them."""
+    c = len(cases[0].tokens)
+    n = len(cases[0].rel_pose) - c
+    h, w = tok.frame_size
+    a, b, y = [], [], []
+    for case in cases:
+        last = np.asarray(tok.decode(torch.as_tensor(case.tokens[-1:], dtype=torch.long)))
+        for kind in KINDS:
+            moves = perturb(case.rel_pose[c - 1:], case.speed[c - 1:], kind, 1.0 / fps, yaw_rate, accel)[0][:n]
+            true = np.asarray(tok.decode(tok.encode(torch.as_tensor(replay_ground_truth(case, moves, h, w)))))
+            seq = np.concatenate([last, true])
+            a.append(seq[:-1]), b.append(seq[1:]), y.append(motion_targets(moves, fps))
+    return np.concatenate(a), np.concatenate(b), np.concatenate(y)
 
 
 def dev_split(shards: str, val_fraction: float, fit_segments: int):
@@ -55,6 +84,8 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=20.0, help="the log rate (pairs are stride frames apart)")
     ap.add_argument("--fit-segments", type=int, default=80)
     ap.add_argument("--dev-pairs", type=int, default=1024)
+    ap.add_argument("--context", type=int, default=5, help="the world model's context frames (replay cases)")
+    ap.add_argument("--future", type=int, default=10, help="frames of each replay (the evaluation's 2 s)")
     args = ap.parse_args()
 
     run = Path(args.run_dir)
@@ -62,16 +93,28 @@ def main() -> None:
     fit, dev = dev_split(str(run / "05_tokenize" / "tokens"), args.val_fraction, args.fit_segments)
     rate = args.fps / args.stride
     held = real_pairs(dev, tok, args.stride, rate, args.dev_pairs, 1)
+    dev_cases = make_cases(dev, args.context, args.future, args.stride, len(dev))
+    held_cf = dev_replays(dev_cases, tok, rate) if dev_cases else None
     out = {"benchmark": "inverse_dynamics", "run_dir": str(run), "fit_segments": len(fit),
-           "dev_segments": len(dev), "dev_pairs": len(held[2]), "configs": []}
+           "dev_segments": len(dev), "dev_pairs": len(held[2]),
+           "dev_replay_pairs": 0 if held_cf is None else len(held_cf[2]), "configs": []}
     for spec in args.configs:
         c = json.loads(spec)
-        pairs = real_pairs(fit[:int(c["segs"])], tok, args.stride, rate, int(c["pairs"]), 0)
+        segs = fit[:int(c["segs"])]
+        pairs = real_pairs(segs, tok, args.stride, rate, int(c["pairs"]), 0)
+        cf = replay_pairs(make_cases(segs, args.context, args.future, args.stride, len(segs)), tok,
+                          replay_ground_truth, rate, int(c.get("replays", 0)), 0.25, 1.5, 0)
+        if cf is not None:
+            pairs = tuple(np.concatenate([p, q]) for p, q in zip(pairs, cf))
         t0 = time.time()
         net, mean, std = train_inverse_dynamics(*pairs, steps=int(c["steps"]), seed=0)
         m = following_metrics(predict_motion(net, mean, std, held[0], held[1]), held[2], "")
-        out["configs"].append({**c, "pairs_fit": len(pairs[2]), "yaw_rate_r2": round(m["yaw_rate_r2"], 4),
-                               "lateral_r2": round(m["lateral_r2"], 4), "fit_seconds": round(time.time() - t0, 1)})
+        row = {**c, "pairs_fit": len(pairs[2]), "yaw_rate_r2": round(m["yaw_rate_r2"], 4),
+               "lateral_r2": round(m["lateral_r2"], 4)}
+        if held_cf is not None:
+            r = following_metrics(predict_motion(net, mean, std, held_cf[0], held_cf[1]), held_cf[2], "")
+            row.update(dev_replay_yaw_rate_r2=round(r["yaw_rate_r2"], 4), dev_replay_lateral_r2=round(r["lateral_r2"], 4))
+        out["configs"].append({**row, "fit_seconds": round(time.time() - t0, 1)})
     print(json.dumps(out))
 
 

@@ -337,3 +337,11 @@ def test_inverse_dynamics_benchmark_chooses_on_training_segments_only(token_shar
     assert {split_of(s, VAL_FRACTION) for s in ids(fit) + ids(dev)} == {"train"}
     with pytest.raises(ValueError, match="training segments"):
         bench.dev_split(str(token_shards), VAL_FRACTION, len(fit) + len(dev))
+    # and it scores a ruler on the dev segments' replays of the evaluation's five moves
+    from drivegpt.world_model.counterfactual import make_cases
+
+    cases = make_cases(dev, 2, 4, 2, 1)
+    a, b, y = bench.dev_replays(cases, PatchTokenizer(), 10.0)
+    assert a.shape == b.shape and len(y) == len(bench.KINDS) * 4 and np.array_equal(a[1:4], b[:3])
+    left, right = y[4:8, 0], y[8:12, 0]  # the kinds in order: logged, left, right, ...
+    assert np.allclose(left - right, 0.3, atol=1e-4)
