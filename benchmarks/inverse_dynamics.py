@@ -37,12 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivegpt.tokenizer import load_tokenizer  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from drivegpt.stages.eval_world_model import replay_ground_truth  # noqa: E402
-from drivegpt.world_model.counterfactual import make_cases, perturb, replay_pairs  # noqa: E402
+from drivegpt.world_model.counterfactual import make_cases, perturb, replay_chain, replay_pairs  # noqa: E402
 from drivegpt.world_model.evaluate import held_out_items, real_pairs  # noqa: E402
-from drivegpt.world_model.pose_following import (following_metrics, motion_targets, predict_motion,  # noqa: E402
+from drivegpt.world_model.pose_following import (following_metrics, predict_motion,  # noqa: E402
                                                  train_inverse_dynamics)
 
 KINDS = ("logged", "left", "right", "brake", "accelerate")
@@ -53,16 +52,10 @@ def dev_replays(cases, tok, fps: float, yaw_rate: float = 0.15, accel: float = 1
     through the tokenizer as the stage reads them."""
     c = len(cases[0].tokens)
     n = len(cases[0].rel_pose) - c
-    h, w = tok.frame_size
-    a, b, y = [], [], []
-    for case in cases:
-        last = np.asarray(tok.decode(torch.as_tensor(case.tokens[-1:], dtype=torch.long)))
-        for kind in KINDS:
-            moves = perturb(case.rel_pose[c - 1:], case.speed[c - 1:], kind, 1.0 / fps, yaw_rate, accel)[0][:n]
-            true = np.asarray(tok.decode(tok.encode(torch.as_tensor(replay_ground_truth(case, moves, h, w)))))
-            seq = np.concatenate([last, true])
-            a.append(seq[:-1]), b.append(seq[1:]), y.append(motion_targets(moves, fps))
-    return np.concatenate(a), np.concatenate(b), np.concatenate(y)
+    chains = [replay_chain(case, perturb(case.rel_pose[c - 1:], case.speed[c - 1:], kind, 1.0 / fps, yaw_rate,
+                                         accel)[0][:n], tok, replay_ground_truth, fps)
+              for case in cases for kind in KINDS]
+    return tuple(np.concatenate(parts) for parts in zip(*chains))
 
 
 def dev_split(shards: str, val_fraction: float, fit_segments: int):

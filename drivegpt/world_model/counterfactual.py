@@ -105,21 +105,26 @@ def replay_pairs(cases: list[Case], tokenizer, ground_truth: Callable[[Case, np.
     rng = np.random.default_rng(seed)
     c = len(cases[0].tokens)
     n = len(cases[0].rel_pose) - c  # future frames (the last logged move leads past them)
-    h, w = tokenizer.frame_size
     dt = 1.0 / fps
-    a, b, y = [], [], []
+    chains = []
     for case in cases:
-        last = _np(tokenizer.decode(torch.as_tensor(case.tokens[-1:], dtype=torch.long)))
         for _ in range(draws):
             moves, _ = shift_moves(case.rel_pose[c - 1:], case.speed[c - 1:], dt, rng.uniform(-yaw_rate, yaw_rate),
                                    rng.uniform(-accel, accel))
-            moves = moves[:n]
-            true = ground_truth(case, moves, h, w)
-            seq = np.concatenate([last, _np(tokenizer.decode(tokenizer.encode(torch.as_tensor(true))))])
-            a.append(seq[:-1])
-            b.append(seq[1:])
-            y.append(motion_targets(moves, fps))
-    return np.concatenate(a), np.concatenate(b), np.concatenate(y)
+            chains.append(replay_chain(case, moves[:n], tokenizer, ground_truth, fps))
+    return tuple(np.concatenate(parts) for parts in zip(*chains))
+
+
+@torch.no_grad()
+def replay_chain(case: Case, moves: np.ndarray, tokenizer, ground_truth, fps: float):
+    """The ruler's pairs along one move sequence [N, 6] from ``case``: (the decoded last context
+    frame, frame 1), (frame 1, frame 2), ... of the true frames after each move (``ground_truth``),
+    encoded and decoded by the tokenizer; returns (a, b uint8 [N, H, W, 3], motion targets [N, 2])."""
+    h, w = tokenizer.frame_size
+    last = _np(tokenizer.decode(torch.as_tensor(case.tokens[-1:], dtype=torch.long)))
+    true = _np(tokenizer.decode(tokenizer.encode(torch.as_tensor(ground_truth(case, moves, h, w)))))
+    seq = np.concatenate([last, true])
+    return seq[:-1], seq[1:], motion_targets(moves, fps)
 
 
 @torch.no_grad()
