@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEYS = ("pose_following_yaw_rate_r2", "pose_following_lateral_r2", "command_following_accuracy",
-        "command_following_margin_db", "psnr_gain_1s", "psnr_gain_2s")
+        "command_following_margin_db", "psnr_gain_1s", "psnr_gain_2s", "pose_following_yaw_rate_r2_by_frame")
 
 
 def main(argv=None) -> dict:
@@ -45,6 +45,8 @@ def main(argv=None) -> dict:
                     help="contexts from the held-out segments (val) or the training ones (train: to choose a scale)")
     ap.add_argument("--mask-steps", type=int, default=None,
                     help="a maskgit model's sampling passes per frame (default: the model's mask_steps)")
+    ap.add_argument("--retokenize", action="store_true",
+                    help="later steps read each generated frame's tokenizer round trip (eval.retokenize)")
     args = ap.parse_args(argv)
     from drivegpt.config import compose
     from drivegpt.stages.eval_world_model import bind_model_windows, counterfactual_and_following
@@ -62,7 +64,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # the stage's plots go here, not into the run
         for s in (float(x) for x in args.scales.split(",")):
             over = [f"experiment={args.experiment}", f"run_dir={tmp}", f"checkpoint={ckpt}",
-                    f"data.shards={run / '05_tokenize' / 'tokens'}", f"eval.cfg_scale={s}"]
+                    f"data.shards={run / '05_tokenize' / 'tokens'}", f"eval.cfg_scale={s}",
+                    f"eval.retokenize={str(args.retokenize).lower()}"]
             if args.contexts:
                 over.append(f"eval.counterfactual_contexts={args.contexts}")
             cfg = bind_model_windows(compose("eval_world_model", over), model)
@@ -70,6 +73,7 @@ def main(argv=None) -> dict:
             rows.append({"cfg_scale": s, **{k: res.get(k) for k in KEYS}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = {"benchmark": "world_model_guidance", "world_model": str(ckpt), "split": args.split,
+           "retokenize": args.retokenize,
            "decoding": model.cfg.decoding, "mask_steps": model.cfg.mask_steps if model.cfg.decoding == "maskgit" else None,
            "contexts": res.get("counterfactual_cases"),
            "ceiling_yaw_rate_r2": res.get("pose_following_yaw_rate_r2_ceiling"),

@@ -325,3 +325,26 @@ def test_observations_carry_the_start_segments_cruise_set_speed(fakes):
     hist = FrameHistoryVecEnv(envs, context_frames=2)
     o = hist.reset(seed=3)
     assert o["cruise"].shape == (4,) and torch.equal(o["cruise"], torch.as_tensor(envs.core.cruise))
+
+
+def test_retokenize_keeps_the_round_trip_in_the_window_and_returns_the_generated_frame(fakes):
+    """``retokenize``: the step returns the frame the world model generated; the window the next
+    step reads holds its tokenizer round trip (the fake's: odd codes fall on even ones), so the
+    runs part from the second step on."""
+    from drivegpt.sim.learned.core import SimCore
+
+    m, pool, v = fakes
+    runs = {}
+    for snap in (False, True):
+        core = SimCore(LearnedSimConfig(stride=2, temperature=0.0, termination="never", retokenize=snap), m, pool, 4, v)
+        core.reset(seeds=torch.arange(4))
+        steps = []
+        for _ in range(3):
+            res = core.step(torch.zeros(4, 2))
+            steps.append(res.tokens.clone())
+            expected = m.tokenizer.retokenize(res.tokens) if snap else res.tokens
+            assert torch.equal(core.tokens[:, -1], expected)
+        runs[snap] = steps
+    assert torch.equal(runs[False][0], runs[True][0])  # the first frame reads the logged context alike
+    assert (runs[True][0] % 2).any()  # the generated frame, not its round trip, is returned
+    assert any(not torch.equal(a, b) for a, b in zip(runs[False][1:], runs[True][1:]))

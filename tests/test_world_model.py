@@ -369,3 +369,24 @@ def test_context_noise_teaches_the_model_to_read_past_corrupted_context():
     # measured: clean context 1.00 / 1.00; 30% of the context replaced: 0.50 trained clean, 0.79 with the noise
     assert acc[0.0][0] > 0.85 and acc[0.5][0] > 0.85, acc  # both learned the shift on clean context
     assert acc[0.5][1] > acc[0.0][1] + 0.1, acc  # corrupted context: reading past the errors beats copying
+
+
+def test_rollout_snap_is_what_later_steps_read_and_the_frames_stay_generated():
+    """``rollout(snap=...)``: each generated frame is returned as generated, and the later steps
+    read ``snap`` of it: the same as stepping by hand from the snapped context."""
+    from drivegpt.world_model.sampling import rollout, step
+
+    m = tiny_model(decoding="maskgit", mask_steps=2, prev_frame=3, prev_warp=True)
+    tokens, pose, speed = window(b=3, k=K + 3)
+    ctx, cpose, cspeed, fpose, fspeed = tokens[:, :K], pose[:, :K], speed[:, :K], pose[:, K:], speed[:, K:]
+    snap = lambda t: (t + 1) % V  # noqa: E731
+    frames, _ = rollout(m, ctx, cpose, cspeed, fpose, fspeed, temperature=0.0, snap=snap)
+    plain, _ = rollout(m, ctx, cpose, cspeed, fpose, fspeed, temperature=0.0)
+    read, rp, rs = ctx, cpose, cspeed
+    for j in range(frames.shape[1]):
+        nxt, _ = step(m, read, rp, rs, temperature=0.0)
+        assert torch.equal(frames[:, j], nxt)  # returned: the generated frame
+        if j + 1 < frames.shape[1]:
+            read = torch.cat([read, snap(nxt)[:, None]], 1)[:, -K:]  # read: its snap
+            rp, rs = torch.cat([rp, fpose[:, j:j + 1]], 1)[:, -K:], torch.cat([rs, fspeed[:, j:j + 1]], 1)[:, -K:]
+    assert torch.equal(frames[:, 0], plain[:, 0]) and not torch.equal(frames[:, 1:], plain[:, 1:])

@@ -214,6 +214,9 @@ def test_eval_stage_writes_metrics_and_pictures(trained, token_shards, tmp_path)
         assert m[f"psnr_gain_{s}"] == pytest.approx(m[f"psnr_{s}"] - m[f"psnr_copy_last_{s}"], abs=1e-6)
         assert 5 < m[f"psnr_{s}"] < 40 and 5 < m[f"psnr_copy_last_{s}"] < 40  # measured 13-17 dB
     assert m["counterfactual_psnr_gain_1s"] == m["psnr_gain_1s"]
+    for s in ("1s", "2s"):  # the logged moves' gain, beside the pose-zeroed model's on the same moves
+        assert m[f"psnr_gain_{s}_logged"] == pytest.approx(m[f"psnr_{s}_logged"] - m[f"psnr_copy_last_{s}_logged"])
+        assert np.isfinite(m[f"psnr_gain_{s}_logged_pose_zeroed"])
     n_cmd = len(cfg.eval.commands)
     assert m["command_following_chance"] == pytest.approx(1 / n_cmd)
     per_cmd = [m[f"command_following_accuracy_{c}"] for c in cfg.eval.commands]

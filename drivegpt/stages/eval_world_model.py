@@ -77,12 +77,18 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     commands = [str(c) for c in (e.get("commands") or ["logged", "left", "right", "brake"])]
     kinds = list(dict.fromkeys([*e.perturbations, *commands]))
     args = (seconds, fps, float(e.steer_yaw_rate), float(e.accel), float(e.temperature))
+    snap = tokenizer.retokenize if e.get("retokenize", False) else None
     res, records = evaluate_counterfactuals(model, tokenizer, cases, kinds, *args, float(e.cfg_scale), int(e.seed),
-                                            ground_truth=replay_ground_truth)
+                                            ground_truth=replay_ground_truth, snap=snap)
     res["counterfactual_cases"] = len(cases)
     # pose-following against the road world's replay of every command, and the pose-zeroed model
-    _, zeroed = evaluate_counterfactuals(model, tokenizer, cases, [commands[0]], *args, 0.0, int(e.seed),
-                                         ground_truth=replay_ground_truth)
+    zres, zeroed = evaluate_counterfactuals(model, tokenizer, cases, [commands[0]], *args, 0.0, int(e.seed),
+                                            ground_truth=replay_ground_truth, snap=snap)
+    # the PSNR gain of the same moves without them: does the gain reward following the move?
+    for s in seconds:
+        if f"psnr_gain_{s:g}s" in zres and f"psnr_{s:g}s_{commands[0]}" in res:
+            res[f"psnr_gain_{s:g}s_{commands[0]}"] = res[f"psnr_{s:g}s_{commands[0]}"] - res[f"psnr_copy_last_{s:g}s_{commands[0]}"]
+            res[f"psnr_gain_{s:g}s_{commands[0]}_pose_zeroed"] = zres[f"psnr_gain_{s:g}s"]
     following, conf, conf0 = command_confusion(records, commands, zeroed)
     res.update(following)
     confusion_plot(run_dir / "command_confusion.png", conf, conf0, commands)

@@ -233,6 +233,13 @@ class Tokenizer(nn.Module):
         return torch.cat([to_uint8(self.decoder(rearrange(feats[i:i + self._chunk()], "b h w d -> b d h w").to(dtype)))
                           for i in range(0, max(len(feats), 1), self._chunk())])
 
+    @torch.no_grad()
+    def retokenize(self, tokens) -> torch.Tensor:
+        """int64 [b, h', w'] -> int64 [b, h', w']: the tokens of the frame these tokens decode to (a
+        round trip, decode then encode). A world model's generated token map need not be one the
+        encoder makes from any frame; its round trip is (README "World model", *Retokenized rollouts*)."""
+        return self.encode(self.decode(tokens))
+
     def _chunk(self) -> int:
         """Frames per encoder/decoder pass at inference: on a CPU a few dozen frames at a time keep
         the activations in cache (a 512-frame decode at 64x128 ran at 7.4 ms/frame, 16 at a time

@@ -130,14 +130,15 @@ def replay_chain(case: Case, moves: np.ndarray, tokenizer, ground_truth, fps: fl
 @torch.no_grad()
 def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds, fps: float, yaw_rate: float,
                              accel: float, temperature: float = 0.0, cfg_scale: float = 1.0, seed: int = 0, *,
-                             ground_truth: Callable[[Case, np.ndarray, int, int], np.ndarray]):
+                             ground_truth: Callable[[Case, np.ndarray, int, int], np.ndarray], snap=None):
     """Roll out every (case, kind); returns (metrics dict, records for plots and pose-following).
 
     ``ground_truth(case, moves [N,6], height, width)`` -> uint8 [N, H, W, 3]: the true frames
     after each move (the road world's replay).
 
     records: list of dicts {case, kind, pred uint8 [N,H,W,3], true [N,H,W,3], last [H,W,3]
-    (decoded last context frame), moves [N,6]}.
+    (decoded last context frame), moves [N,6]}. ``snap``: ``sampling.rollout``'s (e.g. the
+    tokenizer's round trip of each generated frame, read by the later steps).
     """
     c = len(cases[0].tokens)
     n = len(cases[0].rel_pose) - c
@@ -156,7 +157,7 @@ def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds
     t = lambda xs, dt_=torch.float32: torch.as_tensor(np.stack(xs), dtype=dt_)  # noqa: E731
     gen = torch.Generator().manual_seed(seed)
     frames, probs = rollout(model, t(ctx_tok, torch.long), t(ctx_pose), t(ctx_speed), t(fut_pose), t(fut_speed),
-                            temperature=temperature, cfg_scale=cfg_scale, generator=gen)
+                            temperature=temperature, cfg_scale=cfg_scale, generator=gen, snap=snap)
     b = frames.shape[0]
     pred = _np(tokenizer.decode(frames.flatten(0, 1).cpu())).reshape(b, n, h, w, 3)
     last = _np(tokenizer.decode(torch.as_tensor(np.stack([m[0].tokens[-1] for m in meta]))))

@@ -264,13 +264,15 @@ def step(model: WorldModel, tokens, rel_pose, speed, temperature=1.0, top_k=None
 
 @torch.no_grad()
 def rollout(model: WorldModel, tokens, rel_pose, speed, future_pose, future_speed, temperature=1.0,
-            top_k=None, cfg_scale=1.0, generator=None):
+            top_k=None, cfg_scale=1.0, generator=None, snap=None):
     """Open-loop multi-frame rollout along commanded moves.
 
     tokens [b, K, h, w], rel_pose [b, K, 6] (rel_pose[:, -1] leads to the first generated
     frame), speed [b, K]; future_pose [b, N-1, 6] and future_speed [b, N-1]: the moves and
-    speeds after each generated frame but the last. Returns (frames [b, N, h, w],
-    disengage_probs [b, N, n_h, 3]), N = future_pose.shape[1] + 1.
+    speeds after each generated frame but the last. ``snap`` (tokens [b, h, w] -> [b, h, w]),
+    e.g. ``Tokenizer.retokenize``: what the later steps read of each generated frame (the
+    returned frames stay the generated ones). Returns (frames [b, N, h, w], disengage_probs
+    [b, N, n_h, 3]), N = future_pose.shape[1] + 1.
     """
     tokens, rel_pose, speed = _check(model, tokens, rel_pose, speed)
     n_new = future_pose.shape[1] + 1
@@ -281,7 +283,8 @@ def rollout(model: WorldModel, tokens, rel_pose, speed, future_pose, future_spee
         probs.append(p)
         if j == n_new - 1:
             break
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)[:, -model.cfg.context_frames:]
+        read = nxt if snap is None else snap(nxt).to(nxt)
+        tokens = torch.cat([tokens, read[:, None]], dim=1)[:, -model.cfg.context_frames:]
         rel_pose = torch.cat([rel_pose, future_pose[:, j : j + 1].to(rel_pose)], dim=1)[:, -model.cfg.context_frames:]
         speed = torch.cat([speed, future_speed[:, j : j + 1].to(speed)], dim=1)[:, -model.cfg.context_frames:]
     return torch.stack(frames, 1), torch.stack(probs, 1)

@@ -45,6 +45,9 @@ class LearnedSimConfig:
     temperature: float = 1.0               # 0 = greedy
     top_k: int | None = None
     cfg_scale: float = 1.0
+    retokenize: bool = False               # the window keeps each new frame's tokenizer round trip (the
+                                           # step still returns the generated tokens; README "World model",
+                                           # *Retokenized rollouts*)
     # --- reward ---
     # reward = -sum_{h,c} horizon_weights[h] * cause_weights[c] * p[h, c]
     #          - comfort_weight * ((lat_accel/lat_scale)^2 + (jerk/jerk_scale)^2)

@@ -220,8 +220,9 @@ class SimCore:
                 info["hazard_disagreement"] = torch.stack(
                     [(o[1] - probs).abs().amax((1, 2)) for o in outs]).mean(0)
         nxt, probs = nxt.to(dev, torch.int64), probs.to(dev, torch.float32)
-        # shift the window: drop the oldest frame, append the new one
-        self.tokens = torch.cat([self.tokens[:, 1:], nxt[:, None]], 1)
+        # shift the window: drop the oldest frame, append the new one (or what the tokenizer makes of it)
+        read = self.models.tokenizer.retokenize(nxt).to(dev, torch.int64) if cfg.retokenize else nxt
+        self.tokens = torch.cat([self.tokens[:, 1:], read[:, None]], 1)
         self.rel_pose = torch.cat([rel[:, 1:], torch.zeros_like(rel[:, :1])], 1)
         prev_speed = self.speed[:, -1]
         self.speed = torch.cat([self.speed[:, 1:], new_speed[:, None].to(torch.float32)], 1)

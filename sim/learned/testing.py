@@ -71,6 +71,11 @@ class FakeTokenizer:
         return repeat(c, "b h w c -> b (h ph) (w pw) c", ph=ph, pw=pw)
 
 
+    def retokenize(self, tokens):
+        """A stand-in for the encoder's round trip: odd codes fall on the even code below them."""
+        return tokens - tokens % 2
+
+
 def fake_samples(n_segments=6, T=40, vocab_size=16, grid=(2, 4), seed=0):
     """Token samples like token shards yield: ids seg0000.., smooth straight driving; the even
     segments log a cruise set speed (20 + i m/s), the odd ones none."""
