@@ -70,7 +70,6 @@ class FakeTokenizer:
         c = self.colors.to(tokens.device)[tokens]                     # [b, h, w, 3]
         return repeat(c, "b h w c -> b (h ph) (w pw) c", ph=ph, pw=pw)
 
-
     def retokenize(self, tokens):
         """A stand-in for the encoder's round trip: odd codes fall on the even code below them."""
         return tokens - tokens % 2
