@@ -344,7 +344,15 @@ def test_retokenize_keeps_the_round_trip_in_the_window_and_returns_the_generated
             steps.append(res.tokens.clone())
             expected = m.tokenizer.retokenize(res.tokens) if snap else res.tokens
             assert torch.equal(core.tokens[:, -1], expected)
+            assert torch.equal(core.current()[0], res.tokens)  # what observations and renders show
         runs[snap] = steps
     assert torch.equal(runs[False][0], runs[True][0])  # the first frame reads the logged context alike
     assert (runs[True][0] % 2).any()  # the generated frame, not its round trip, is returned
     assert any(not torch.equal(a, b) for a, b in zip(runs[False][1:], runs[True][1:]))
+    # the default gym vector env (next-step autoreset) observes the generated frame too
+    s = dict(temperature=0.0, termination="never", max_steps=50, retokenize=True, **kw(fakes))
+    venv = WorldModelVectorEnv(2, **s)
+    venv.reset(seed=3)
+    obs, *_ = venv.step(np.zeros((2, 2), np.float32))
+    np.testing.assert_array_equal(obs["image"], m.tokenizer.decode(venv.unwrapped.core.newest).numpy())
+    assert (venv.unwrapped.core.newest % 2).any()

@@ -81,6 +81,8 @@ class SimCore:
         self.generator.manual_seed(0)
         b = self.b
         self.tokens = torch.zeros(b, K, self.h, self.w, dtype=torch.int64, device=dev)
+        # the newest frame as the world model made it (the window's last frame is its round trip with retokenize)
+        self.newest = torch.zeros(b, self.h, self.w, dtype=torch.int64, device=dev)
         self.rel_pose = torch.zeros(b, K, 6, device=dev)
         self.speed = torch.zeros(b, K, device=dev)
         self.cruise = torch.zeros(b, device=dev)  # the episode's cruise set speed, m/s (0: unknown)
@@ -142,6 +144,7 @@ class SimCore:
         self.ctx_index = torch.where(mask, idx, self.ctx_index)
         m4 = mask[:, None, None, None]
         self.tokens = torch.where(m4, self.pool.tokens[idx, :K], self.tokens)
+        self.newest = torch.where(mask[:, None, None], self.tokens[:, -1], self.newest)
         self.rel_pose = torch.where(mask[:, None, None], self.pool.rel_pose[idx, :K], self.rel_pose)
         self.speed = torch.where(mask[:, None], self.pool.speed[idx, :K], self.speed)
         self.cruise = torch.where(mask, self.pool.cruise_at(idx), self.cruise)
@@ -223,6 +226,7 @@ class SimCore:
         # shift the window: drop the oldest frame, append the new one (or what the tokenizer makes of it)
         read = self.models.tokenizer.retokenize(nxt).to(dev, torch.int64) if cfg.retokenize else nxt
         self.tokens = torch.cat([self.tokens[:, 1:], read[:, None]], 1)
+        self.newest = nxt
         self.rel_pose = torch.cat([rel[:, 1:], torch.zeros_like(rel[:, :1])], 1)
         prev_speed = self.speed[:, -1]
         self.speed = torch.cat([self.speed[:, 1:], new_speed[:, None].to(torch.float32)], 1)
@@ -272,8 +276,8 @@ class SimCore:
                           truncated, info)
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens of the newest frame [b, h, w], speed [b])."""
-        return self.tokens[:, -1], self.speed[:, -1]
+        """(tokens of the newest frame [b, h, w], as generated, speed [b])."""
+        return self.newest, self.speed[:, -1]
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [b, h, w] -> uint8 frames [b, H, W, 3] on the device (one batched decode)."""
