@@ -84,11 +84,9 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     # pose-following against the road world's replay of every command, and the pose-zeroed model
     zres, zeroed = evaluate_counterfactuals(model, tokenizer, cases, [commands[0]], *args, 0.0, int(e.seed),
                                             ground_truth=replay_ground_truth, snap=snap)
-    # the PSNR gain of the same moves without them: does the gain reward following the move?
-    for s in seconds:
-        if f"psnr_gain_{s:g}s" in zres and f"psnr_{s:g}s_{commands[0]}" in res:
-            res[f"psnr_gain_{s:g}s_{commands[0]}"] = res[f"psnr_{s:g}s_{commands[0]}"] - res[f"psnr_copy_last_{s:g}s_{commands[0]}"]
-            res[f"psnr_gain_{s:g}s_{commands[0]}_pose_zeroed"] = zres[f"psnr_gain_{s:g}s"]
+    # beside the model's gain on these moves, the pose-zeroed one's: does the gain reward following the move?
+    res.update({f"psnr_gain_{s:g}s_{commands[0]}_pose_zeroed": zres[f"psnr_gain_{s:g}s"] for s in seconds
+                if f"psnr_gain_{s:g}s" in zres})
     following, conf, conf0 = command_confusion(records, commands, zeroed)
     res.update(following)
     confusion_plot(run_dir / "command_confusion.png", conf, conf0, commands)

@@ -181,7 +181,7 @@ def evaluate_counterfactuals(model, tokenizer, cases: list[Case], kinds, seconds
             out[f"psnr_copy_last_{tag}"] = float(psnr(base, g).mean())
             out[f"ssim_{tag}"] = float(ssim(p, g).mean())
             out[f"ssim_copy_last_{tag}"] = float(ssim(base, g).mean())
-        out[f"psnr_gain_{s:g}s"] = out[f"psnr_{s:g}s"] - out[f"psnr_copy_last_{s:g}s"]
+            out[f"psnr_gain_{tag}"] = out[f"psnr_{tag}"] - out[f"psnr_copy_last_{tag}"]
     return out, records
 
 
