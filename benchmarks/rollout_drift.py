@@ -49,11 +49,11 @@ def main(argv=None) -> dict:
 
     from drivegpt import hostmem
     from drivegpt.config import compose
-    from drivegpt.stages.eval_world_model import bind_model_windows, replay_ground_truth
+    from drivegpt.stages.eval_world_model import bind_model_windows, replay_ground_truth, ruler_pairs
     from drivegpt.tokenizer import load_tokenizer
     from drivegpt.world_model.checkpoint import load_world_model
-    from drivegpt.world_model.counterfactual import make_cases, perturb, replay_pairs
-    from drivegpt.world_model.evaluate import held_out_items, real_pairs
+    from drivegpt.world_model.counterfactual import make_cases, perturb
+    from drivegpt.world_model.evaluate import held_out_items
     from drivegpt.world_model.metrics import psnr
     from drivegpt.world_model.pose_following import motion_targets, predict_motion, r2, train_inverse_dynamics
     from drivegpt.world_model.sampling import step
@@ -75,12 +75,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     train = held_out_items(str(d.shards), "train", float(d.val_fraction), None, skip_bad=bool(d.get("skip_bad", False)))
     fit, dev = train[:-args.contexts], train[-args.contexts:]
-    pairs = real_pairs(fit, tok, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
-    draws = int(e.get("inverse_dynamics_replays", 0))
-    if draws:
-        cf = replay_pairs(make_cases(fit, c, n, stride, len(fit)), tok, replay_ground_truth, fps, draws,
-                          float(e.get("inverse_dynamics_replay_yaw_rate", 0.25)), float(e.accel), int(e.seed))
-        pairs = tuple(np.concatenate([p, q]) for p, q in zip(pairs, cf))
+    pairs, _ = ruler_pairs(e, fit, tok, c, n, stride, fps)
     net, mu, sd = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     commands = [str(x) for x in e.commands]
     recs = []

@@ -58,6 +58,24 @@ def bind_model_windows(cfg: DictConfig, model) -> DictConfig:
     return cfg
 
 
+def ruler_pairs(e, items, tokenizer, context: int, n_future: int, stride: int, fps: float):
+    """The pose-following ruler's training pairs from the segments ``items`` (``e`` = the ``eval``
+    config): ``eval.inverse_dynamics_pairs`` real pairs, plus ``eval.inverse_dynamics_replays``
+    road-world replays per context along shifted moves (README "World model", *A ruler for
+    counterfactual frames*). Returns ((a, b, targets), replay pairs among them), or None without
+    real pairs."""
+    pairs = real_pairs(items, tokenizer, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
+    if pairs is None:
+        return None
+    draws = int(e.get("inverse_dynamics_replays", 0))
+    cf = replay_pairs(make_cases(items, context, n_future, stride, len(items)), tokenizer, replay_ground_truth, fps,
+                      draws, float(e.get("inverse_dynamics_replay_yaw_rate", 0.25)), float(e.accel),
+                      int(e.seed)) if draws else None
+    if cf is None:
+        return pairs, 0
+    return tuple(np.concatenate([p, q]) for p, q in zip(pairs, cf)), len(cf[2])
+
+
 def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: str = "val") -> dict:
     """Counterfactual fidelity and pose-following from the contexts of ``split``: "val" (the
     held-out segments, what the stage reports) or "train" (e.g. to choose a sampling setting
@@ -98,19 +116,13 @@ def counterfactual_and_following(cfg, model, tokenizer, run_dir: Path, split: st
     n_seg = e.get("inverse_dynamics_segments", 64)
     train = held_out_items(str(d.shards), "train", float(d.val_fraction), None if n_seg is None else int(n_seg),
                            skip_bad=bool(d.get("skip_bad", False)))
-    pairs = real_pairs(train, tokenizer, stride, fps, int(e.get("inverse_dynamics_pairs", 2048)), int(e.seed))
-    if pairs is None:
+    ruler = ruler_pairs(e, train, tokenizer, model.cfg.context_frames, n_future, stride, fps)
+    if ruler is None:
         return res
-    # the ruler also reads counterfactual frames: the road world's replays of training contexts along
-    # shifted moves (README "World model", *A ruler for counterfactual frames*)
-    draws = int(e.get("inverse_dynamics_replays", 0))
-    cf = replay_pairs(make_cases(train, model.cfg.context_frames, n_future, stride, len(train)), tokenizer,
-                      replay_ground_truth, fps, draws, float(e.get("inverse_dynamics_replay_yaw_rate", 0.25)),
-                      float(e.accel), int(e.seed)) if draws else None
-    if cf is not None:
-        res["inverse_dynamics_replay_pairs"] = len(cf[2])
-        pairs = tuple(np.concatenate([p, q]) for p, q in zip(pairs, cf))
-    res["inverse_dynamics_real_pairs"] = len(pairs[2]) - res.get("inverse_dynamics_replay_pairs", 0)
+    pairs, n_replay = ruler
+    if n_replay:
+        res["inverse_dynamics_replay_pairs"] = n_replay
+    res["inverse_dynamics_real_pairs"] = len(pairs[2]) - n_replay
     net, mean, std = train_inverse_dynamics(*pairs, steps=int(e.inverse_dynamics_steps), seed=int(e.seed))
     held = real_pairs(items, tokenizer, stride, fps, 512, int(e.seed) + 1)
     # the inverse-dynamics net's ceiling: its R^2 on real frame pairs of the split (held out in the stage)
