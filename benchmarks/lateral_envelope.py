@@ -1,16 +1,18 @@
-"""A policy's closed-loop takeovers with the lateral envelope at several values (README "Policy",
-*Lateral envelope*), and the fleet's own envelope beside them.
+"""A policy's closed-loop takeovers with a comfort envelope at several values (README "Policy",
+*Lateral envelope*, *Jerk envelope*), and the fleet's own envelope beside them.
 
     python benchmarks/lateral_envelope.py --policy runs/proof_b3/08_bc/policy.pt --values none,2.3,2.4 \
         --fleet runs/proof_b1/01_fleet/shards
+    python benchmarks/lateral_envelope.py --policy runs/proof_d2/08_bc/policy.pt --knob max_jerk \
+        --values none,4.9 --roads 64 --fleet runs/proof_d2/01_fleet/shards
 
 The same weights drive the closed-loop evaluation's protocol (``rl.evaluate.drive``: the ground-truth
 safety driver, the human's takeovers, decisions at the checkpoint's stride) on *development* roads
 (``--first-seed`` + i, 3,000,000.. by default: neither the fleet's seeds from 0 nor the report's
-held-out ones from 1,000,000), once per value of ``rl.policy.max_lat_accel`` (``none``: no
-envelope, the baseline). ``--fleet SHARDS``: the 99th / 99.9th percentiles of the lateral
-acceleration of the fleet's kept engaged frames (``data.inspect.FleetStats``), the envelope the
-safety drivers accepted.
+held-out ones from 1,000,000), once per value of ``rl.policy.max_lat_accel`` (``--knob
+max_jerk``: of ``rl.policy.max_jerk``; ``none``: no envelope, the baseline). ``--fleet SHARDS``:
+the 99th / 99.9th percentiles of the lateral acceleration and of the jerk of the fleet's kept
+engaged frames (``data.inspect.FleetStats``), the envelope the safety drivers accepted.
 
 Prints ONE JSON line: per value the closed-loop figures (per 100 km, by cause, the rules that fired,
 speed / flow, lateral-accel percentiles, lane error) and the fleet's percentiles.
@@ -33,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KEYS = ("km", "per_100km", "STEER_per_100km", "BRAKE_per_100km", "GAS_per_100km", "speed_ratio",
-        "lat_accel_p99", "jerk_p95", "lane_error_p95")
+        "lat_accel_p99", "jerk_p95", "jerk_p99", "lane_error_p95")
+KNOBS = ("max_lat_accel", "max_jerk")
 
 
 def parse_values(text: str) -> list[float | None]:
@@ -56,7 +59,9 @@ def parse_values(text: str) -> list[float | None]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="policy checkpoint (policy.pt or its run dir)")
-    ap.add_argument("--values", default="none,2.4", help="max_lat_accel values in m/s^2, 'none' = no envelope")
+    ap.add_argument("--knob", default="max_lat_accel", choices=KNOBS,
+                    help="the envelope to vary: max_lat_accel (m/s^2) or max_jerk (m/s^3)")
+    ap.add_argument("--values", default="none,2.4", help="the knob's values, 'none' = no envelope")
     ap.add_argument("--experiment", default="proof", help="the preset whose road world drives (sizes only)")
     ap.add_argument("--roads", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=120.0)
@@ -77,25 +82,25 @@ def main(argv=None) -> dict:
     base = load_policy(a.policy).eval()
     stride = int(base.checkpoint_meta.get("stride", cfg.data.stride))
     seeds = list(range(a.first_seed, a.first_seed + a.roads))
-    out: dict = {"checkpoint": str(a.policy), "roads": a.roads, "seconds": a.seconds, "first_seed": a.first_seed,
-                 "values": {}}
+    out: dict = {"checkpoint": str(a.policy), "knob": a.knob, "roads": a.roads, "seconds": a.seconds,
+                 "first_seed": a.first_seed, "values": {}}
     for v in values:
         pol = copy.deepcopy(base)
-        pol.cfg.max_lat_accel = v
+        setattr(pol.cfg, a.knob, v)
         t0 = time.perf_counter()
         m = closed_loop_metrics(drive("policy", seeds, a.seconds, cfg.sim, pol, stride=stride, workers=a.workers))
         row = {k: round(float(m[k]), 3) for k in KEYS}
         row["rules"] = {k[5:]: int(x) for k, x in m.items() if k.startswith("rule_")}
         row["seconds"] = round(time.perf_counter() - t0, 1)
         out["values"]["none" if v is None else f"{v:g}"] = row
-        print(f"max_lat_accel={v}: {row}", file=sys.stderr)
+        print(f"{a.knob}={v}: {row}", file=sys.stderr)
     if a.fleet:
         from drivegpt.data.inspect import fleet_summary
         from drivegpt.data.shard_reading import iter_samples
 
         s = fleet_summary(iter_samples(a.fleet, frames=False))
-        out["fleet"] = {"shards": a.fleet, "kept_lat_accel_p99": s["kept_lat_accel_p99"],
-                        "kept_lat_accel_p999": s["kept_lat_accel_p999"]}
+        out["fleet"] = {"shards": a.fleet, **{k: s[k] for k in ("kept_lat_accel_p99", "kept_lat_accel_p999",
+                                                                 "kept_jerk_p99", "kept_jerk_p999")}}
     print(json.dumps(out))
     return out
 

@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     settings.update(termination="never", device="cpu")
     policy = load_policy(args.policy or str(run / "08_bc" / "policy.pt")).eval()
     n = int(args.envs)
-    env = make_learned_env(n, policy.cfg.context_frames, settings)
+    env = make_learned_env(n, policy.cfg.context_frames, settings, max_jerk=policy.cfg.max_jerk)
     res = final_rollouts(policy, env, int(settings.get("max_steps", 50)), seed=int(cfg.seed))
     pred, dist = res["predicted_events"], res["distance_m"]
 

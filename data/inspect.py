@@ -27,16 +27,20 @@ from drivegpt.runs import write_png
 
 
 LAT_BINS = np.linspace(0.0, 10.0, 1001)  # m/s^2, 0.01 wide (the last bin takes everything above)
+JERK_BINS = np.linspace(0.0, 20.0, 2001)  # m/s^3, 0.01 wide
+JERK_WINDOW_S = 0.25  # jerk = the change of the accel (from the logged speed) over this window, as a comfort rule reads it
 KEPT_MARGIN_S = 2.0  # engaged frames this close before a disengagement are not "kept" (as BC's default)
 
 
 class FleetStats:
     """Accumulates the fleet summary one segment at a time (frames not needed).
 
-    Besides counts and rates it keeps a histogram of the lateral acceleration (speed x yaw rate, from
-    ``rel_pose``) of the *kept* engaged frames: no disengagement within ``KEPT_MARGIN_S`` after
-    them, the driving the safety drivers accepted. Its 99th / 99.9th percentiles are the fleet's
-    comfort envelope (``rl.policy.max_lat_accel``, README "Policy", *Lateral envelope*)."""
+    Besides counts and rates it keeps histograms of the lateral acceleration (speed x yaw rate, from
+    ``rel_pose``) and of the jerk (the change of the accel, from the logged speed, over
+    ``JERK_WINDOW_S``) of the *kept* engaged frames: no disengagement within ``KEPT_MARGIN_S`` after
+    them, the driving the safety drivers accepted. Their 99th / 99.9th percentiles are the fleet's
+    comfort envelope (``rl.policy.max_lat_accel`` and ``rl.policy.max_jerk``, README "Policy",
+    *Lateral envelope*, *Jerk envelope*)."""
 
     def __init__(self):
         self.segments = 0
@@ -48,6 +52,7 @@ class FleetStats:
         self.causes: Counter = Counter()
         self.sources: Counter = Counter()
         self.lat_hist = np.zeros(len(LAT_BINS) - 1, np.int64)
+        self.jerk_hist = np.zeros(len(JERK_BINS) - 1, np.int64)
 
     def add(self, seg: Segment) -> None:
         T = len(seg)
@@ -75,6 +80,13 @@ class FleetStats:
                 last_event[ok] = seg.times[ev[np.minimum(nxt, ev.size - 1)]][ok] - seg.times[ok]
             kept = seg.engaged[:-1] & (last_event[:-1] > KEPT_MARGIN_S)
             self.lat_hist += np.histogram(np.minimum(lat[kept], LAT_BINS[-1]), LAT_BINS)[0]
+            w = max(1, int(round(JERK_WINDOW_S * fps)))
+            if T > w + 2:  # jerk over the window ending at each frame; kept: engaged through it, kept at its end
+                t = seg.times.astype(np.float64)
+                accel = np.gradient(seg.speed.astype(np.float64), t)
+                jerk = np.abs(accel[w:] - accel[:-w]) / np.maximum(t[w:] - t[:-w], 1e-6)
+                kept_j = seg.engaged[:-w] & seg.engaged[w:] & (last_event[w:] > KEPT_MARGIN_S)
+                self.jerk_hist += np.histogram(np.minimum(jerk[kept_j], JERK_BINS[-1]), JERK_BINS)[0]
 
     def summary(self) -> dict:
         km, ekm = self.meters / 1000, self.engaged_meters / 1000
@@ -101,15 +113,22 @@ class FleetStats:
             "sources": dict(self.sources),
             "kept_lat_accel_p99": self.lat_percentile(99.0),
             "kept_lat_accel_p999": self.lat_percentile(99.9),
+            "kept_jerk_p99": _percentile(self.jerk_hist, JERK_BINS, 99.0),
+            "kept_jerk_p999": _percentile(self.jerk_hist, JERK_BINS, 99.9),
         }
 
     def lat_percentile(self, q: float) -> float | None:
         """The q-th percentile (m/s^2, to the bin's upper edge) of the kept engaged frames' lateral accel."""
-        n = int(self.lat_hist.sum())
-        if n == 0:
-            return None
-        i = int(np.searchsorted(np.cumsum(self.lat_hist), q / 100.0 * n))
-        return float(LAT_BINS[min(i + 1, len(LAT_BINS) - 1)])
+        return _percentile(self.lat_hist, LAT_BINS, q)
+
+
+def _percentile(hist: np.ndarray, bins: np.ndarray, q: float) -> float | None:
+    """The q-th percentile of a histogram, to its bin's upper edge (None when empty)."""
+    n = int(hist.sum())
+    if n == 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(hist), q / 100.0 * n))
+    return float(bins[min(i + 1, len(bins) - 1)])
 
 
 def fleet_summary(segments: Iterable[Segment]) -> dict:
@@ -136,6 +155,8 @@ def format_summary(s: dict) -> str:
         f"by cause: {causes}",
         f"lateral accel of kept engaged frames (none within {KEPT_MARGIN_S:g} s before a takeover): "
         f"p99 {f(s.get('kept_lat_accel_p99'), '.2f')}, p99.9 {f(s.get('kept_lat_accel_p999'), '.2f')} m/s^2",
+        f"jerk of kept engaged frames ({JERK_WINDOW_S:g} s windows): "
+        f"p99 {f(s.get('kept_jerk_p99'), '.2f')}, p99.9 {f(s.get('kept_jerk_p999'), '.2f')} m/s^3",
     ])
 
 

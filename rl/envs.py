@@ -19,6 +19,7 @@ import torch
 
 from drivegpt.settings import plain
 from drivegpt.sim.learned import WorldModelVectorEnv
+from drivegpt.sim.vehicle import limit_jerk
 
 
 def _t(x, device, dtype=None) -> torch.Tensor:
@@ -32,9 +33,16 @@ def _cruise(x, device, n: int) -> torch.Tensor:
 
 
 class FrameHistoryVecEnv:
-    def __init__(self, env, context_frames: int, device: str | torch.device | None = None):
+    def __init__(self, env, context_frames: int, device: str | torch.device | None = None,
+                 max_jerk: float | None = None):
         self.env = env
         self.k = int(context_frames)
+        # the policy's longitudinal comfort envelope (rl.policy.max_jerk), applied to each action
+        # against the car's accel in the sim, as the closed loop applies it (Policy.controls)
+        self.max_jerk = None if max_jerk is None else float(max_jerk)
+        if self.max_jerk is not None and getattr(getattr(env, "core", None), "veh", None) is None:
+            raise ValueError("rl.policy.max_jerk needs the car's accel: the env has no learned-sim core "
+                             "(core.veh); set rl.policy.max_jerk=null for this env")
         self.num_envs = int(env.num_envs)
         core = getattr(env, "core", None)
         self.device = torch.device(device) if device is not None else (
@@ -101,6 +109,9 @@ class FrameHistoryVecEnv:
         return self._obs(obs)
 
     def step(self, action: torch.Tensor):
+        if self.max_jerk is not None:
+            veh = self.env.core.veh
+            action = limit_jerk(_t(action, veh.device, torch.float32), veh[:, 2], self.max_jerk)
         obs, reward, term, trunc, info = self.env.step(action)
         image = _t(obs["image"], self.device, torch.uint8)
         term = _t(term, self.device, torch.bool).reshape(self.num_envs)
@@ -148,12 +159,14 @@ def learned_sim_settings(cfg) -> dict[str, Any]:
     return s
 
 
-def make_learned_env(num_envs: int, context_frames: int, settings: dict[str, Any] | None = None, **objects):
-    """The batched learned sim (torch output, SAME_STEP autoreset) with the policy's frame history.
+def make_learned_env(num_envs: int, context_frames: int, settings: dict[str, Any] | None = None,
+                     max_jerk: float | None = None, **objects):
+    """The batched learned sim (torch output, SAME_STEP autoreset) with the policy's frame history
+    and its jerk envelope (``max_jerk``: the policy's ``cfg.max_jerk``).
 
     ``objects``: ready ``models`` / ``contexts`` / ``vehicle`` (tests pass fakes)."""
 
     settings = dict(settings or {})
     settings.update(output="torch", autoreset_mode="same_step")
     env = WorldModelVectorEnv(num_envs=num_envs, **objects, **settings)
-    return FrameHistoryVecEnv(env, context_frames)
+    return FrameHistoryVecEnv(env, context_frames, max_jerk=max_jerk)

@@ -8,8 +8,8 @@ under the fleet's own protocol (``drivegpt.sim.roadworld.takeover.Takeover``, wh
 controller is engaged; on a disengagement the ``HumanDriver`` takes over for
 ``autopilot.takeover_seconds`` and the controller re-engages when it is safe. Metrics count engaged driving only (``rl.metrics``). Policies act
 at the data stride (5 Hz by default: one deterministic decision -- bottleneck at its mean,
-the Gaussian's mean -- held for ``stride`` frames), seeing their last K frames at that stride,
-their speed and the cruise set speed (the road's speed limit).
+the Gaussian's mean -- held for ``stride`` frames, through the policy's ``controls``), seeing
+their last K frames at that stride, their speed and the cruise set speed (the road's speed limit).
 Baselines: the fleet's ``Autopilot`` (quality drawn from the scenario seed) and the
 ``HumanDriver``.
 """
@@ -155,8 +155,11 @@ def drive(kind: str, seeds: list[int], seconds: float, cfg_sim, policy: Policy |
                 speed = torch.as_tensor([float(scen[i].world.state[0]) for i in need], dtype=torch.float32,
                                         device=device)
                 cruise = torch.as_tensor([scen[i].cruise for i in need], dtype=torch.float32, device=device)
+                accel = torch.as_tensor([float(scen[i].world.state[2]) for i in need], dtype=torch.float32,
+                                        device=device)
                 with torch.no_grad():
-                    a = policy.act(frames, speed, deterministic=True, cruise=cruise).cpu().numpy()
+                    a = policy.act(frames, speed, deterministic=True, cruise=cruise)
+                    a = policy.controls(a, accel).cpu().numpy()  # the jerk envelope, when the policy has one
                 held[need] = a
         for i, s in enumerate(scen):
             s.act(held[i] if policy is not None else None)

@@ -51,7 +51,7 @@ from einops import rearrange
 from torch import nn
 
 from drivegpt.settings import check_keys, plain
-from drivegpt.sim.vehicle import ACTION_SCALE
+from drivegpt.sim.vehicle import ACTION_SCALE, limit_jerk
 
 ACTION_DIM = 2
 
@@ -80,6 +80,9 @@ class PolicyConfig:
     speed_gain: float = 0.5          # 1/s: the accel per m/s of speed below the desired speed ("speed" only)
     max_lat_accel: float | None = None  # m/s^2: the comfort envelope, as openpilot's clip_curvature: the
                                      # curvature is clipped to |k| <= max_lat_accel / v^2 (null: no envelope)
+    max_jerk: float | None = None    # m/s^3: the longitudinal comfort envelope of the policy's controls: at each
+                                     # decision the accel command stays within max_jerk x tau_accel of the car's
+                                     # own accel (``controls``; outside the graph: it reads the car's accel)
     init_log_std: float = -1.0
     min_log_std: float = -5.0
     max_log_std: float = 1.0
@@ -110,6 +113,8 @@ class PolicyConfig:
             raise ValueError(f"rl.policy.speed_gain={self.speed_gain}: must be > 0 (1/s)")
         if self.max_lat_accel is not None and not (math.isfinite(self.max_lat_accel) and self.max_lat_accel > 0):
             raise ValueError(f"rl.policy.max_lat_accel={self.max_lat_accel}: must be > 0 (m/s^2) or null (no envelope)")
+        if self.max_jerk is not None and not (math.isfinite(self.max_jerk) and self.max_jerk > 0):
+            raise ValueError(f"rl.policy.max_jerk={self.max_jerk}: must be > 0 (m/s^3) or null (no envelope)")
 
 
 LONGITUDINAL = ("accel", "speed")
@@ -338,6 +343,17 @@ class Policy(nn.Module):
             return mean
         eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
         return (mean + log_std.exp() * eps).clamp(-1.0, 1.0)
+
+    def controls(self, action, accel_now):
+        """The action the car is sent: ``action`` [b 2] (normalized) with the longitudinal comfort
+        envelope applied when ``cfg.max_jerk`` is set (``drivegpt.sim.vehicle.limit_jerk``: the accel
+        command within max_jerk x tau_accel of ``accel_now`` [b], the car's accel in m/s^2). Every
+        runner calls it at each decision: the closed loop, the learned sim's env for RL and its
+        scoring. It is not part of the exported graph, which has no accel input: on a car the controls
+        apply it, as openpilot's do to its model's plan."""
+        if self.cfg.max_jerk is None:
+            return action
+        return limit_jerk(action, accel_now, self.cfg.max_jerk)
 
     def compute_loss(self, batch: dict, *, log_std_target: float = -1.5,
                      log_std_weight: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

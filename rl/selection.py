@@ -201,10 +201,11 @@ def context_pools(core, shards: str | None, val_fraction: float):
                         f"(no training-segment windows)")
 
 
-def scoring_env(core, num_envs: int, pool, context_frames: int):
-    """A learned sim sharing ``core``'s models, starting from ``pool``, ``termination="never"``."""
+def scoring_env(core, num_envs: int, pool, context_frames: int, max_jerk: float | None = None):
+    """A learned sim sharing ``core``'s models, starting from ``pool``, ``termination="never"``,
+    with the policy's jerk envelope (``max_jerk``, as RL's env)."""
     cfg = copy.copy(core.cfg)
     cfg.termination = "never"
     env = WorldModelVectorEnv(num_envs=num_envs, config=cfg, models=core.models, contexts=pool,
                               vehicle=core.vehicle, output="torch", autoreset_mode="same_step")
-    return FrameHistoryVecEnv(env, context_frames)
+    return FrameHistoryVecEnv(env, context_frames, max_jerk=max_jerk)

@@ -151,6 +151,22 @@ def step(state, action, dt: float = 0.05, params: VehicleParams = VehicleParams(
     return _stack([v1, k1, a1], state), rel
 
 
+def limit_jerk(action, accel_now, max_jerk: float, params: VehicleParams = VehicleParams()):
+    """The normalized action [..., 2] with its desired accel kept within ``max_jerk`` x ``tau_accel``
+    of the car's accel now (``accel_now`` [...], m/s^2): the longitudinal comfort envelope of a
+    driving policy's controls, as openpilot's planner limits jerk. Through the first-order actuator
+    (``step``) the car's accel then moves at most ``max_jerk`` m/s^3 right after the command and
+    slower as it closes in, so a command held over a decision keeps the car's jerk under it; the
+    curvature passes unchanged. ``max_jerk`` > 0 (m/s^3)."""
+    if not (math.isfinite(float(max_jerk)) and float(max_jerk) > 0):
+        raise ValueError(f"limit_jerk: max_jerk={max_jerk!r}, expected > 0 (m/s^3)")
+    action = _asarray(action, action)
+    now = _asarray(accel_now, action)
+    step_ = float(max_jerk) * params.tau_accel
+    accel = _clip(action[..., 1] * ACTION_SCALE[1], now - step_, now + step_) / ACTION_SCALE[1]
+    return _stack([action[..., 0], accel], action)
+
+
 def achieved(rel_pose, speed, next_speed, dt: float = 0.05):
     """(curvature, accel) [..., 2] actually driven during a step, from its relative pose
     [..., 6] and the speeds at both ends. Curvature is 0 where the car did not move."""

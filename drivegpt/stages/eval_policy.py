@@ -39,7 +39,7 @@ def sim_predicted_rate(policy: Policy, cfg: DictConfig, num_envs: int) -> dict:
     """Expected disengagements/100 km of ``policy`` in the learned sim (events not sampled)."""
     settings = learned_sim_settings(cfg)
     settings["termination"] = "never"
-    env = make_learned_env(num_envs, policy.cfg.context_frames, settings)
+    env = make_learned_env(num_envs, policy.cfg.context_frames, settings, max_jerk=policy.cfg.max_jerk)
     out = final_rollouts(policy, env, int(settings.get("max_steps", 50)), seed=int(cfg.seed))
     return {"predicted_per_100km": out["predicted_per_100km"], "sim_km": out["km"]}
 

@@ -190,7 +190,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
     bc = bc.to(fabric.device)  # keep-the-best scores BC on the learned sim's device (a CUDA one too)
     settings = learned_sim_settings(cfg)
     settings["device"] = str(fabric.device)
-    env = make_learned_env(pcfg.num_envs, bc.cfg.context_frames, settings)
+    env = make_learned_env(pcfg.num_envs, bc.cfg.context_frames, settings, max_jerk=bc.cfg.max_jerk)
     if tuple(env.env.single_observation_space["image"].shape) != tuple(bc.obs_shape[1:]):
         raise ValueError(f"{bc_path}: policy frames {list(bc.obs_shape[1:])} but the learned sim "
                          f"renders {list(env.env.single_observation_space['image'].shape)}")
@@ -203,7 +203,8 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         core = env.env.core
         train_pool, select_pool, how = context_pools(core, settings.get("shards"), float(settings["val_fraction"]))
         core.pool = train_pool
-        scorer = scoring_env(core, int(sel_cfg.get("envs", 16)), select_pool, bc.cfg.context_frames)
+        scorer = scoring_env(core, int(sel_cfg.get("envs", 16)), select_pool, bc.cfg.context_frames,
+                             max_jerk=bc.cfg.max_jerk)
         sel_every = max(1, int(sel_cfg.get("every", 1)))
         selector = KeepBest(margin=float(sel_cfg.get("margin", 0.0)), min_z=float(sel_cfg.get("min_z") or 0.0))
         print(f"rl: keep-the-best, {how}")
@@ -307,7 +308,7 @@ def run_rl(cfg: DictConfig, run_dir: Path) -> dict:
         # imagined env steps/s at a large batch vs this machine's matmul roofline (the learning
         # issue's target: >= 50% of matmul FLOP/s / FLOPs per env step); a separate env, so the
         # training env's episodes are untouched
-        tenv = make_learned_env(int(tp.envs), bc.cfg.context_frames, settings)
+        tenv = make_learned_env(int(tp.envs), bc.cfg.context_frames, settings, max_jerk=bc.cfg.max_jerk)
         metrics["throughput"] = measure_throughput(tenv, steps=int(tp.get("steps", 3)), seed=int(cfg.seed),
                                                    device=str(fabric.device))
         t = metrics["throughput"]

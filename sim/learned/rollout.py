@@ -73,7 +73,10 @@ class Driver:
                 # the set speed (0: not logged) to a policy that reads it
                 kw = {"cruise": self.core.cruise} if getattr(getattr(self.policy, "cfg", None), "cruise", False) else {}
                 a = self.policy.act(frames, self.core.speed[:, -1], deterministic=True, **kw)
-            return (a[0] if isinstance(a, tuple) else a).to(torch.float32)
+                a = (a[0] if isinstance(a, tuple) else a).to(torch.float32)
+                if hasattr(self.policy, "controls"):  # the policy's jerk envelope, against the car's accel
+                    a = self.policy.controls(a, self.core.veh[:, 2])
+            return a
         ach = achieved(self.fut_pose[:, t], self.fut_speed[:, t], self.fut_speed[:, t + 1], self.core.cfg.dt)
         curv = ach[:, 0]
         accel = torch.zeros_like(curv)
