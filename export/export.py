@@ -25,6 +25,7 @@ from drivegpt.export.frames import get_windows
 from drivegpt.export.quantize import check_inputs, quantize_qdq
 from drivegpt.export.verify import action_errors
 from drivegpt.rl.checkpoint import load_policy, read_checkpoint
+from drivegpt.sim.vehicle import ACTION_SCALE, VehicleParams
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,20 @@ def verify_tinygrad(files: dict, held, ref: np.ndarray, check, e: DictConfig, bu
     return sec
 
 
+def controls_spec(module) -> dict:
+    """What the car's controls must apply to the exported action, outside the graph (empty: nothing):
+    the policy's jerk envelope (``rl.policy.max_jerk``), which reads the car's measured accel."""
+    cfg = getattr(getattr(module, "policy", module), "cfg", None)
+    max_jerk = getattr(cfg, "max_jerk", None)
+    if max_jerk is None:
+        return {}
+    tau = VehicleParams().tau_accel
+    return {"max_jerk": float(max_jerk), "tau_accel": tau,
+            "rule": f"at each decision clip the desired accel (action[1] x {ACTION_SCALE[1]:g} m/s^2) to the "
+                    f"car's measured accel +- {float(max_jerk) * tau:.3g} m/s^2 (max_jerk {float(max_jerk):g} m/s^3 x "
+                    f"tau_accel {tau:g} s; drivegpt.sim.vehicle.limit_jerk)"}
+
+
 def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoint: str = "-") -> dict:
     """Everything after loading: artifacts, verification, manifest, report. Returns the report dict."""
     e = cfg.export
@@ -275,6 +290,9 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                      "normalisation": "normalized [desired curvature, desired accel] in [-1, 1]; "
                                       "sim.vehicle.denormalize_action gives 1/m and m/s^2"}],
     }
+    controls = controls_spec(module)
+    if controls:  # what the car's controls apply to the graph's action, outside it
+        io_spec["controls"] = controls
     manifest_extra = {"opset": int(e.opset), "target": target, "checkpoint": checkpoint,
                       "toolchain": toolchain_versions(),
                       "frame_rate_hz": float(cfg.data.fps) / float(cfg.data.stride), "action_range": action_range}
@@ -288,7 +306,7 @@ def export_module(module, frames_shape, cfg: DictConfig, out_dir: Path, checkpoi
                    **({"heldout_cruise_known": int(ox.known_cruise(held.cruise).sum()),
                          "calib_cruise_known": int(ox.known_cruise(calib.cruise).sum())}
                       if cruise else {})},
-        "inputs": [i["name"] for i in io_spec["inputs"]],
+        "inputs": [i["name"] for i in io_spec["inputs"]], "controls": controls,
         "params": report.count_params(module), "flops": flops, "macs": flops // 2,
         "activation_peak_bytes": report.activation_peak_bytes(fp32),
         "artifacts": rows, "op_histograms": {a["file"]: report.op_histogram(out_dir / a["file"]) for a in rows},

@@ -186,6 +186,9 @@ def markdown(r: dict) -> str:
           f"frames for verification: {f['heldout_source']} ({f['heldout_n']} held-out windows, "
           f"split `{f['heldout_split']}`), calibration: {f['calib_n']} windows "
           f"({f['calib_source']}, split `{f['calib_split']}`){known}.", ""]
+    if r.get("controls"):
+        L += [f"Controls outside the graph (the car applies them; `controls` in the manifest): "
+              f"jerk envelope, {r['controls']['rule']}.", ""]
     L += ["## Model", "", "| figure | value |", "|---|---|",
           f"| parameters | {r['params']:,} |", f"| MACs per frame set | {r['macs']:,} |",
           f"| FLOPs per frame set | {r['flops']:,} ({r['flops'] / 1e9:.3f} GFLOP) |",

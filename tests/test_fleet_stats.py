@@ -29,3 +29,29 @@ def test_envelope_reads_kept_engaged_frames_only():
     s2 = fleet_summary([_with_lat(seg2, lat)])
     assert abs(s2["kept_lat_accel_p99"] - 5.0) <= 0.02, s2["kept_lat_accel_p99"]
     assert fleet_summary([])["kept_lat_accel_p999"] is None
+
+
+def _with_accel(seg, accel):
+    """Set the logged speed so that its accel is ``accel`` (m/s^2) per frame."""
+    dt = np.diff(seg.times)
+    seg.speed[:] = (12.0 + np.concatenate([[0.0], np.cumsum(accel[:-1] * dt)])).astype(np.float32)
+    return seg
+
+
+def test_jerk_envelope_reads_kept_engaged_frames_only():
+    """The fleet's jerk (the accel's change over 0.25 s, from the logged speed): a triangle wave of
+    accel at 2 m/s^3 is the accepted driving; an 8 m/s^3 surge just before a takeover and the
+    human's 10 m/s^3 do not count, unless no takeover followed the surge."""
+    t, fps = 800, 20.0
+    k = np.arange(t)
+    accel = 2.0 * (np.abs(((k / fps) % 2.0) - 1.0) - 0.5)  # +-1 m/s^2, slope +-2 m/s^3
+    accel[560:580] = accel[559] + 8.0 * np.arange(1, 21) / fps  # a surge at 8 m/s^3 for 1 s ...
+    accel[580:640] = accel[579]  # ... held through the takeover at frame 600 into the human's drive
+    accel[640:700] = 10.0 * ((k[640:700] // 2) % 2)  # the human: 10 m/s^2 steps
+    seg = make_segment(seed=0, t=t, frames=False, lane_mask=False, events={600: 2}, disengaged=(620, 720))
+    s = fleet_summary([_with_accel(seg, accel)])
+    assert 1.9 <= s["kept_jerk_p99"] <= 2.05 and 1.9 <= s["kept_jerk_p999"] <= 2.05, s
+    seg2 = make_segment(seed=0, t=t, frames=False, lane_mask=False, disengaged=(620, 720))
+    s2 = fleet_summary([_with_accel(seg2, accel)])
+    assert s2["kept_jerk_p999"] >= 7.5, s2  # without the takeover the surge is accepted driving
+    assert fleet_summary([])["kept_jerk_p999"] is None

@@ -117,3 +117,14 @@ def test_learned_sim_env_applies_the_envelope_against_the_cars_accel():
     assert float(after[None].max()) < -0.98 * lag - 0.1  # without it the car brakes harder at once
     with pytest.raises(ValueError, match="max_jerk"):
         FrameHistoryVecEnv(object(), 2, max_jerk=4.9)
+
+
+def test_export_tells_the_car_what_its_controls_apply():
+    """The envelope is not in the exported graph (it reads the car's accel): the export's manifest and
+    device report carry it as a controls rule, with the step it allows."""
+    from drivegpt.export.export import controls_spec
+
+    assert controls_spec(Policy(TINY).export_module()) == {}
+    spec = controls_spec(Policy(dict(TINY, max_jerk=4.9)).export_module())
+    assert spec["max_jerk"] == 4.9 and spec["tau_accel"] == V.VehicleParams().tau_accel
+    assert "+- 0.98 m/s^2" in spec["rule"]
