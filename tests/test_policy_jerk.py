@@ -128,3 +128,39 @@ def test_export_tells_the_car_what_its_controls_apply():
     spec = controls_spec(Policy(dict(TINY, max_jerk=4.9)).export_module())
     assert spec["max_jerk"] == 4.9 and spec["tau_accel"] == V.VehicleParams().tau_accel
     assert "+- 0.98 m/s^2" in spec["rule"]
+
+
+def test_rollout_policy_driver_sends_the_car_the_policys_controls():
+    """``drivegpt rollout driver=policy``: the dreamed drive goes through ``Policy.controls`` too, against
+    the sim car's accel, so full braking builds up one bounded step a decision."""
+    from drivegpt.sim.learned import LearnedSimConfig
+    from drivegpt.sim.learned.contexts import pool_from_samples
+    from drivegpt.sim.learned.core import SimCore
+    from drivegpt.sim.learned.rollout import rollout_batch
+    from drivegpt.sim.learned.testing import fake_samples, fake_setup
+
+    m, _, v = fake_setup(context_frames=3, stride=2)
+    pool = pool_from_samples(fake_samples(n_segments=4, T=40), 3, 2, lambda sid: "val", future=4)
+
+    class Braking(Policy):
+        def act(self, frames, speed, deterministic=False, generator=None, cruise=None):
+            return torch.tensor([[0.0, -1.0]]).expand(frames.shape[0], 2)
+
+    accel = {}
+    for max_jerk in (None, 4.9):
+        core = SimCore(LearnedSimConfig(stride=2, temperature=0.0, termination="never", max_steps=10), m, pool, 2, v)
+        start = None
+        policy = Braking(dict(TINY, max_jerk=max_jerk))
+        orig = policy.controls
+
+        def controls(a, now, orig=orig):
+            nonlocal start
+            start = now.clone() if start is None else start
+            return orig(a, now)
+
+        policy.controls = controls
+        rollout_batch(core, pool, torch.tensor([0, 1]), 1, "policy", policy=policy)
+        accel[max_jerk] = core.veh[:, 2] - start
+    lag = 1 - np.exp(-2 * (1 / 20) / 0.2)
+    assert torch.allclose(accel[4.9], torch.full((2,), -0.98 * lag), atol=1e-4)
+    assert bool((accel[None] < -0.98 * lag - 0.1).all())
